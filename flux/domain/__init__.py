@@ -1,0 +1,1 @@
+"""0.2.7 import path ``flux.domain``."""

@@ -1,0 +1,300 @@
+"""The embedded engine: runs executions in this process against the local SQLite store."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+
+from . import codec
+from .context import ExecutionContext
+from .errors import ExecutionNotFoundError, StoreError, WorkflowError
+from .events import ExecutionEvent, ExecutionEventType, ExecutionState
+from .executor import Execution
+from .history import pending_pauses
+from .secrets import SecretStore
+from .settings import Settings
+from .store import ExecutionRecord, StaleWriteError, Store, StoredEvent, Write, open_store
+from .workflow import MISSING, workflow
+
+E = ExecutionEventType
+
+
+def decode_event(stored: StoredEvent) -> ExecutionEvent:
+    from datetime import UTC, datetime
+
+    return ExecutionEvent(
+        stored.seq,
+        ExecutionEventType(stored.type),
+        stored.call_id,
+        stored.name,
+        codec.decode(stored.value) if stored.value is not None else None,
+        datetime.fromtimestamp(stored.time, UTC),
+    )
+
+
+def build_context(record: ExecutionRecord, events: list[StoredEvent]) -> ExecutionContext:
+    decoded = [decode_event(e) for e in events]
+    return ExecutionContext(
+        record.execution_id,
+        record.workflow_name,
+        codec.decode(record.input),
+        codec.decode(record.output) if record.output is not None else None,
+        record.state,
+        decoded,
+        parent_id=record.parent_id,
+        workflow_version=record.workflow_version,
+    )
+
+
+def _columns(update: dict[str, Any] | None) -> dict[str, Any] | None:
+    if update is None:
+        return None
+    return {k: (v.value if isinstance(v, ExecutionState) else v) for k, v in update.items()}
+
+
+class StoreJournal:
+    """Journal of one execution in the local store, fenced by the lease epoch it claimed."""
+
+    __slots__ = ("store", "execution_id", "expect")
+
+    def __init__(self, store: Store, execution_id: str, epoch: int):
+        self.store = store
+        self.execution_id = execution_id
+        self.expect = {"lease_epoch": epoch}
+
+    def enqueue(self, events: list[StoredEvent], update: dict[str, Any] | None = None) -> None:
+        self.store.enqueue(Write(self.execution_id, events, update=_columns(update),
+                                 expect=self.expect))
+
+    async def commit(self, events: list[StoredEvent], update: dict[str, Any] | None = None) -> None:
+        await self.store.commit(
+            Write(self.execution_id, events, update=_columns(update), expect=self.expect)
+        )
+
+
+def new_execution_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Engine:
+    """Runs workflows in this process; owns nothing but references to the store and settings.
+
+    Build it with :func:`open_engine`; ``wf.arun(..., engine=engine)`` reuses one engine (and its
+    SQLite connection) for many runs.
+    """
+
+    suspend_sleep_after: float | None = None
+
+    def __init__(self, store: Store, settings: Settings, secrets: SecretStore):
+        self.store = store
+        self.settings = settings
+        self.secrets = secrets
+        self._secret_values: list[str] = []
+        self._running: dict[str, Execution] = {}
+
+    # -------------------------------------------------------------- Host services
+
+    async def get_secrets(self, names: tuple[str, ...]) -> dict[str, str]:
+        values = await self.secrets.get_many(names)
+        for v in values.values():
+            if v not in self._secret_values:
+                self._secret_values.append(v)
+        return values
+
+    def secret_values(self) -> list[str]:
+        return self._secret_values
+
+    async def cache_get(self, key: str) -> bytes | None:
+        return await self.store.cache_get(key, time.time())
+
+    async def cache_put(self, key: str, value: bytes, ttl: float | None) -> None:
+        await self.store.cache_put(key, value, time.time() + ttl if ttl else None)
+
+    async def run_child(
+        self, execution: Execution, call_id: str, child: workflow, child_id: str, input: Any
+    ) -> ExecutionContext:
+        value, execution.resume_value = execution.resume_value, MISSING
+        return await self._run(child, input, child_id, value, execution.ctx.execution_id)
+
+    # -------------------------------------------------------------- executions
+
+    async def get(self, execution_id: str) -> ExecutionContext:
+        record = await self.store.get_execution(execution_id)
+        if record is None:
+            raise ExecutionNotFoundError(execution_id)
+        return build_context(record, await self.store.load_events(execution_id))
+
+    async def run(
+        self,
+        wf: workflow,
+        input: Any = None,
+        *,
+        execution_id: str | None = None,
+        resume_value: Any = MISSING,
+    ) -> ExecutionContext:
+        """Start ``wf`` (new execution, or ``execution_id`` if unknown), resume a paused
+        execution (``resume_value``, else ``input``, is what ``pause`` returns), recover a
+        crashed running one, or return a finished one unchanged."""
+        if execution_id is not None and resume_value is MISSING and input is not None:
+            record = await self.store.get_execution(execution_id)
+            if record is not None:
+                resume_value = input
+        return await self._run(wf, input, execution_id, resume_value, None)
+
+    async def _run(
+        self,
+        wf: workflow,
+        input: Any,
+        execution_id: str | None,
+        resume_value: Any,
+        parent_id: str | None,
+    ) -> ExecutionContext:
+        record = await self.store.get_execution(execution_id) if execution_id else None
+        if record is None:
+            ctx, epoch = self._create(wf, input, execution_id or new_execution_id(), parent_id)
+        else:
+            if record.workflow_name != wf.name:
+                raise WorkflowError(
+                    f"execution {execution_id} belongs to workflow {record.workflow_name!r}, "
+                    f"not {wf.name!r}"
+                )
+            if record.state.is_terminal:
+                return build_context(record, await self.store.load_events(record.execution_id))
+            ctx, epoch = await self._claim(record, resume_value)
+        execution = Execution(wf, ctx, StoreJournal(self.store, ctx.execution_id, epoch), self)
+        execution.resume_value = resume_value
+        self._running[ctx.execution_id] = execution
+        try:
+            return await execution.run()
+        except StaleWriteError as e:
+            raise StoreError(
+                f"execution {ctx.execution_id} was taken over by another run while this one "
+                f"was running; this run stopped ({e})"
+            ) from None
+        finally:
+            self._running.pop(ctx.execution_id, None)
+
+    def _create(
+        self, wf: workflow, input: Any, execution_id: str, parent_id: str | None
+    ) -> tuple[ExecutionContext, int]:
+        try:
+            data = codec.encode(input)
+        except Exception as e:
+            raise type(e)(f"input of workflow {wf.name!r}: {e}") from None
+        now = time.time()
+        record = ExecutionRecord(
+            execution_id=execution_id,
+            workflow_name=wf.name,
+            parent_id=parent_id,
+            input=data,
+            state=ExecutionState.RUNNING,
+            created_at=now,
+            lease_epoch=1,
+        )
+        ctx = ExecutionContext(execution_id, wf.name, input, None, ExecutionState.RUNNING,
+                               parent_id=parent_id)
+        started = _first_event(ctx, E.WORKFLOW_STARTED, wf.name, input, now, data)
+        self.store.enqueue(Write(execution_id, [started], insert=record))
+        return ctx, 1
+
+    async def _claim(
+        self, record: ExecutionRecord, resume_value: Any
+    ) -> tuple[ExecutionContext, int]:
+        events = await self.store.load_events(record.execution_id)
+        ctx = build_context(record, events)
+        epoch = record.lease_epoch + 1
+        new: list[StoredEvent] = []
+        if record.state is ExecutionState.PAUSED:
+            value = None if resume_value is MISSING else resume_value
+            new = resume_events(ctx, value)
+        ctx.state = ExecutionState.RUNNING
+        await self.store.commit(
+            Write(
+                record.execution_id,
+                new,
+                update={"state": ExecutionState.RUNNING.value, "lease_epoch": epoch,
+                        "wake_at": None},
+                expect={"lease_epoch": record.lease_epoch},
+            )
+        )
+        return ctx, epoch
+
+    async def cancel(self, execution_id: str) -> ExecutionContext:
+        """Cancel a running (in this engine) or paused/queued execution."""
+        running = self._running.get(execution_id)
+        if running is not None:
+            running.request_cancel()
+            return running.ctx
+        record = await self.store.get_execution(execution_id)
+        if record is None:
+            raise ExecutionNotFoundError(execution_id)
+        if record.state.is_terminal:
+            return await self.get(execution_id)
+        if record.state in (ExecutionState.RUNNING, ExecutionState.CLAIMED):
+            await self.store.commit(
+                Write(execution_id, update={"cancel_requested": 1})
+            )
+            return await self.get(execution_id)
+        seq = await self.store.last_seq(execution_id)
+        ev = StoredEvent(execution_id, seq + 1, E.WORKFLOW_CANCELLED.value, record.workflow_name,
+                         record.workflow_name, codec.encode(None), time.time())
+        await self.store.commit(
+            Write(
+                execution_id,
+                [ev],
+                update={"state": ExecutionState.CANCELLED.value, "wake_at": None},
+                expect={"lease_epoch": record.lease_epoch, "state": record.state.value},
+            )
+        )
+        return await self.get(execution_id)
+
+
+def _first_event(
+    ctx: ExecutionContext, type: ExecutionEventType, name: str, value: Any, now: float, data: bytes
+) -> StoredEvent:
+    from datetime import UTC, datetime
+
+    ctx._events.append(ExecutionEvent(1, type, name, name, value, datetime.fromtimestamp(now, UTC)))
+    return StoredEvent(ctx.execution_id, 1, type.value, name, name, data, now)
+
+
+def resume_events(ctx: ExecutionContext, value: Any) -> list[StoredEvent]:
+    """Events that resume a paused execution: WORKFLOW_RESUMED, then TASK_RESUMED carrying
+    ``value`` for every pause point still waiting. Appended to ``ctx.events`` too."""
+    from datetime import UTC, datetime
+
+    data = codec.encode(value)
+    now = time.time()
+    seq = ctx.events[-1].id if ctx.events else 0
+    out: list[StoredEvent] = []
+    name = ctx.workflow_name
+    targets = [(E.WORKFLOW_RESUMED, name, name)] + [
+        (E.TASK_RESUMED, p.source_id, p.name) for p in pending_pauses(ctx.events)
+    ]
+    for type_, source, label in targets:
+        seq += 1
+        ctx._events.append(
+            ExecutionEvent(seq, type_, source, label, value, datetime.fromtimestamp(now, UTC))
+        )
+        out.append(StoredEvent(ctx.execution_id, seq, type_.value, source, label, data, now))
+    return out
+
+
+@contextlib.asynccontextmanager
+async def open_engine(
+    settings: Settings | None = None, *, db: str | None = None, durability: str | None = None
+) -> AsyncIterator[Engine]:
+    """Open the store named by ``settings`` (or the environment) and yield an engine on it."""
+    if settings is None:
+        settings = Settings.from_env(db_path=db, durability=durability)
+    store = open_store(settings.db_path, durability=settings.durability)
+    try:
+        yield Engine(store, settings, SecretStore(store, settings))
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.aclose()

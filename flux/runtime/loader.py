@@ -1,0 +1,123 @@
+"""Finding workflows in Python files and in uploaded source."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import os
+import sys
+import types
+
+from .errors import WorkflowError, WorkflowNotFoundError
+from .workflow import workflow
+
+
+def workflows_in(module: types.ModuleType) -> dict[str, workflow]:
+    """Every ``@workflow`` defined at the top level of ``module``, by workflow name."""
+    found: dict[str, workflow] = {}
+    for value in vars(module).values():
+        if isinstance(value, workflow):
+            found[value.name] = value
+    return found
+
+
+def load_file(path: str) -> types.ModuleType:
+    """Import a Python file as a module (registered in ``sys.modules`` so that its exception
+    classes can be rebuilt from a recorded history)."""
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise WorkflowError(f"no such file: {path}")
+    digest = hashlib.sha256(path.encode()).hexdigest()[:12]
+    stem = os.path.splitext(os.path.basename(path))[0]
+    module_name = f"flux_user_{stem}_{digest}"
+    existing = sys.modules.get(module_name)
+    if existing is not None:
+        return existing
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise WorkflowError(f"cannot import {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    directory = os.path.dirname(path)
+    added = directory not in sys.path
+    if added:
+        sys.path.insert(0, directory)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    finally:
+        if added:
+            sys.path.remove(directory)
+    return module
+
+
+def pick(found: dict[str, workflow], name: str | None, origin: str) -> workflow:
+    if name:
+        if name not in found:
+            raise WorkflowNotFoundError(name) if found else WorkflowError(
+                f"{origin} defines no @workflow"
+            )
+        return found[name]
+    if len(found) == 1:
+        return next(iter(found.values()))
+    if not found:
+        raise WorkflowError(f"{origin} defines no @workflow")
+    raise WorkflowError(
+        f"{origin} defines several workflows ({', '.join(sorted(found))}); "
+        f"name one as FILE:WORKFLOW"
+    )
+
+
+def load_workflow(target: str) -> workflow:
+    """``path/to/file.py`` or ``path/to/file.py:workflow_name`` -> the workflow."""
+    if os.path.exists(target) or ":" not in target:
+        path, name = target, ""
+    else:
+        path, _, name = target.rpartition(":")
+    module = load_file(path)
+    return pick(workflows_in(module), name or None, path)
+
+
+def check_source(source: str, filename: str = "<upload>") -> list[str]:
+    """Parse uploaded source without running it; return the names of the ``@workflow``-decorated
+    top-level functions. A syntax error raises WorkflowError naming the line."""
+    try:
+        tree = ast.parse(source, filename=filename)
+    except SyntaxError as e:
+        raise WorkflowError(
+            f"syntax error in {filename} at line {e.lineno}: {e.msg}"
+        ) from None
+    names: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.AsyncFunctionDef | ast.FunctionDef):
+            for deco in node.decorator_list:
+                target = deco.func if isinstance(deco, ast.Call) else deco
+                text = ast.unparse(target)
+                if text in ("workflow", "flux.workflow") or text.endswith("workflow.with_options"):
+                    names.append(_declared_name(deco) or node.name)
+    return names
+
+
+def _declared_name(deco: ast.expr) -> str | None:
+    if isinstance(deco, ast.Call):
+        for kw in deco.keywords:
+            if kw.arg == "name" and isinstance(kw.value, ast.Constant):
+                return str(kw.value.value)
+    return None
+
+
+def load_source(source: str, module_name: str) -> types.ModuleType:
+    """Run uploaded workflow source as a module named ``module_name`` (registered in
+    ``sys.modules``). Uploading source is running code: only trusted callers may do it."""
+    module = types.ModuleType(module_name)
+    module.__file__ = f"<{module_name}>"
+    sys.modules[module_name] = module
+    try:
+        exec(compile(source, module.__file__, "exec"), module.__dict__)  # noqa: S102
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    return module

@@ -1,0 +1,137 @@
+"""Secrets encrypted at rest in the store (AES-256-GCM from ``cryptography``).
+
+The key comes from ``FLUX_SECRET_KEY`` (32 bytes, url-safe base64) or from a key file created on
+first use with mode 0600 next to the database (``FLUX_SECRET_KEY_FILE`` overrides its path). No key
+ships with Flux. Each value is sealed with a fresh 96-bit nonce and the secret's name as associated
+data, so a ciphertext copied under another name does not decrypt.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterable, Mapping
+
+import anyio
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .errors import FluxError, SecretNotFoundError
+from .settings import Settings
+from .store import Store
+
+_VERSION = b"\x01"
+MAX_NAME = 200
+MAX_VALUE = 64 * 1024
+
+
+class SecretKeyError(FluxError):
+    """The secret key is missing, malformed, or not the one the secrets were sealed with."""
+
+
+def _decode_key(text: str, origin: str) -> bytes:
+    try:
+        key = base64.urlsafe_b64decode(text.strip().encode("ascii") + b"==")
+    except (ValueError, UnicodeEncodeError):
+        raise SecretKeyError(f"{origin} is not url-safe base64") from None
+    if len(key) != 32:
+        raise SecretKeyError(f"{origin} must hold 32 bytes (base64), it holds {len(key)}")
+    return key
+
+
+def load_key(settings: Settings, environ: Mapping[str, str] | None = None) -> bytes:
+    """The key from ``FLUX_SECRET_KEY``, else the key file (created with mode 0600 if absent)."""
+    env = os.environ if environ is None else environ
+    if env.get("FLUX_SECRET_KEY"):
+        return _decode_key(env["FLUX_SECRET_KEY"], "FLUX_SECRET_KEY")
+    path = settings.secret_key_file
+    if path is None:
+        raise SecretKeyError("no secret key: set FLUX_SECRET_KEY or a secret key file")
+    try:
+        with open(path, encoding="ascii") as f:
+            return _decode_key(f.read(), f"secret key file {path}")
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    text = base64.urlsafe_b64encode(AESGCM.generate_key(bit_length=256)).decode("ascii")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first: use theirs
+        with open(path, encoding="ascii") as f:
+            return _decode_key(f.read(), f"secret key file {path}")
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(text + "\n")
+    return _decode_key(text, f"secret key file {path}")
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME:
+        raise ValueError(f"a secret name must be a non-empty string of at most {MAX_NAME} chars")
+    if any(c.isspace() or not c.isprintable() for c in name):
+        raise ValueError(f"secret name {name!r} must not contain spaces or control characters")
+    return name
+
+
+class SecretStore:
+    """Encrypts and decrypts secrets kept in the store's ``secrets`` table."""
+
+    def __init__(self, store: Store, settings: Settings, environ: Mapping[str, str] | None = None):
+        self.store = store
+        self.settings = settings
+        self._environ = environ
+        self._aead: AESGCM | None = None
+
+    async def _cipher(self) -> AESGCM:
+        if self._aead is None:
+            key = await anyio.to_thread.run_sync(load_key, self.settings, self._environ)
+            self._aead = AESGCM(key)
+        return self._aead
+
+    async def set(self, name: str, value: str) -> None:
+        check_name(name)
+        if not isinstance(value, str):
+            raise ValueError(f"the value of secret {name!r} must be a string")
+        if len(value.encode()) > MAX_VALUE:
+            raise ValueError(f"the value of secret {name!r} exceeds {MAX_VALUE} bytes")
+        aead = await self._cipher()
+        nonce = os.urandom(12)
+        sealed = _VERSION + nonce + aead.encrypt(nonce, value.encode(), name.encode())
+        await self.store.put_secret(name, sealed)
+
+    async def get(self, name: str) -> str:
+        check_name(name)
+        sealed = await self.store.get_secret(name)
+        if sealed is None:
+            raise SecretNotFoundError(f"secret {name!r} is not set")
+        aead = await self._cipher()
+        if sealed[:1] != _VERSION or len(sealed) < 13:
+            raise SecretKeyError(f"secret {name!r} is stored in an unknown format")
+        try:
+            return aead.decrypt(sealed[1:13], sealed[13:], name.encode()).decode()
+        except InvalidTag:
+            raise SecretKeyError(
+                f"secret {name!r} cannot be decrypted with this key (was it set with another "
+                "FLUX_SECRET_KEY or key file?)"
+            ) from None
+
+    async def get_many(self, names: Iterable[str]) -> dict[str, str]:
+        """Exactly the secrets asked for; a missing one raises naming it (all missing named)."""
+        names = list(dict.fromkeys(names))
+        values: dict[str, str] = {}
+        missing: list[str] = []
+        for name in names:
+            try:
+                values[name] = await self.get(name)
+            except SecretNotFoundError:
+                missing.append(name)
+        if missing:
+            raise SecretNotFoundError(
+                f"secret{'s' if len(missing) > 1 else ''} not found: {', '.join(missing)}"
+            )
+        return values
+
+    async def remove(self, name: str) -> bool:
+        return await self.store.delete_secret(check_name(name))
+
+    async def names(self) -> list[str]:
+        return await self.store.list_secret_names()

@@ -1,0 +1,120 @@
+"""The ``@workflow`` decorator."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from .context import ExecutionContext
+from .errors import WorkflowError
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+#: Marks "no resume value given" (``None`` is a valid resume value).
+MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
+
+
+class workflow:  # noqa: N801 - the 0.2.7 name is lowercase
+    """Declare a workflow: an ``async def`` taking one ``ctx: ExecutionContext[T]`` argument.
+
+    ``wf.run(input)`` runs it to its end (or a pause) and returns the ``ExecutionContext``;
+    ``await wf.arun(input)`` does the same inside any anyio app (trio or asyncio).
+    """
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        *,
+        name: str | None = None,
+        timeout: float | timedelta | None = None,
+    ):
+        if not inspect.iscoroutinefunction(func):
+            raise WorkflowError(
+                f"@workflow needs an async function, got {getattr(func, '__name__', func)!r}"
+            )
+        params = [
+            p
+            for p in inspect.signature(func).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+        ]
+        if len(params) != 1:
+            raise WorkflowError(
+                f"workflow {func.__name__!r} must take exactly one argument "
+                f"(ctx: ExecutionContext), it takes {len(params)}"
+            )
+        if isinstance(timeout, timedelta):
+            timeout = timeout.total_seconds()
+        if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+            raise WorkflowError(f"workflow timeout must be positive seconds, got {timeout!r}")
+        self.func = func
+        self.name = name or func.__name__
+        self.timeout = float(timeout) if timeout is not None else None
+        self.qualified_name = f"{func.__module__}.{func.__qualname__}"
+        functools.update_wrapper(self, func)
+
+    @classmethod
+    def with_options(
+        cls, *, name: str | None = None, timeout: float | timedelta | None = None
+    ) -> Callable[[Callable[..., Any]], workflow]:
+        def decorate(func: Callable[..., Any]) -> workflow:
+            return cls(func, name=name, timeout=timeout)
+
+        return decorate
+
+    def run(
+        self,
+        input: Any = None,
+        *,
+        execution_id: str | None = None,
+        resume_value: Any = MISSING,
+        db: str | None = None,
+        durability: str | None = None,
+    ) -> ExecutionContext:
+        """Run to the end, a pause, or a failure, and return the ``ExecutionContext``.
+
+        With ``execution_id`` of a paused execution, resume it (``resume_value``, or ``input``
+        when given, becomes the value ``pause()`` returns); of a finished one, return it as is.
+        """
+        import anyio
+
+        return anyio.run(
+            functools.partial(
+                self.arun,
+                input,
+                execution_id=execution_id,
+                resume_value=resume_value,
+                db=db,
+                durability=durability,
+            ),
+            backend="trio",
+        )
+
+    async def arun(
+        self,
+        input: Any = None,
+        *,
+        execution_id: str | None = None,
+        resume_value: Any = MISSING,
+        engine: Engine | None = None,
+        db: str | None = None,
+        durability: str | None = None,
+    ) -> ExecutionContext:
+        """``run`` for async code: works in any anyio app, on trio or asyncio."""
+        from .engine import open_engine
+
+        if engine is not None:
+            return await engine.run(
+                self, input, execution_id=execution_id, resume_value=resume_value
+            )
+        async with open_engine(db=db, durability=durability) as own:
+            return await own.run(self, input, execution_id=execution_id, resume_value=resume_value)
+
+    async def __call__(self, ctx: ExecutionContext) -> Any:
+        return await self.func(ctx)
+
+    def __repr__(self) -> str:
+        return f"<workflow {self.name}>"
