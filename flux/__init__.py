@@ -3,6 +3,10 @@
 The public menu; everything here is re-exported from the modules that define it.
 """
 
+# The 0.2.7 modules flux.task and flux.workflow are imported first, so that the names `task` and
+# `workflow` below (the decorators) win over the submodules of the same name.
+from . import task as _task_module  # noqa: F401
+from . import workflow as _workflow_module  # noqa: F401
 from .runtime.context import ExecutionContext as ExecutionContext
 from .runtime.engine import Engine as Engine
 from .runtime.engine import open_engine as open_engine

@@ -101,9 +101,7 @@ async def run_command(
     value = _json_arg(input_json, "INPUT_JSON")
     async with open_engine(settings) as engine:
         if execution_id:
-            ctx = await engine.run(
-                wf, None, execution_id=execution_id, resume_value=value
-            )
+            ctx = await engine.run(wf, None, execution_id=execution_id, resume_value=value)
         else:
             ctx = await engine.run(wf, None if value is MISSING else value)
     _finish(ctx, resume_hint=f"flux run {target} --execution-id {ctx.execution_id} [VALUE]")
@@ -149,9 +147,7 @@ def _when(ts: datetime | float | None) -> str:
 
 @executions.command("list")
 @click.option("--workflow", "workflow_name", help="only this workflow")
-@click.option(
-    "--state", type=click.Choice([s.value for s in ExecutionState], case_sensitive=False)
-)
+@click.option("--state", type=click.Choice([s.value for s in ExecutionState], case_sensitive=False))
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @click.option("--offset", type=click.IntRange(0), default=0)
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
@@ -208,7 +204,9 @@ async def executions_list(
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @local_store_options
 @flux_errors
-async def executions_show(execution_id: str, events: bool, as_json: bool, settings: Settings) -> None:
+async def executions_show(
+    execution_id: str, events: bool, as_json: bool, settings: Settings
+) -> None:
     """Show one execution (and its events)."""
     from .runtime.engine import open_engine
 

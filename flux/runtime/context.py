@@ -135,7 +135,9 @@ def to_jsonable(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
-        return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
+        return (
+            value if value == value and value not in (float("inf"), float("-inf")) else str(value)
+        )
     if isinstance(value, dict):
         return {_json_key(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

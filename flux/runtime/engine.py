@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -68,8 +68,9 @@ class StoreJournal:
         self.expect = {"lease_epoch": epoch}
 
     def enqueue(self, events: list[StoredEvent], update: dict[str, Any] | None = None) -> None:
-        self.store.enqueue(Write(self.execution_id, events, update=_columns(update),
-                                 expect=self.expect))
+        self.store.enqueue(
+            Write(self.execution_id, events, update=_columns(update), expect=self.expect)
+        )
 
     async def commit(self, events: list[StoredEvent], update: dict[str, Any] | None = None) -> None:
         await self.store.commit(
@@ -90,7 +91,15 @@ class Engine:
 
     suspend_sleep_after: float | None = None
 
-    def __init__(self, store: Store, settings: Settings, secrets: SecretStore):
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        secrets: SecretStore,
+        *,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.clock = clock
         self.store = store
         self.settings = settings
         self.secrets = secrets
@@ -166,7 +175,9 @@ class Engine:
             if record.state.is_terminal:
                 return build_context(record, await self.store.load_events(record.execution_id))
             ctx, epoch = await self._claim(record, resume_value)
-        execution = Execution(wf, ctx, StoreJournal(self.store, ctx.execution_id, epoch), self)
+        execution = Execution(
+            wf, ctx, StoreJournal(self.store, ctx.execution_id, epoch), self, clock=self.clock
+        )
         execution.resume_value = resume_value
         self._running[ctx.execution_id] = execution
         try:
@@ -196,8 +207,9 @@ class Engine:
             created_at=now,
             lease_epoch=1,
         )
-        ctx = ExecutionContext(execution_id, wf.name, input, None, ExecutionState.RUNNING,
-                               parent_id=parent_id)
+        ctx = ExecutionContext(
+            execution_id, wf.name, input, None, ExecutionState.RUNNING, parent_id=parent_id
+        )
         started = _first_event(ctx, E.WORKFLOW_STARTED, wf.name, input, now, data)
         self.store.enqueue(Write(execution_id, [started], insert=record))
         return ctx, 1
@@ -217,8 +229,11 @@ class Engine:
             Write(
                 record.execution_id,
                 new,
-                update={"state": ExecutionState.RUNNING.value, "lease_epoch": epoch,
-                        "wake_at": None},
+                update={
+                    "state": ExecutionState.RUNNING.value,
+                    "lease_epoch": epoch,
+                    "wake_at": None,
+                },
                 expect={"lease_epoch": record.lease_epoch},
             )
         )
@@ -236,13 +251,18 @@ class Engine:
         if record.state.is_terminal:
             return await self.get(execution_id)
         if record.state in (ExecutionState.RUNNING, ExecutionState.CLAIMED):
-            await self.store.commit(
-                Write(execution_id, update={"cancel_requested": 1})
-            )
+            await self.store.commit(Write(execution_id, update={"cancel_requested": 1}))
             return await self.get(execution_id)
         seq = await self.store.last_seq(execution_id)
-        ev = StoredEvent(execution_id, seq + 1, E.WORKFLOW_CANCELLED.value, record.workflow_name,
-                         record.workflow_name, codec.encode(None), time.time())
+        ev = StoredEvent(
+            execution_id,
+            seq + 1,
+            E.WORKFLOW_CANCELLED.value,
+            record.workflow_name,
+            record.workflow_name,
+            codec.encode(None),
+            time.time(),
+        )
         await self.store.commit(
             Write(
                 execution_id,
@@ -287,14 +307,18 @@ def resume_events(ctx: ExecutionContext, value: Any) -> list[StoredEvent]:
 
 @contextlib.asynccontextmanager
 async def open_engine(
-    settings: Settings | None = None, *, db: str | None = None, durability: str | None = None
+    settings: Settings | None = None,
+    *,
+    db: str | None = None,
+    durability: str | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Engine]:
     """Open the store named by ``settings`` (or the environment) and yield an engine on it."""
     if settings is None:
         settings = Settings.from_env(db_path=db, durability=durability)
     store = open_store(settings.db_path, durability=settings.durability)
     try:
-        yield Engine(store, settings, SecretStore(store, settings))
+        yield Engine(store, settings, SecretStore(store, settings), clock=clock)
     finally:
         with anyio.CancelScope(shield=True):
             await store.aclose()

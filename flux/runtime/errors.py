@@ -70,7 +70,7 @@ class SecretNotFoundError(TaskError):
 
 
 class StoreError(FluxError):
-    """The store cannot do what was asked (corrupt file, unknown schema version, bad state change)."""
+    """The store cannot do what was asked (corrupt file, unknown schema, bad state change)."""
 
 
 class ExecutionCancelledError(FluxError):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import attrs
 
 
-class ExecutionState(str, Enum):
+class ExecutionState(StrEnum):
     CREATED = "CREATED"
     SCHEDULED = "SCHEDULED"
     CLAIMED = "CLAIMED"
@@ -33,7 +33,7 @@ TERMINAL_STATES = frozenset(
 )
 
 
-class ExecutionEventType(str, Enum):
+class ExecutionEventType(StrEnum):
     WORKFLOW_SCHEDULED = "WORKFLOW_SCHEDULED"
     WORKFLOW_CLAIMED = "WORKFLOW_CLAIMED"
     WORKFLOW_STARTED = "WORKFLOW_STARTED"

@@ -102,6 +102,7 @@ class Execution:
         self.host = host
         self.clock = clock
         self.calls: dict[str, CallRecord] = index_calls(ctx.events)
+        self.positions: dict[str, CallRecord] = {_position(c): r for c, r in self.calls.items()}
         self.seq = ctx.events[-1].id if ctx.events else 0
         self._visited: set[str] = set()
         self._replayed: set[str] = set()
@@ -124,9 +125,7 @@ class Execution:
         data = codec.encode(value)
         now = self.clock()
         self.seq += 1
-        ev = ExecutionEvent(
-            self.seq, type, call_id, name, value, datetime.fromtimestamp(now, UTC)
-        )
+        ev = ExecutionEvent(self.seq, type, call_id, name, value, datetime.fromtimestamp(now, UTC))
         self.ctx._events.append(ev)
         return StoredEvent(self.ctx.execution_id, self.seq, type.value, call_id, name, data, now)
 
@@ -154,7 +153,7 @@ class Execution:
             raise self.nondeterminism
 
     def _mismatch(self, call_id: str, rec: CallRecord, name: str, args: Any) -> None:
-        recorded = f"{rec.name}({_short(rec.args)})"
+        recorded = f"{rec.name}({_short([rec.args, rec.kwargs])})"
         current = f"{name}({_short(args)})"
         width = max(len(recorded), len("recorded"))
         err = NondeterminismError(
@@ -172,6 +171,10 @@ class Execution:
         self._check()
         rec = self.calls.get(call_id)
         if rec is None:
+            other = self.positions.get(_position(call_id)) if self.positions else None
+            if other is not None:  # another call was recorded at this place in the program
+                self._visited.add(other.call_id)
+                self._mismatch(other.call_id, other, name, args)
             return None
         self._visited.add(call_id)
         if rec.name != name or (rec.digest is not None and digest != rec.digest):
@@ -200,8 +203,10 @@ class Execution:
                 continue
             if rec.outcome is not None and rec.outcome.type is E.TASK_CANCELLED:
                 continue
-            if any(call_id.startswith(done + "/") or call_id.startswith(done + "@")
-                   for done in self._replayed | self._visited):
+            if any(
+                call_id.startswith(done + "/") or call_id.startswith(done + "@")
+                for done in self._replayed | self._visited
+            ):
                 continue
             missing.append(call_id)
         return missing
@@ -275,7 +280,10 @@ class Execution:
         opts = t.options
         if rec is None:
             self.record(
-                E.TASK_STARTED, call_id, name, {"args": list(args), "kwargs": kwargs, "digest": digest}
+                E.TASK_STARTED,
+                call_id,
+                name,
+                {"args": list(args), "kwargs": kwargs, "digest": digest},
             )
             rec = CallRecord(call_id, name, digest)
         cache_key = None
@@ -351,9 +359,7 @@ class Execution:
                 return value
             k += 1
 
-    async def _attempt(
-        self, t: task, args: tuple, kwargs: dict, call_id: str, attempt: int
-    ) -> Any:
+    async def _attempt(self, t: task, args: tuple, kwargs: dict, call_id: str, attempt: int) -> Any:
         opts = t.options
         if opts.secret_requests or opts.metadata:
             kwargs = dict(kwargs)
@@ -539,8 +545,10 @@ class Execution:
             await self.commit(E.TASK_COMPLETED, call_id, name, result.output)
             return result.output
         if state is ExecutionState.FAILED:
-            error = result.output if isinstance(result.output, BaseException) else FluxError(
-                f"subworkflow {name!r} ({child_id}) failed: {result.output!r}"
+            error = (
+                result.output
+                if isinstance(result.output, BaseException)
+                else FluxError(f"subworkflow {name!r} ({child_id}) failed: {result.output!r}")
             )
             await self.commit(E.TASK_FAILED, call_id, name, error)
             raise error
@@ -632,8 +640,11 @@ class Execution:
         ctx = self.ctx
         data = codec.encode(value)
         await self.commit(
-            type, ctx.workflow_name, ctx.workflow_name, value, {"state": state, "output": data,
-                                                                "wake_at": None}
+            type,
+            ctx.workflow_name,
+            ctx.workflow_name,
+            value,
+            {"state": state, "output": data, "wake_at": None},
         )
         ctx.state = state
         ctx.output = value
@@ -643,11 +654,16 @@ class Execution:
         blocked = self.suspended_on
         if "pause" in blocked.values():
             pauses = [
-                e.value for e in ctx.events
+                e.value
+                for e in ctx.events
                 if e.type is E.TASK_PAUSED and blocked.get(e.source_id) == "pause"
             ]
-            children = [c for c, kind in blocked.items() if kind == "pause" and c not in
-                        {e.source_id for e in ctx.events if e.type is E.TASK_PAUSED}]
+            children = [
+                c
+                for c, kind in blocked.items()
+                if kind == "pause"
+                and c not in {e.source_id for e in ctx.events if e.type is E.TASK_PAUSED}
+            ]
             names = pauses + children
             await self.commit(
                 E.WORKFLOW_PAUSED,
@@ -673,11 +689,18 @@ async def _invoke(t: task, args: tuple, kwargs: dict) -> Any:
     return await call_plain(t.func, args, kwargs)
 
 
+def _position(call_id: str) -> str:
+    """Where a call sits in the program: its parent and ordinal, without its own name."""
+    parent, _, leaf = call_id.rpartition("/")
+    return f"{parent}/#{leaf.rpartition('#')[2]}"
+
+
 def _short(value: Any, limit: int = 60) -> str:
     if value is None:
         return ""
-    if isinstance(value, list) and len(value) == 2 and isinstance(value[1], dict):
-        parts = [repr(a) for a in value[0]] + [f"{k}={v!r}" for k, v in value[1].items()]
+    if isinstance(value, list) and len(value) == 2 and isinstance(value[1], dict | None):
+        args = value[0] if isinstance(value[0], list | tuple) else [value[0]]
+        parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in (value[1] or {}).items()]
         text = ", ".join(parts)
     else:
         text = repr(value)

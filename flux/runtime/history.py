@@ -26,6 +26,7 @@ class CallRecord:
     name: str
     digest: str | None = None
     args: Any = None
+    kwargs: Any = None
     started: ExecutionEvent | None = None
     outcome: ExecutionEvent | None = None  # TASK_COMPLETED / FAILED / CANCELLED / RESUMED
     paused: ExecutionEvent | None = None
@@ -64,6 +65,7 @@ def index_calls(events: Iterable[ExecutionEvent]) -> dict[str, CallRecord]:
             if isinstance(value, dict):
                 rec.digest = value.get("digest")
                 rec.args = value.get("args")
+                rec.kwargs = value.get("kwargs")
         elif t in (E.TASK_COMPLETED, E.TASK_FAILED, E.TASK_CANCELLED, E.TASK_RESUMED):
             rec.outcome = ev
         elif t is E.TASK_PAUSED:

@@ -57,8 +57,10 @@ def load_file(path: str) -> types.ModuleType:
 def pick(found: dict[str, workflow], name: str | None, origin: str) -> workflow:
     if name:
         if name not in found:
-            raise WorkflowNotFoundError(name) if found else WorkflowError(
-                f"{origin} defines no @workflow"
+            raise (
+                WorkflowNotFoundError(name)
+                if found
+                else WorkflowError(f"{origin} defines no @workflow")
             )
         return found[name]
     if len(found) == 1:
@@ -87,9 +89,7 @@ def check_source(source: str, filename: str = "<upload>") -> list[str]:
     try:
         tree = ast.parse(source, filename=filename)
     except SyntaxError as e:
-        raise WorkflowError(
-            f"syntax error in {filename} at line {e.lineno}: {e.msg}"
-        ) from None
+        raise WorkflowError(f"syntax error in {filename} at line {e.lineno}: {e.msg}") from None
     names: list[str] = []
     for node in tree.body:
         if isinstance(node, ast.AsyncFunctionDef | ast.FunctionDef):

@@ -59,7 +59,8 @@ async def parallel(
     if len(calls) == 1 and isinstance(calls[0], list | tuple):
         calls = tuple(calls[0])
     if max_concurrency is not None and (
-        not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool)
+        not isinstance(max_concurrency, int)
+        or isinstance(max_concurrency, bool)
         or max_concurrency < 1
     ):
         for c in calls:

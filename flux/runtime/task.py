@@ -201,8 +201,9 @@ async def call_plain(func: Callable[..., Any], args: tuple, kwargs: dict) -> Any
     """Run an async or sync callable; sync ones go to a worker thread."""
     if inspect.iscoroutinefunction(func):
         return await func(*args, **kwargs)
-    import anyio
     import contextvars
+
+    import anyio
 
     ctx = contextvars.copy_context()
     result = await anyio.to_thread.run_sync(

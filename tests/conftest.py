@@ -1,0 +1,38 @@
+"""Shared fixtures: every test gets its own store and key file under tmp_path."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def flux_home(tmp_path, monkeypatch):
+    """Point FLUX_DB and the secret key file at this test's own directory."""
+    monkeypatch.setenv("FLUX_DB", str(tmp_path / "flux.db"))
+    monkeypatch.setenv("FLUX_SECRET_KEY_FILE", str(tmp_path / "secret.key"))
+    monkeypatch.delenv("FLUX_SECRET_KEY", raising=False)
+    monkeypatch.delenv("FLUX_DURABILITY", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def db_path(flux_home):
+    return str(flux_home / "flux.db")
+
+
+def subprocess_env(tmp_path) -> dict[str, str]:
+    """Environment for a child Python process using this test's store."""
+    env = dict(os.environ)
+    env["FLUX_DB"] = str(tmp_path / "flux.db")
+    env["FLUX_SECRET_KEY_FILE"] = str(tmp_path / "secret.key")
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("FLUX_SECRET_KEY", None)
+    return env
+
+
+PYTHON = sys.executable
