@@ -102,7 +102,14 @@ class Execution:
         self.host = host
         self.clock = clock
         self.calls: dict[str, CallRecord] = index_calls(ctx.events)
-        self.positions: dict[str, CallRecord] = {_position(c): r for c, r in self.calls.items()}
+        # every recorded id and its ancestors (combinator frames such as parallel#0), so that a
+        # different call at a recorded place in the program is caught before it runs
+        self.known: dict[str, str] = {}
+        for call_id in self.calls:
+            parts = call_id.split("/")
+            for i in range(1, len(parts) + 1):
+                self.known.setdefault("/".join(parts[:i]), parts[i - 1].rpartition("#")[0])
+        self.positions: dict[str, str] = {_position(c): c for c in self.known}
         self.seq = ctx.events[-1].id if ctx.events else 0
         self._visited: set[str] = set()
         self._replayed: set[str] = set()
@@ -171,15 +178,24 @@ class Execution:
         self._check()
         rec = self.calls.get(call_id)
         if rec is None:
-            other = self.positions.get(_position(call_id)) if self.positions else None
-            if other is not None:  # another call was recorded at this place in the program
-                self._visited.add(other.call_id)
-                self._mismatch(other.call_id, other, name, args)
+            self.check_position(call_id, name, args)
             return None
         self._visited.add(call_id)
         if rec.name != name or (rec.digest is not None and digest != rec.digest):
             self._mismatch(call_id, rec, name, args)
         return rec
+
+    def check_position(self, call_id: str, name: str, args: Any = None) -> None:
+        """Raise NondeterminismError if the history records another call where ``call_id`` is
+        made now (same parent, same ordinal, other name). Combinators call this for their id."""
+        self._check()
+        if not self.positions or call_id in self.known:
+            return
+        other = self.positions.get(_position(call_id))
+        if other is not None:
+            rec = self.calls.get(other) or CallRecord(other, _unescape(self.known[other]))
+            self._visited.add(other)
+            self._mismatch(other, rec, name, args)
 
     async def _replay(self, rec: CallRecord) -> Any:
         ev = rec.outcome
@@ -687,6 +703,10 @@ async def _invoke(t: task, args: tuple, kwargs: dict) -> Any:
     if t.is_async:
         return await t.func(*args, **kwargs)
     return await call_plain(t.func, args, kwargs)
+
+
+def _unescape(name: str) -> str:
+    return name.replace("%2F", "/").replace("%23", "#").replace("%25", "%")
 
 
 def _position(call_id: str) -> str:

@@ -71,6 +71,7 @@ async def parallel(
     limiter = anyio.Semaphore(max_concurrency) if max_concurrency else None
     if parent is not None:
         pid = parent.next_id(_name)
+        parent.execution.check_position(pid, _name)
         group = parent.child(pid)
         ids: list[str | None] = [group.next_id(_child_name(c)) for c in calls]
         # each child runs in a frame of its own, whose id is the child's id
@@ -123,7 +124,9 @@ async def pipeline(*tasks: task | Callable[[Any], Awaitable[Any]], input: Any = 
         for t in tasks:
             value = await t(value)
         return value
-    frame = parent.child(parent.next_id("pipeline"))
+    pid = parent.next_id("pipeline")
+    parent.execution.check_position(pid, "pipeline")
+    frame = parent.child(pid)
     held = parent.execution._release(parent)
     token = frames.enter(frame)
     try:

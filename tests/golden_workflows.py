@@ -1,0 +1,56 @@
+"""Workflows whose recorded histories are kept in tests/golden/ (do not change their calls:
+the golden tests prove that a change of calls is caught as nondeterminism)."""
+
+from __future__ import annotations
+
+from flux import ExecutionContext, task, workflow
+from flux.tasks import parallel, pause
+
+ran: list[str] = []
+
+
+@task
+async def reserve(item: str) -> str:
+    ran.append(f"reserve:{item}")
+    return f"reserved-{item}"
+
+
+@task
+async def charge(amount: int) -> dict:
+    ran.append(f"charge:{amount}")
+    return {"charged": amount}
+
+
+@task
+async def notify(who: str) -> str:
+    ran.append(f"notify:{who}")
+    return f"notified-{who}"
+
+
+@workflow.with_options(name="golden_order")
+async def golden_order(ctx: ExecutionContext[dict]):
+    items = await parallel(*(reserve(i) for i in ctx.input["items"]))
+    payment = await charge(ctx.input["amount"])
+    approved = await pause("approval")
+    note = await notify(ctx.input["customer"])
+    return {"items": items, "payment": payment, "approved": approved, "note": note}
+
+
+@workflow.with_options(name="golden_order")
+async def golden_order_changed(ctx: ExecutionContext[dict]):
+    """The same workflow after an incompatible edit: charge now comes before the reservations."""
+    payment = await charge(ctx.input["amount"])
+    items = await parallel(*(reserve(i) for i in ctx.input["items"]))
+    approved = await pause("approval")
+    note = await notify(ctx.input["customer"])
+    return {"items": items, "payment": payment, "approved": approved, "note": note}
+
+
+@workflow.with_options(name="golden_order")
+async def golden_order_compatible(ctx: ExecutionContext[dict]):
+    """A compatible edit: only code after the recorded calls changed."""
+    items = await parallel(*(reserve(i) for i in ctx.input["items"]))
+    payment = await charge(ctx.input["amount"])
+    approved = await pause("approval")
+    note = await notify(ctx.input["customer"].upper())
+    return {"items": items, "payment": payment, "approved": approved, "note": note, "v": 2}
