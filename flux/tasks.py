@@ -8,11 +8,17 @@ from .runtime.builtins import random as random
 from .runtime.builtins import randrange as randrange
 from .runtime.builtins import sleep as sleep
 from .runtime.builtins import uuid4 as uuid4
+from .runtime.graph import Graph as Graph
+from .runtime.graph import GraphCycleError as GraphCycleError
+from .runtime.graph import GraphError as GraphError
 from .runtime.patterns import call as call
 from .runtime.patterns import parallel as parallel
 from .runtime.patterns import pipeline as pipeline
 
 __all__ = [
+    "Graph",
+    "GraphCycleError",
+    "GraphError",
     "call",
     "choice",
     "now",

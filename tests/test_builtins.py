@@ -163,21 +163,22 @@ async def test_sleep_is_a_durable_timer(autojump_clock):
         return await count(2)
 
     start = anyio.current_time()
-    ctx = await napper.arun()
+    async with open_engine(cancel_poll=None) as engine:  # no watcher: exact virtual time
+        ctx = await napper.arun(engine=engine)
     assert ctx.output == 2
     assert anyio.current_time() - start == pytest.approx(3600, abs=1)
     started = next(e for e in ctx.events if e.source_id == "sleep#1" and e.type is E.TASK_STARTED)
     wake_at = started.value["args"]["wake_at"]
 
     # a process that crashed during the sleep resumes 50 minutes later: 10 minutes are left
-    async with open_engine(clock=lambda: wake_at - 600) as engine:
+    async with open_engine(clock=lambda: wake_at - 600, cancel_poll=None) as engine:
         await _rewind(engine, ctx.execution_id, started.id)
         before = anyio.current_time()
         again = await napper.arun(execution_id=ctx.execution_id, engine=engine)
         assert anyio.current_time() - before == pytest.approx(600, abs=1)
     assert again.output == 2
     # resumed after the wake time: no sleep at all
-    async with open_engine(clock=lambda: wake_at + 5) as engine:
+    async with open_engine(clock=lambda: wake_at + 5, cancel_poll=None) as engine:
         await _rewind(engine, ctx.execution_id, started.id)
         before = anyio.current_time()
         await napper.arun(execution_id=ctx.execution_id, engine=engine)

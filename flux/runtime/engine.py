@@ -98,8 +98,11 @@ class Engine:
         secrets: SecretStore,
         *,
         clock: Callable[[], float] = time.time,
+        cancel_poll: float | None = 2.0,
     ):
         self.clock = clock
+        #: longest wait between two looks for a cancel request from another process (None: off)
+        self.cancel_poll = cancel_poll
         self.store = store
         self.settings = settings
         self.secrets = secrets
@@ -181,7 +184,7 @@ class Engine:
         execution.resume_value = resume_value
         self._running[ctx.execution_id] = execution
         try:
-            return await execution.run()
+            return await self._run_watched(execution)
         except StaleWriteError as e:
             raise StoreError(
                 f"execution {ctx.execution_id} was taken over by another run while this one "
@@ -189,6 +192,39 @@ class Engine:
             ) from None
         finally:
             self._running.pop(ctx.execution_id, None)
+
+    async def _run_watched(self, execution: Execution) -> ExecutionContext:
+        """Run ``execution`` while watching the store for a cancel request from another process
+        (``flux executions cancel ID``): polled with backoff, 0.25 s up to ``cancel_poll``."""
+        if self.cancel_poll is None:
+            return await execution.run()
+        result: list[ExecutionContext] = []
+
+        async def watch() -> None:
+            delay = 0.25
+            while True:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, self.cancel_poll)
+                record = await self.store.get_execution(execution.ctx.execution_id)
+                if record is not None and record.cancel_requested:
+                    execution.request_cancel()
+                    return
+
+        async def main(scope: anyio.CancelScope) -> None:
+            try:
+                result.append(await execution.run())
+            finally:
+                scope.cancel()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch)
+                await main(tg.cancel_scope)
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        return result[0]
 
     def _create(
         self, wf: workflow, input: Any, execution_id: str, parent_id: str | None
@@ -312,13 +348,16 @@ async def open_engine(
     db: str | None = None,
     durability: str | None = None,
     clock: Callable[[], float] = time.time,
+    cancel_poll: float | None = 2.0,
 ) -> AsyncIterator[Engine]:
     """Open the store named by ``settings`` (or the environment) and yield an engine on it."""
     if settings is None:
         settings = Settings.from_env(db_path=db, durability=durability)
     store = open_store(settings.db_path, durability=settings.durability)
     try:
-        yield Engine(store, settings, SecretStore(store, settings), clock=clock)
+        yield Engine(
+            store, settings, SecretStore(store, settings), clock=clock, cancel_poll=cancel_poll
+        )
     finally:
         with anyio.CancelScope(shield=True):
             await store.aclose()

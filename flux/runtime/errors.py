@@ -65,7 +65,7 @@ class NondeterminismError(FluxError):
     """
 
 
-class SecretNotFoundError(TaskError):
+class SecretNotFoundError(TaskError, ValueError):
     """A task asked for a secret the secret store does not hold."""
 
 
