@@ -36,3 +36,16 @@ def subprocess_env(tmp_path) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture
+def settled_clock():
+    """A virtual clock that jumps only after the loop has been idle for 50 ms of real time.
+
+    pytest-trio's ``autojump_clock`` jumps as soon as every task is blocked, which includes a
+    task waiting for a store commit in a worker thread: virtual time can then run ahead of a
+    commit. Tests where timers race against commits use this clock instead.
+    """
+    import trio.testing
+
+    return trio.testing.MockClock(autojump_threshold=0.05)

@@ -122,10 +122,10 @@ class Engine:
         return self._secret_values
 
     async def cache_get(self, key: str) -> bytes | None:
-        return await self.store.cache_get(key, time.time())
+        return await self.store.cache_get(key, self.clock())
 
     async def cache_put(self, key: str, value: bytes, ttl: float | None) -> None:
-        await self.store.cache_put(key, value, time.time() + ttl if ttl else None)
+        await self.store.cache_put(key, value, self.clock() + ttl if ttl else None)
 
     async def run_child(
         self, execution: Execution, call_id: str, child: workflow, child_id: str, input: Any
@@ -195,15 +195,21 @@ class Engine:
 
     async def _run_watched(self, execution: Execution) -> ExecutionContext:
         """Run ``execution`` while watching the store for a cancel request from another process
-        (``flux executions cancel ID``): polled with backoff, 0.25 s up to ``cancel_poll``."""
+        (``flux executions cancel ID``): polled with backoff, 0.25 s up to ``cancel_poll``.
+        The watcher also flushes queued events, so a long task's start is visible."""
         if self.cancel_poll is None:
             return await execution.run()
         result: list[ExecutionContext] = []
 
         async def watch() -> None:
+            # what the run queued without waiting (its creation, a long task's TASK_STARTED)
+            # becomes visible to other processes shortly after, not only at the next outcome
+            await anyio.sleep(0.05)
+            await self.store.flush()
             delay = 0.25
             while True:
                 await anyio.sleep(delay)
+                await self.store.flush()
                 delay = min(delay * 2, self.cancel_poll)
                 record = await self.store.get_execution(execution.ctx.execution_id)
                 if record is not None and record.cancel_requested:

@@ -160,7 +160,9 @@ class task:  # noqa: N801 - the 0.2.7 name is lowercase
         """Run this task once per item concurrently; results in item order."""
         from .patterns import parallel
 
-        return await parallel(*(self(item) for item in items), max_concurrency=max_concurrency)
+        return await parallel(
+            *(self(item) for item in items), max_concurrency=max_concurrency, _name="map"
+        )
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"
