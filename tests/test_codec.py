@@ -744,3 +744,29 @@ def test_property_canonical_ignores_insertion_order(value: Any, rnd: random.Rand
     assert other == value
     assert canonical(other) == canonical(value)
     assert digest(other) == digest(value)
+
+
+def test_plain_decoding_constructs_nothing_user_defined():
+    import dataclasses
+    import enum
+
+    from flux.runtime.codec import decode, encode
+    from flux.runtime.errors import TaskFailedError
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    class Color(enum.Enum):
+        RED = "red"
+
+    class Custom(Exception):
+        def __init__(self, *args):
+            raise AssertionError("must not be constructed")
+
+    data = encode([Point(1), Color.RED, ValueError("v"), (1, 2), {3}])
+    plain = decode(data, plain=True)
+    assert plain[0] == {"x": 1}
+    assert plain[1] == "red"
+    assert isinstance(plain[2], TaskFailedError) and plain[2].type_name == "builtins.ValueError"
+    assert plain[3] == (1, 2) and plain[4] == {3}

@@ -713,8 +713,13 @@ def to_frame(msg: Message, *, max_size: int | None = None) -> bytes:
     return frame
 
 
-def _decode_envelope(data: Any, max_size: int | None) -> tuple[type[Message], dict[Any, Any]]:
-    """Size check, decode, type lookup. Raises RemoteProtocolError."""
+def _decode_envelope(
+    data: Any, max_size: int | None, plain: bool = False
+) -> tuple[type[Message], dict[Any, Any]]:
+    """Size check, decode, type lookup. Raises RemoteProtocolError.
+
+    ``plain`` decodes without looking up any class (for frames from a peer not trusted to make
+    this process construct its classes: the server decodes worker frames this way)."""
     if isinstance(data, str):
         raise RemoteProtocolError(
             "unsupported-data", "received a text frame; this protocol uses binary frames only"
@@ -728,7 +733,7 @@ def _decode_envelope(data: Any, max_size: int | None) -> tuple[type[Message], di
             "too-large", f"received a {len(data)} byte frame, over the limit of {max_size} bytes"
         )
     try:
-        payload = decode(data)
+        payload = decode(data, plain=plain)
     except Exception as exc:  # the codec, msgpack or an ext hook: any failure is a bad frame
         raise RemoteProtocolError(
             "bad-frame", f"frame is not a valid msgpack message: {_truncate_chars(str(exc), 200)}"
@@ -777,10 +782,10 @@ def _build(cls: type[Message], payload: dict[Any, Any]) -> Message:
         ) from None
 
 
-def from_frame(data: bytes, *, max_size: int | None = None) -> Message:
+def from_frame(data: bytes, *, max_size: int | None = None, plain: bool = False) -> Message:
     """Decode one frame into its message, with every check but the session state's.
     Raises :class:`RemoteProtocolError` on anything malformed."""
-    cls, payload = _decode_envelope(data, max_size)
+    cls, payload = _decode_envelope(data, max_size, plain)
     return _build(cls, payload)
 
 
@@ -873,6 +878,8 @@ class Session:
 
     ROLE: ClassVar[Role]
     INITIAL_STATE: ClassVar[SessionState]
+    #: decode received frames without constructing any class (see the codec's ``plain``)
+    PLAIN_DECODE: ClassVar[bool] = False
 
     def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE):
         if isinstance(max_frame_size, bool) or not isinstance(max_frame_size, int):
@@ -910,7 +917,7 @@ class Session:
         try:
             if self._state is _S.CLOSED:
                 raise RemoteProtocolError("closed", "received a frame after the session closed")
-            cls, payload = _decode_envelope(data, self.max_frame_size)
+            cls, payload = _decode_envelope(data, self.max_frame_size, self.PLAIN_DECODE)
             next_state = TRANSITIONS[self.ROLE][self._state].get((RECEIVE, cls))
             if next_state is None:
                 raise RemoteProtocolError("unexpected-message", self._why_not(RECEIVE, cls))
@@ -956,6 +963,9 @@ class ServerSession(Session):
 
     ROLE: ClassVar[Role] = Role.SERVER
     INITIAL_STATE: ClassVar[SessionState] = SessionState.AWAIT_HELLO
+    # frames come from workers, possibly before their token was checked: nothing of theirs may
+    # make the server construct a class; event values travel as opaque encoded bytes anyway
+    PLAIN_DECODE: ClassVar[bool] = True
 
 
 class WorkerSession(Session):

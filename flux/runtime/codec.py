@@ -451,12 +451,44 @@ def _ext_hook(code: int, payload: bytes) -> Any:
     return builder(_unpack(payload))
 
 
-def decode(data: bytes) -> Any:
+def _plain_exception(v: Any) -> BaseException:
+    if not isinstance(v, dict) or not isinstance(v.get("type"), str):
+        raise SerializationError(f"not an encoded exception: {_short_repr(v)}")
+    message = v.get("message") if isinstance(v.get("message"), str) else ""
+    text = v.get("traceback") if isinstance(v.get("traceback"), str) else None
+    return TaskFailedError(v["type"], message, text)
+
+
+#: decoders for untrusted input: no class is looked up, nothing user-defined is constructed
+_PLAIN_DECODERS: dict[int, Callable[[Any], Any]] = {
+    **_EXT_DECODERS,
+    EXT_ENUM: lambda inner: inner[2],
+    EXT_STRUCT: lambda inner: inner[2],
+    EXT_EXCEPTION: _plain_exception,
+}
+
+
+def _plain_hook(code: int, payload: bytes) -> Any:
+    builder = _PLAIN_DECODERS.get(code)
+    if builder is None:
+        raise SerializationError(f"cannot decode: unknown ext type code {code}")
+    return builder(_unpack_plain(payload))
+
+
+def _unpack_plain(data: bytes) -> Any:
+    return msgpack.unpackb(
+        data, ext_hook=_plain_hook, strict_map_key=False, raw=False, use_list=True, timestamp=3
+    )
+
+
+def decode(data: bytes, *, plain: bool = False) -> Any:
     """Decode bytes made by :func:`encode`.
 
-    Corrupt or foreign bytes raise :class:`SerializationError`."""
+    With ``plain=True`` (for bytes from an untrusted peer) no class is looked up: attrs classes
+    and dataclasses come back as dicts of fields, enum members as their values, exceptions as
+    :class:`TaskFailedError`. Corrupt or foreign bytes raise :class:`SerializationError`."""
     try:
-        return _unpack(data)
+        return _unpack_plain(data) if plain else _unpack(data)
     except SerializationError:
         raise
     except Exception as exc:
