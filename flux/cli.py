@@ -305,6 +305,73 @@ async def secrets_remove(name: str, settings: Settings) -> None:
         _fail(f"secret {name!r} is not set")
     click.echo(f"secret {name} removed")
 
+# ---------------------------------------------------------------------------- start (server, worker)
+
+
+@cli.group("start")
+async def start() -> None:
+    """Start a Flux server or worker (long-running; stop with Ctrl+C or SIGTERM)."""
+
+
+@start.command("server")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="port (0: any free port)")
+@click.option("--lease-ttl", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="seconds a worker lease lives without a heartbeat")
+@click.option("--max-frame-size", type=click.IntRange(1024), default=8 * 1024 * 1024,
+              show_default=True, help="largest worker frame in bytes")
+@click.option("--log-level", default="INFO", show_default=True)
+@local_store_options
+@flux_errors
+async def start_server(
+    host: str, port: int, lease_ttl: float, max_frame_size: int, log_level: str,
+    settings: Settings,
+) -> None:
+    """Serve the HTTP API and the worker endpoint, owning the store (--db)."""
+    import logging
+
+    from .net.server import ServerSettings, serve_server
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    await serve_server(
+        settings,
+        ServerSettings(host=host, port=port, lease_ttl=lease_ttl, max_frame_size=max_frame_size),
+        handle_signals=True,
+    )
+
+
+@start.command("worker")
+@click.argument("name", required=False)
+@click.option("--server-url", default="http://127.0.0.1:8000", show_default=True,
+              envvar="FLUX_SERVER_URL", help="the server's http(s) address")
+@click.option("--concurrency", type=click.IntRange(1), default=10, show_default=True,
+              help="executions run at once")
+@click.option("--token", envvar="FLUX_WORKER_TOKEN", help="worker token, if the server wants one")
+@click.option("--release-sleeps-after", type=click.FloatRange(min=0), default=1.0,
+              show_default=True, help="give an execution back during durable sleeps longer "
+              "than this (seconds)")
+@click.option("--log-level", default="INFO", show_default=True)
+@flux_errors
+async def start_worker(
+    name: str | None, server_url: str, concurrency: int, token: str | None,
+    release_sleeps_after: float, log_level: str,
+) -> None:
+    """Connect to a server and run the executions it leases to this worker."""
+    import logging
+
+    from .net.worker import serve_worker
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    await serve_worker(
+        name,
+        server_url,
+        concurrency,
+        token=token,
+        release_sleeps_after=release_sleeps_after,
+        handle_signals=True,
+    )
+
 
 def main() -> None:
     cli(_anyio_backend="trio")

@@ -213,16 +213,18 @@ class Execution:
         await anyio.sleep_forever()
 
     def _unvisited(self) -> list[str]:
+        """Recorded calls the current code never reached (a call was removed), ignoring calls
+        nested under one replayed from its record and calls recorded as cancelled."""
+        covered = self._replayed | self._visited
         missing = []
         for call_id, rec in self.calls.items():
-            if call_id in self._visited or rec.outcome is None and rec.started is None:
+            if call_id in covered or (rec.outcome is None and rec.started is None):
                 continue
             if rec.outcome is not None and rec.outcome.type is E.TASK_CANCELLED:
                 continue
-            if any(
-                call_id.startswith(done + "/") or call_id.startswith(done + "@")
-                for done in self._replayed | self._visited
-            ):
+            parts = call_id.split("/")
+            ancestors = ("/".join(parts[:i]) for i in range(1, len(parts)))
+            if any(a in covered or a.partition("@")[0] in covered for a in ancestors):
                 continue
             missing.append(call_id)
         return missing
