@@ -216,3 +216,28 @@ def test_cache_hits_across_processes(tmp_path):
         outputs.append(out.stdout.strip())
     assert outputs == ["42", "42"]
     assert marker.read_text() == "ran 21\n"  # the second process hit the cache
+
+
+@pytest.mark.trio
+async def test_secret_in_an_exception_attribute_is_not_recorded():
+    class ApiError(Exception):
+        def __init__(self, message, headers):
+            super().__init__(message)
+            self.headers = headers
+
+    @task.with_options(secret_requests=["API_KEY"])
+    async def call_api(secrets: dict[str, Any] = {}):  # noqa: B006
+        raise ApiError("401 unauthorized", {"Authorization": f"Bearer {secrets['API_KEY']}"})
+
+    @workflow
+    async def wf(ctx: ExecutionContext):
+        return await call_api()
+
+    async with open_engine() as engine:
+        await engine.secrets.set("API_KEY", SECRET)
+        ctx = await wf.arun(engine=engine)
+        stored = await engine.get(ctx.execution_id)
+    assert ctx.has_failed and "401 unauthorized" in str(ctx.output)
+    for event in stored.events:
+        assert SECRET not in repr(event.value)
+        assert SECRET not in repr(getattr(event.value, "__dict__", {}))

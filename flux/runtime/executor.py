@@ -736,14 +736,19 @@ def _stand_in(error: BaseException) -> BaseException:
 
 
 def redact_error(error: BaseException, secrets: list[str]) -> BaseException:
-    """Return ``error``, or a stand-in with every secret value masked if its text holds one."""
+    """Return ``error``, or a stand-in with every secret value masked if anything the codec
+    would record of it (message, arguments, attributes, traceback text) holds a secret."""
     if not secrets:
         return error
-    text = str(error)
-    if not any(s and s in text for s in secrets):
+    try:
+        recorded = codec.encode(error)
+    except SerializationError:
+        recorded = str(error).encode()
+    if not any(s and s.encode() in recorded for s in secrets):
         return error
     from .errors import TaskFailedError
 
+    text = str(error)
     for s in secrets:
         if s:
             text = text.replace(s, "***")
