@@ -146,6 +146,13 @@ def test_cancel_a_paused_execution(cli):
     shown = json.loads(cli("executions", "show", eid, "--json", "--events").stdout)
     assert shown["state"] == "CANCELLED"
     assert shown["events"][-1]["type"] == "WORKFLOW_CANCELLED"
+    # cancelling it again, or a completed one, is refused with a clear line
+    again = cli("executions", "cancel", eid)
+    assert again.returncode == 0 and "CANCELLED" in again.stdout
+    cli("run", "wfs.py:greet", '"z"')
+    done_id = json.loads(cli("executions", "list", "--json", "--state", "COMPLETED").stdout)[0]
+    refused = cli("executions", "cancel", done_id["execution_id"])
+    assert refused.returncode == 1 and "already finished (COMPLETED)" in refused.stderr
     # resuming a cancelled execution returns it unchanged
     again = cli("run", "wfs.py:approval", '"y"', "--execution-id", eid)
     assert again.returncode == 2 and "cancelled" in again.stderr

@@ -17,6 +17,16 @@ EXPECTED = {
     "pause_resume.py": "COMPLETED order 7 shipped, 42 EUR, approved by Grace",
     "determinism.py": "same values as recorded: yes",
     "graph.py": "Alice: COMPLETED -> APPROVED (SCORE 740)",
+    "parallel.py": "COMPLETED ['Hi, World', 'Hello, World', 'Hola, World']",
+    "pipeline.py": "COMPLETED 169",
+    "map.py": "COMPLETED [2, 4, 6, 8, 10, 12] peak concurrency 2",
+    "cache.py": "second execution ran 0 task bodies: COMPLETED",
+    "metadata.py": "COMPLETED ['xulf', 'upload_report.pdf succeeded on attempt 3']",
+    "builtins.py": "resumed with the recorded values: True",
+    "subworkflows.py": "COMPLETED {'apple': 5, 'unicorn': 'failed: no such item: unicorn'}",
+    "cancellation.py": "CANCELLED True",
+    "state_inspection.py": "COMPLETED 2.5 / FAILED ZeroDivisionError",
+    "secret_management.py": "value in the history: False | in the database files: False",
 }
 
 SCRIPTS = sorted(

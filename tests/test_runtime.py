@@ -488,3 +488,48 @@ def test_exports_and_compat_import_paths():
         "CANCELLING",
         "CANCELLED",
     }
+
+
+@pytest.mark.trio
+async def test_nondeterminism_on_resume_leaves_the_paused_execution_untouched():
+    from flux.tasks import pause
+
+    @workflow.with_options(name="resumable")
+    async def v1(ctx: ExecutionContext):
+        a = await say_hello("a")
+        return [a, await pause("p")]
+
+    @workflow.with_options(name="resumable")
+    async def v2(ctx: ExecutionContext):
+        a = await say_hello("changed")
+        return [a, await pause("p")]
+
+    async with open_engine() as engine:
+        paused = await v1.arun(engine=engine)
+        before = await engine.store.load_events(paused.execution_id)
+        with pytest.raises(NondeterminismError):
+            await v2.arun(execution_id=paused.execution_id, resume_value="first", engine=engine)
+        record = await engine.store.get_execution(paused.execution_id)
+        after = await engine.store.load_events(paused.execution_id)
+        assert record.state is ExecutionState.PAUSED
+        assert after == before  # no resume events were written
+        done = await v1.arun(execution_id=paused.execution_id, resume_value="second", engine=engine)
+    assert done.output == ["Hello, a", "second"]
+
+
+@pytest.mark.trio
+async def test_cancel_requested_while_no_process_ran_it_is_honoured_on_recovery():
+    @workflow
+    async def recover_me(ctx: ExecutionContext):
+        return await say_hello("r")
+
+    async with open_engine() as engine:
+        first = await recover_me.arun(engine=engine)
+        await _truncate(engine, first.execution_id, 1)  # "crashed" right after starting
+        ctx = await engine.cancel(first.execution_id)
+        assert ctx.state is ExecutionState.RUNNING  # only requested: nobody runs it
+        runs.clear()
+        recovered = await recover_me.arun(execution_id=first.execution_id, engine=engine)
+    assert recovered.state is ExecutionState.CANCELLED
+    assert recovered.events[-1].type is E.WORKFLOW_CANCELLED
+    assert runs == []

@@ -241,3 +241,50 @@ async def test_secret_in_an_exception_attribute_is_not_recorded():
     for event in stored.events:
         assert SECRET not in repr(event.value)
         assert SECRET not in repr(getattr(event.value, "__dict__", {}))
+
+
+@pytest.mark.trio
+async def test_redacted_error_keeps_its_type_on_replay():
+    from flux.tasks import pause
+
+    @task.with_options(secret_requests=["API_KEY"])
+    async def refused(secrets: dict[str, Any] = {}):  # noqa: B006
+        raise PermissionError(f"refused {secrets['API_KEY']}")
+
+    @workflow
+    async def wf(ctx: ExecutionContext):
+        try:
+            await refused()
+        except PermissionError as e:
+            caught = str(e)
+        await pause("p")
+        return caught.replace(SECRET, "<the secret>")
+
+    async with open_engine() as engine:
+        await engine.secrets.set("API_KEY", SECRET)
+        paused = await wf.arun(engine=engine)
+        done = await wf.arun(execution_id=paused.execution_id, engine=engine)
+    assert done.state is ExecutionState.COMPLETED
+    assert done.output == "refused ***"  # replayed: the recorded (masked) error, same type
+
+
+@pytest.mark.trio
+async def test_fallback_values_are_not_cached():
+    calls = []
+
+    @task.with_options(cache=True, fallback=lambda x: "fallback")
+    async def sometimes(x: int) -> str:
+        calls.append(x)
+        if len(calls) == 1:
+            raise ValueError("first call fails")
+        return "real"
+
+    @workflow
+    async def wf(ctx: ExecutionContext):
+        return await sometimes(1)
+
+    async with open_engine() as engine:
+        assert (await wf.arun(engine=engine)).output == "fallback"
+        assert (await wf.arun(engine=engine)).output == "real"
+        assert (await wf.arun(engine=engine)).output == "real"
+    assert calls == [1, 1]

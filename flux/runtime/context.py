@@ -158,6 +158,12 @@ def to_jsonable(value: Any) -> Any:
         return base64.b64encode(bytes(value)).decode("ascii")
     if isinstance(value, Enum):
         return to_jsonable(value.value)
+    if isinstance(value, BaseExceptionGroup):
+        return {
+            "type": f"{type(value).__module__}.{type(value).__qualname__}",
+            "message": str(value),
+            "exceptions": [to_jsonable(e) for e in value.exceptions],
+        }
     if isinstance(value, BaseException):
         type_name = getattr(value, "type_name", None) or (
             f"{type(value).__module__}.{type(value).__qualname__}"

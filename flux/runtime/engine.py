@@ -12,7 +12,7 @@ import anyio
 
 from . import codec
 from .context import ExecutionContext
-from .errors import ExecutionNotFoundError, StoreError, WorkflowError
+from .errors import ExecutionNotFoundError, NondeterminismError, StoreError, WorkflowError
 from .events import ExecutionEvent, ExecutionEventType, ExecutionState
 from .executor import Execution
 from .history import pending_pauses
@@ -58,24 +58,32 @@ def _columns(update: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 class StoreJournal:
-    """Journal of one execution in the local store, fenced by the lease epoch it claimed."""
+    """Journal of one execution in the local store, fenced by the lease epoch it claimed.
 
-    __slots__ = ("store", "execution_id", "expect")
+    ``held`` events (the resume of a paused execution) are written with the first event the run
+    records, so that a run stopped by nondeterminism before recording anything leaves the
+    history exactly as it was."""
 
-    def __init__(self, store: Store, execution_id: str, epoch: int):
+    __slots__ = ("store", "execution_id", "expect", "held")
+
+    def __init__(
+        self, store: Store, execution_id: str, epoch: int, held: list[StoredEvent] | None = None
+    ):
         self.store = store
         self.execution_id = execution_id
         self.expect = {"lease_epoch": epoch}
+        self.held = held or []
+
+    def _write(self, events: list[StoredEvent], update: dict[str, Any] | None) -> Write:
+        if self.held:
+            events, self.held = self.held + events, []
+        return Write(self.execution_id, events, update=_columns(update), expect=self.expect)
 
     def enqueue(self, events: list[StoredEvent], update: dict[str, Any] | None = None) -> None:
-        self.store.enqueue(
-            Write(self.execution_id, events, update=_columns(update), expect=self.expect)
-        )
+        self.store.enqueue(self._write(events, update))
 
     async def commit(self, events: list[StoredEvent], update: dict[str, Any] | None = None) -> None:
-        await self.store.commit(
-            Write(self.execution_id, events, update=_columns(update), expect=self.expect)
-        )
+        await self.store.commit(self._write(events, update))
 
 
 def new_execution_id() -> str:
@@ -167,6 +175,7 @@ class Engine:
         parent_id: str | None,
     ) -> ExecutionContext:
         record = await self.store.get_execution(execution_id) if execution_id else None
+        held: list[StoredEvent] = []
         if record is None:
             ctx, epoch = self._create(wf, input, execution_id or new_execution_id(), parent_id)
         else:
@@ -177,14 +186,26 @@ class Engine:
                 )
             if record.state.is_terminal:
                 return build_context(record, await self.store.load_events(record.execution_id))
-            ctx, epoch = await self._claim(record, resume_value)
-        execution = Execution(
-            wf, ctx, StoreJournal(self.store, ctx.execution_id, epoch), self, clock=self.clock
-        )
+            ctx, epoch, held = await self._claim(record, resume_value)
+            if record.cancel_requested:  # asked while no process was running it
+                return await self._finish_cancelled(ctx, epoch)
+        journal = StoreJournal(self.store, ctx.execution_id, epoch, held)
+        execution = Execution(wf, ctx, journal, self, clock=self.clock)
         execution.resume_value = resume_value
         self._running[ctx.execution_id] = execution
         try:
             return await self._run_watched(execution)
+        except NondeterminismError:
+            if record is not None and journal.held:  # nothing recorded: put the state back
+                with anyio.CancelScope(shield=True):
+                    await self.store.commit(
+                        Write(
+                            ctx.execution_id,
+                            update={"state": record.state.value},
+                            expect=journal.expect,
+                        )
+                    )
+            raise
         except StaleWriteError as e:
             raise StoreError(
                 f"execution {ctx.execution_id} was taken over by another run while this one "
@@ -256,9 +277,41 @@ class Engine:
         self.store.enqueue(Write(execution_id, [started], insert=record))
         return ctx, 1
 
+    async def _finish_cancelled(self, ctx: ExecutionContext, epoch: int) -> ExecutionContext:
+        seq = ctx.events[-1].id + 1 if ctx.events else 1
+        now = self.clock()
+        name = ctx.workflow_name
+        await self.store.commit(
+            Write(
+                ctx.execution_id,
+                [
+                    StoredEvent(
+                        ctx.execution_id,
+                        seq,
+                        E.WORKFLOW_CANCELLED.value,
+                        name,
+                        name,
+                        codec.encode(None),
+                        now,
+                    )
+                ],
+                update={"state": ExecutionState.CANCELLED.value, "wake_at": None},
+                expect={"lease_epoch": epoch},
+            )
+        )
+        from datetime import UTC, datetime
+
+        ctx._events.append(
+            ExecutionEvent(
+                seq, E.WORKFLOW_CANCELLED, name, name, None, datetime.fromtimestamp(now, UTC)
+            )
+        )
+        ctx.state = ExecutionState.CANCELLED
+        return ctx
+
     async def _claim(
         self, record: ExecutionRecord, resume_value: Any
-    ) -> tuple[ExecutionContext, int]:
+    ) -> tuple[ExecutionContext, int, list[StoredEvent]]:
         events = await self.store.load_events(record.execution_id)
         ctx = build_context(record, events)
         epoch = record.lease_epoch + 1
@@ -270,7 +323,6 @@ class Engine:
         await self.store.commit(
             Write(
                 record.execution_id,
-                new,
                 update={
                     "state": ExecutionState.RUNNING.value,
                     "lease_epoch": epoch,
@@ -279,7 +331,7 @@ class Engine:
                 expect={"lease_epoch": record.lease_epoch},
             )
         )
-        return ctx, epoch
+        return ctx, epoch, new
 
     async def cancel(self, execution_id: str) -> ExecutionContext:
         """Cancel a running (in this engine) or paused/queued execution."""

@@ -318,6 +318,7 @@ class Execution:
             except Exception as error:
                 if isinstance(error, NondeterminismError) or self.nondeterminism is not None:
                     raise
+                cache_key = None  # a fallback's value is not the task's: never cached
                 value = await self._recover(t, args, kwargs, call_id, name, rec, error)
             try:
                 await self.commit(E.TASK_COMPLETED, call_id, name, value)
@@ -369,8 +370,10 @@ class Execution:
                 if isinstance(e, NondeterminismError | SerializationError):
                     raise
                 error = e
-                if k > 0:
-                    self.record(E.TASK_RETRY_FAILED, call_id, name, self._encodable_error(e, name))
+                if k > 0:  # durable: a crash never repeats a retry that was seen failing
+                    await self.commit(
+                        E.TASK_RETRY_FAILED, call_id, name, self._encodable_error(e, name)
+                    )
             else:
                 if k > 0:
                     self.record(E.TASK_RETRY_COMPLETED, call_id, name, {"attempt": k})
@@ -489,7 +492,7 @@ class Execution:
 
     async def sleep(self, frame: frames.Frame, seconds: float) -> None:
         call_id = frame.next_id(SLEEP)
-        rec = self._lookup(call_id, SLEEP, None, [seconds])
+        rec = self._lookup(call_id, SLEEP, None, [[seconds], {}])
         if rec is not None and rec.outcome is not None:
             await self._replay(rec)
             return
@@ -514,7 +517,7 @@ class Execution:
 
     async def pause(self, frame: frames.Frame, name: str) -> Any:
         call_id = frame.next_id(PAUSE)
-        rec = self._lookup(call_id, PAUSE, None, [name])
+        rec = self._lookup(call_id, PAUSE, None, [[name], {}])
         if rec is not None and rec.outcome is not None:
             return await self._replay(rec)
         if rec is None:
@@ -556,6 +559,11 @@ class Execution:
         held = self._release(frame)
         try:
             result = await self.host.run_child(self, call_id, child, child_id, input)
+        except self._cancelled_exc:
+            if self.stop_reason != "suspend":
+                with anyio.CancelScope(shield=True):
+                    await self.commit(E.TASK_CANCELLED, call_id, name)
+            raise
         finally:
             self._acquire(held)
         state = result.state
@@ -752,6 +760,12 @@ def redact_error(error: BaseException, secrets: list[str]) -> BaseException:
     for s in secrets:
         if s:
             text = text.replace(s, "***")
+    try:  # the same type, so `except PermissionError:` still matches on replay
+        masked = type(error)(text)
+        if str(masked) == text:
+            return masked
+    except Exception:
+        pass
     return TaskFailedError(f"{type(error).__module__}.{type(error).__qualname__}", text)
 
 

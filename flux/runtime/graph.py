@@ -334,7 +334,7 @@ class _Run:
                 args = () if input is _NO_INPUT else (input,)
                 tg.start_soon(self.run_node, g._start, args, name=f"{g.name}/{g._start}")
         except BaseExceptionGroup as group_error:
-            error = _unwrap(group_error)
+            error = _unwrap(group_error, f"graph {g.name}")
             if error is group_error:
                 raise
             raise error from None

@@ -44,11 +44,14 @@ async def _run_child(item: Any, frame: frames.Frame | None, call_id: str | None)
             frames.leave(token)
 
 
-def _unwrap(group: BaseExceptionGroup) -> BaseException:
+def _unwrap(group: BaseExceptionGroup, what: str = "parallel") -> BaseException:
+    """The one real failure of a task group, or an ExceptionGroup naming how many failed."""
     cancelled = anyio.get_cancelled_exc_class()
     real = [e for e in group.exceptions if not isinstance(e, cancelled)]
     if len(real) == 1 and len(group.exceptions) == 1:
         return real[0]
+    if real and len(real) == len(group.exceptions) and all(isinstance(e, Exception) for e in real):
+        return ExceptionGroup(f"{what}: {len(real)} calls failed", real)
     return group
 
 
@@ -95,7 +98,7 @@ async def parallel(
                 for i in range(len(calls)):
                     tg.start_soon(runner, i)
         except BaseExceptionGroup as group_error:
-            error = _unwrap(group_error)
+            error = _unwrap(group_error, _name)
             if error is group_error:
                 raise
             raise error from None

@@ -110,8 +110,8 @@ class SecretStore:
             return aead.decrypt(sealed[1:13], sealed[13:], name.encode()).decode()
         except InvalidTag:
             raise SecretKeyError(
-                f"secret {name!r} cannot be decrypted with this key (was it set with another "
-                "FLUX_SECRET_KEY or key file?)"
+                f"secret {name!r} cannot be decrypted: it was sealed with another key "
+                "(FLUX_SECRET_KEY or key file) or under another name"
             ) from None
 
     async def get_many(self, names: Iterable[str]) -> dict[str, str]:
