@@ -66,6 +66,9 @@ def flux_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return await func(*args, **kwargs)
+        except BrokenPipeError:  # e.g. `flux executions list | head -1`
+            sys.stderr.close()
+            sys.exit(0)
         except (FluxError, ValueError, OSError) as e:
             _fail(f"{e}")
 
@@ -240,6 +243,8 @@ async def executions_cancel(execution_id: str, settings: Settings) -> None:
         ctx = await engine.cancel(execution_id)
     if ctx.state is ExecutionState.CANCELLED:
         click.echo(f"execution {execution_id}: CANCELLED")
+    elif ctx.has_finished:
+        _fail(f"execution {execution_id} already finished ({ctx.state.value}): nothing to cancel")
     else:
         click.echo(f"execution {execution_id}: cancel requested (state {ctx.state.value})")
 
@@ -305,6 +310,7 @@ async def secrets_remove(name: str, settings: Settings) -> None:
         _fail(f"secret {name!r} is not set")
     click.echo(f"secret {name} removed")
 
+
 # ---------------------------------------------------------------------------- start (server, worker)
 
 
@@ -315,17 +321,36 @@ async def start() -> None:
 
 @start.command("server")
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to bind")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
-              help="port (0: any free port)")
-@click.option("--lease-ttl", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
-              help="seconds a worker lease lives without a heartbeat")
-@click.option("--max-frame-size", type=click.IntRange(1024), default=8 * 1024 * 1024,
-              show_default=True, help="largest worker frame in bytes")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="port (0: any free port)",
+)
+@click.option(
+    "--lease-ttl",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="seconds a worker lease lives without a heartbeat",
+)
+@click.option(
+    "--max-frame-size",
+    type=click.IntRange(1024),
+    default=8 * 1024 * 1024,
+    show_default=True,
+    help="largest worker frame in bytes",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 @local_store_options
 @flux_errors
 async def start_server(
-    host: str, port: int, lease_ttl: float, max_frame_size: int, log_level: str,
+    host: str,
+    port: int,
+    lease_ttl: float,
+    max_frame_size: int,
+    log_level: str,
     settings: Settings,
 ) -> None:
     """Serve the HTTP API and the worker endpoint, owning the store (--db)."""
@@ -343,19 +368,37 @@ async def start_server(
 
 @start.command("worker")
 @click.argument("name", required=False)
-@click.option("--server-url", default="http://127.0.0.1:8000", show_default=True,
-              envvar="FLUX_SERVER_URL", help="the server's http(s) address")
-@click.option("--concurrency", type=click.IntRange(1), default=10, show_default=True,
-              help="executions run at once")
+@click.option(
+    "--server-url",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    envvar="FLUX_SERVER_URL",
+    help="the server's http(s) address",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1),
+    default=10,
+    show_default=True,
+    help="executions run at once",
+)
 @click.option("--token", envvar="FLUX_WORKER_TOKEN", help="worker token, if the server wants one")
-@click.option("--release-sleeps-after", type=click.FloatRange(min=0), default=1.0,
-              show_default=True, help="give an execution back during durable sleeps longer "
-              "than this (seconds)")
+@click.option(
+    "--release-sleeps-after",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="give an execution back during durable sleeps longer than this (seconds)",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 @flux_errors
 async def start_worker(
-    name: str | None, server_url: str, concurrency: int, token: str | None,
-    release_sleeps_after: float, log_level: str,
+    name: str | None,
+    server_url: str,
+    concurrency: int,
+    token: str | None,
+    release_sleeps_after: float,
+    log_level: str,
 ) -> None:
     """Connect to a server and run the executions it leases to this worker."""
     import logging
