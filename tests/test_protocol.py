@@ -18,6 +18,9 @@ from flux.net.protocol import (
     TRANSITIONS,
     Ack,
     Action,
+    CacheGet,
+    CachePut,
+    CacheValue,
     Cancel,
     Complete,
     Error,
@@ -80,6 +83,9 @@ REJECT = Reject(execution_id="ex-1", epoch=2, reason="stale epoch 2, lease is at
 CANCEL = Cancel(execution_id="ex-1", epoch=3)
 SECRETS_REQUEST = SecretsRequest(execution_id="ex-1", epoch=3, request_id=9, names=["API_KEY"])
 SECRETS = Secrets(request_id=9, values={"API_KEY": "hunter2"}, missing=["OTHER"])
+CACHE_GET = CacheGet(execution_id="ex-1", epoch=3, request_id=10, key="ab12")
+CACHE_VALUE = CacheValue(request_id=10, value=b"\x92\x01\x02")
+CACHE_PUT = CachePut(execution_id="ex-1", epoch=3, key="ab12", value=b"\xc0", ttl=60.0)
 ERROR = Error(code="bad-field", detail="something was wrong")
 
 SAMPLES = [
@@ -95,6 +101,9 @@ SAMPLES = [
     CANCEL,
     SECRETS_REQUEST,
     SECRETS,
+    CACHE_GET,
+    CACHE_VALUE,
+    CACHE_PUT,
     ERROR,
 ]
 WORKER_SENDS = [m for m in SAMPLES if m.SENDER is Role.WORKER and not isinstance(m, Hello)]
@@ -273,6 +282,11 @@ def test_secrets_and_tokens_stay_out_of_reprs_and_errors():
     assert "hunter2" not in str(info.value)
 
 
+def test_cached_values_show_as_sizes():
+    assert "<3 bytes>" in repr(CACHE_VALUE) and "<1 bytes>" in repr(CACHE_PUT)
+    assert "value=None" in repr(CacheValue(request_id=1, value=None))
+
+
 def test_errors_form_a_tree():
     assert issubclass(LocalProtocolError, ProtocolError)
     assert issubclass(RemoteProtocolError, ProtocolError)
@@ -414,6 +428,12 @@ BAD_FIELDS = [
     (SECRETS, "values", {"K": 1}, "values"),
     (SECRETS, "values", [], "values"),
     (SECRETS, "missing", None, "missing"),
+    (CACHE_GET, "key", None, "key"),
+    (CACHE_GET, "request_id", -1, "request_id"),
+    (CACHE_VALUE, "value", "hit", "value"),
+    (CACHE_PUT, "value", None, "value"),
+    (CACHE_PUT, "ttl", 0, "ttl"),
+    (CACHE_PUT, "ttl", "1h", "ttl"),
     (ERROR, "detail", None, "detail"),
 ]
 

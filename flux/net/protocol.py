@@ -23,6 +23,9 @@ Messages (W = worker, S = server)::
     cancel           S->W  execution_id, epoch
     secrets_request  W->S  execution_id, epoch, request_id, names
     secrets          S->W  request_id, values ({name: value}), missing
+    cache_get        W->S  execution_id, epoch, request_id, key
+    cache_value      S->W  request_id, value (encoded bytes, None: no entry)
+    cache_put        W->S  execution_id, epoch, key, value (encoded bytes), ttl (None: none)
     error            both  code, detail (then the sender closes)
 
 An event in ``history`` and ``events`` is a map with at least ``seq`` (int), ``type`` (str),
@@ -83,6 +86,9 @@ __all__ = [
     "TRANSITIONS",
     "Ack",
     "Action",
+    "CacheGet",
+    "CachePut",
+    "CacheValue",
     "Cancel",
     "CloseCode",
     "Complete",
@@ -396,6 +402,10 @@ def _hide_token(token: str | None) -> str:
     return "None" if token is None else "'***'"
 
 
+def _hide_bytes(value: bytes | None) -> str:
+    return "None" if value is None else f"<{len(value)} bytes>"
+
+
 def _hide_values(values: dict[str, str]) -> str:
     return f"<{len(values)} hidden: {sorted(values)!r}>"
 
@@ -639,6 +649,46 @@ class Secrets(_MessageBase):
 
 
 @attrs.frozen(kw_only=True)
+class CacheGet(_MessageBase):
+    """W->S: a task with ``cache=True`` looks up ``key``; answered by CacheValue(request_id)."""
+
+    TYPE: ClassVar[str] = "cache_get"
+    SENDER: ClassVar[Role | None] = Role.WORKER
+
+    execution_id: str = _field(_str)
+    epoch: int = _field(_EPOCH)
+    request_id: int = _field(_int(0))
+    key: str = _field(_str)
+
+
+@attrs.frozen(kw_only=True)
+class CacheValue(_MessageBase):
+    """S->W: the answer to CacheGet ``request_id``: the codec-encoded cached value, or None
+    when there is no live entry (a cached ``None`` is the encoded bytes of None, not None)."""
+
+    TYPE: ClassVar[str] = "cache_value"
+    SENDER: ClassVar[Role | None] = Role.SERVER
+
+    request_id: int = _field(_int(0))
+    value: bytes | None = _field(_optional(_bytes()), repr=lambda v: _hide_bytes(v))
+
+
+@attrs.frozen(kw_only=True)
+class CachePut(_MessageBase):
+    """W->S: store the codec-encoded ``value`` of a cached task under ``key`` for ``ttl``
+    seconds (None: no expiry). Not acknowledged: a lost put only costs a later miss."""
+
+    TYPE: ClassVar[str] = "cache_put"
+    SENDER: ClassVar[Role | None] = Role.WORKER
+
+    execution_id: str = _field(_str)
+    epoch: int = _field(_EPOCH)
+    key: str = _field(_str)
+    value: bytes = _field(_bytes(), repr=lambda v: _hide_bytes(v))
+    ttl: float | None = _field(_optional(_number(positive=True)), default=None)
+
+
+@attrs.frozen(kw_only=True)
 class Error(_MessageBase):
     """Either way: the sender found a protocol violation (or refuses the session, e.g. a bad
     token) and closes right after this frame."""
@@ -663,6 +713,9 @@ Message: TypeAlias = (
     | Cancel
     | SecretsRequest
     | Secrets
+    | CacheGet
+    | CacheValue
+    | CachePut
     | Error
 )
 
@@ -683,6 +736,9 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
             Cancel,
             SecretsRequest,
             Secrets,
+            CacheGet,
+            CacheValue,
+            CachePut,
             Error,
         )
     }
@@ -836,11 +892,14 @@ TRANSITIONS: Mapping[Role, Mapping[SessionState, _Table]] = MappingProxyType(
                         (SEND, Reject): _S.READY,
                         (SEND, Cancel): _S.READY,
                         (SEND, Secrets): _S.READY,
+                        (SEND, CacheValue): _S.READY,
                         (RECEIVE, Events): _S.READY,
                         (RECEIVE, Heartbeat): _S.READY,
                         (RECEIVE, Release): _S.READY,
                         (RECEIVE, Complete): _S.READY,
                         (RECEIVE, SecretsRequest): _S.READY,
+                        (RECEIVE, CacheGet): _S.READY,
+                        (RECEIVE, CachePut): _S.READY,
                         **_ERROR_EXITS,
                     }
                 ),
@@ -858,11 +917,14 @@ TRANSITIONS: Mapping[Role, Mapping[SessionState, _Table]] = MappingProxyType(
                         (SEND, Release): _S.READY,
                         (SEND, Complete): _S.READY,
                         (SEND, SecretsRequest): _S.READY,
+                        (SEND, CacheGet): _S.READY,
+                        (SEND, CachePut): _S.READY,
                         (RECEIVE, Lease): _S.READY,
                         (RECEIVE, Ack): _S.READY,
                         (RECEIVE, Reject): _S.READY,
                         (RECEIVE, Cancel): _S.READY,
                         (RECEIVE, Secrets): _S.READY,
+                        (RECEIVE, CacheValue): _S.READY,
                         **_ERROR_EXITS,
                     }
                 ),

@@ -247,6 +247,8 @@ class Execution:
             return
         if self.blocked:
             self.suspended_on = dict(self.blocked)
+            if self.waiting_sleeps:  # a durable sleep also pending: wake for it in any case
+                self.wake_at = min(self.waiting_sleeps.values())
             self.stop_reason = "suspend"
             self.root_scope.cancel()
             return
@@ -256,6 +258,15 @@ class Execution:
                 self.wake_at = wake
                 self.stop_reason = "suspend"
                 self.root_scope.cancel()
+
+    def abandon(self) -> None:
+        """Stop this run at once without recording anything more and without rollbacks: its
+        lease was lost or its process is leaving. Whoever runs the execution next replays it."""
+        if self.root_scope is not None and self.stop_reason is None:
+            self.stop_reason = "suspend"
+            self.root_scope.cancel()
+        elif self.stop_reason is None:
+            self.stop_reason = "suspend"
 
     def request_cancel(self) -> None:
         """Cancel this execution: running tasks are cancelled (children first), their rollbacks

@@ -719,6 +719,14 @@ class Store:
         """The latest version of each workflow, by name."""
         return await self._run(_list_workflows)
 
+    async def list_workflow_versions(self, name: str) -> list[WorkflowRecord]:
+        """Every version of workflow ``name``, oldest first, without their source text."""
+        return await self._run(_workflow_versions, name)
+
+    async def workflow_version_by_hash(self, name: str, source_hash: str) -> int | None:
+        """The newest version of workflow ``name`` whose source has ``source_hash``, or None."""
+        return await self._run(_workflow_version_by_hash, name, source_hash)
+
     # -- secrets (ciphertext only) ----------------------------------------------------------------
 
     async def put_secret(self, name: str, ciphertext: bytes) -> None:
@@ -851,6 +859,23 @@ def _get_workflow(
         sql = f"{_SQL_SELECT_WORKFLOW} WHERE name = ? AND version = ?"
         row = conn.execute(sql, (name, version)).fetchone()
     return None if row is None else WorkflowRecord(*row)
+
+
+def _workflow_versions(conn: sqlite3.Connection, name: str) -> list[WorkflowRecord]:
+    rows = conn.execute(
+        "SELECT name, version, '' AS source, source_hash, created_at FROM workflows "
+        "WHERE name = ? ORDER BY version",
+        (name,),
+    )
+    return [WorkflowRecord(*row) for row in rows]
+
+
+def _workflow_version_by_hash(conn: sqlite3.Connection, name: str, source_hash: str) -> int | None:
+    row = conn.execute(
+        "SELECT MAX(version) FROM workflows WHERE name = ? AND source_hash = ?",
+        (name, source_hash),
+    ).fetchone()
+    return None if row is None else row[0]
 
 
 def _list_workflows(conn: sqlite3.Connection) -> list[WorkflowRecord]:

@@ -1,0 +1,393 @@
+#!/usr/bin/env python
+"""Benchmarks of distributed mode: a real server and real workers on 127.0.0.1.
+
+    python bench/distributed.py [--quick] [--durability full|normal] [--lease-ttl 2]
+                                [--out FILE]
+
+Prints ONE JSON document on stdout (progress goes to stderr). Every process runs from this
+checkout with the project's Python; the database is a fresh file in a fresh temporary directory.
+
+Workloads:
+
+- D1 dispatch latency: a one-task workflow whose task returns ``time.time()`` when its body starts;
+  submitted with ``run/sync`` one at a time; latency = task start - the client's clock just before
+  the request (same machine, same clock). p50 and p99 in ms.
+- D2 throughput: chains of 10 trivial tasks run through ``run/sync`` by 100 concurrent HTTP
+  clients (each submits its next execution when its previous one answered), against one worker,
+  then two workers (concurrency 50 each): tasks per second from the first submission to the last
+  answer. (Bounding the clients keeps the HTTP client's own CPU out of the figure: on 2 cores,
+  300 simultaneous requests cost the client more than the server.)
+- D3 failover: a worker runs a chain of slow tasks; a second worker is connected but idle; the
+  first is killed with SIGKILL; ms from the kill to the first task body starting on the second
+  worker, with the lease ttl used (the expiry of the lease dominates).
+- Baseline, in the same run and directory: plain sqlite3 commits of one small row each (WAL,
+  ``synchronous=FULL`` for ``--durability full``): p50 ms per commit and commits/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import httpx
+import trio
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SOURCE = """
+import os
+import time
+
+import anyio
+
+from flux import task, workflow
+
+
+@task
+async def mark():
+    return time.time()
+
+
+@workflow
+async def d1(ctx):
+    return await mark()
+
+
+@task
+async def inc(x):
+    return x + 1
+
+
+@workflow
+async def d2(ctx):
+    x = 0
+    for _ in range(10):
+        x = await inc(x)
+    return x
+
+
+@task
+async def slow(log, i):
+    with open(log, "a") as f:
+        f.write(f"{time.time()} {os.getpid()} {i}\\n")
+    await anyio.sleep(0.2)
+    return i
+
+
+@workflow
+async def d3(ctx):
+    for i in range(ctx.input["n"]):
+        await slow(ctx.input["log"], i)
+    return "done"
+"""
+
+
+def progress(*args: Any) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+class Cluster:
+    def __init__(self, tmp: str, durability: str, lease_ttl: float):
+        self.tmp = tmp
+        self.env = dict(
+            os.environ,
+            PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            FLUX_SECRET_KEY_FILE=os.path.join(tmp, "secret.key"),
+        )
+        self.procs: list[subprocess.Popen] = []
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = self._spawn(
+            [
+                "start",
+                "server",
+                "--port",
+                str(self.port),
+                "--db",
+                os.path.join(tmp, "flux.db"),
+                "--durability",
+                durability,
+                "--lease-ttl",
+                str(lease_ttl),
+                "--log-level",
+                "WARNING",
+            ],
+            "server",
+        )
+        self._wait(lambda: self._health() is not None, "server")
+
+    def _spawn(self, args: list[str], name: str) -> subprocess.Popen:
+        log = open(os.path.join(self.tmp, f"{name}-{len(self.procs)}.log"), "ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flux.cli", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=ROOT,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def _health(self) -> dict | None:
+        try:
+            return httpx.get(self.url + "/health", timeout=1).json()
+        except httpx.HTTPError:
+            return None
+
+    def _wait(self, predicate: Any, what: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out waiting for {what}")
+            time.sleep(0.01)
+
+    def worker(self, name: str, concurrency: int) -> subprocess.Popen:
+        before = (self._health() or {}).get("workers", 0)
+        proc = self._spawn(
+            [
+                "start",
+                "worker",
+                name,
+                "--server-url",
+                self.url,
+                "--concurrency",
+                str(concurrency),
+                "--log-level",
+                "WARNING",
+            ],
+            f"worker-{name}",
+        )
+        self._wait(lambda: (self._health() or {}).get("workers", 0) > before, f"worker {name}")
+        return proc
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def d1(cluster: Cluster, samples: int) -> dict[str, Any]:
+    latencies = []
+    with httpx.Client(timeout=30) as client:
+        for i in range(samples + 5):
+            t0 = time.time()
+            body = client.post(f"{cluster.url}/workflows/d1/run/sync", json=None).json()
+            assert body["state"] == "COMPLETED", body
+            if i >= 5:  # warm-up: module load, connections
+                latencies.append((body["output"] - t0) * 1000)
+    return {
+        "samples": len(latencies),
+        "p50_ms": round(pct(latencies, 50), 2),
+        "p99_ms": round(pct(latencies, 99), 2),
+        "max_ms": round(max(latencies), 2),
+    }
+
+
+async def _burst(url: str, executions: int, clients: int = 100) -> float:
+    """Run ``executions`` d2 chains through ``clients`` concurrent ``run/sync`` requests (each
+    client submits its next execution as soon as its previous one answered); seconds taken."""
+    clients = min(clients, executions)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    left = executions
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        t0 = time.perf_counter()
+
+        async def one() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                body = (await client.post(f"{url}/workflows/d2/run/sync", json=None)).json()
+                assert body["state"] == "COMPLETED" and body["output"] == 10, body
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(clients):
+                nursery.start_soon(one)
+        return time.perf_counter() - t0
+
+
+def d2(cluster: Cluster, executions: int) -> dict[str, Any]:
+    trio.run(_burst, cluster.url, 20)  # warm-up
+    seconds = trio.run(_burst, cluster.url, executions)
+    tasks = executions * 10
+    return {
+        "executions": executions,
+        "tasks": tasks,
+        "http_clients": 100,
+        "seconds": round(seconds, 3),
+        "tasks_per_s": round(tasks / seconds, 1),
+    }
+
+
+def d3(cluster: Cluster, samples: int, lease_ttl: float) -> dict[str, Any]:
+    results = []
+    for k in range(samples):
+        log = os.path.join(cluster.tmp, f"d3-{k}.log")
+        victim = cluster.worker(f"victim{k}", 1)
+        r = httpx.post(
+            f"{cluster.url}/workflows/d3/run/async", json={"n": 20, "log": log}, timeout=10
+        ).json()
+        eid = r["execution_id"]
+
+        def rows(log: str = log) -> list[list[str]]:
+            try:
+                with open(log) as f:
+                    return [line.split() for line in f.read().splitlines()]
+            except FileNotFoundError:
+                return []
+
+        deadline = time.monotonic() + 30
+        while len(rows()) < 3:
+            if time.monotonic() > deadline:
+                raise RuntimeError("d3: execution did not start")
+            time.sleep(0.01)
+        rescuer = cluster.worker(f"rescuer{k}", 1)
+        killed = time.time()
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        deadline = time.monotonic() + lease_ttl + 30
+        while True:
+            later = [float(t) for t, pid, _ in rows() if pid == str(rescuer.pid)]
+            if later:
+                results.append((min(later) - killed) * 1000)
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("d3: the execution did not move")
+            time.sleep(0.005)
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{cluster.url}/workflows/d3/status/{eid}").json()["state"] != "COMPLETED":
+            if time.monotonic() > deadline:
+                raise RuntimeError("d3: the execution did not finish")
+            time.sleep(0.05)
+        cluster.stop(rescuer)
+        progress(f"  D3 sample {k}: {results[-1]:.0f} ms ({eid})")
+    return {
+        "lease_ttl_s": lease_ttl,
+        "samples_ms": [round(x) for x in results],
+        "median_ms": round(statistics.median(results)),
+        "max_ms": round(max(results)),
+    }
+
+
+def baseline(tmp: str, durability: str, commits: int) -> dict[str, Any]:
+    path = os.path.join(tmp, "baseline.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
+    conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, value BLOB)")
+    times = []
+    t0 = time.perf_counter()
+    for _ in range(commits):
+        t = time.perf_counter()
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO events (value) VALUES (?)", (b"x" * 64,))
+        conn.execute("COMMIT")
+        times.append((time.perf_counter() - t) * 1000)
+    total = time.perf_counter() - t0
+    conn.close()
+    return {
+        "commits": commits,
+        "commit_p50_ms": round(pct(times, 50), 3),
+        "commit_p99_ms": round(pct(times, 99), 3),
+        "commits_per_s": round(commits / total, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke test)")
+    parser.add_argument("--durability", choices=["full", "normal"], default="full")
+    parser.add_argument("--lease-ttl", type=float, default=2.0)
+    parser.add_argument("--out", help="also write the JSON here")
+    args = parser.parse_args()
+    quick = args.quick
+    result: dict[str, Any] = {
+        "environment": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "sqlite": sqlite3.sqlite_version,
+            "durability": args.durability,
+        }
+    }
+    with tempfile.TemporaryDirectory(prefix="flux-bench-") as tmp:
+        result["baseline"] = baseline(tmp, args.durability, 200 if quick else 1000)
+        progress("baseline:", result["baseline"])
+        cluster = Cluster(tmp, args.durability, args.lease_ttl)
+        try:
+            r = httpx.post(
+                cluster.url + "/workflows",
+                files={"file": ("bench.py", SOURCE.encode())},
+                timeout=10,
+            )
+            r.raise_for_status()
+            first = cluster.worker("w1", 50)
+            result["D1"] = d1(cluster, 50 if quick else 300)
+            progress("D1:", result["D1"])
+            one = d2(cluster, 100 if quick else 500)
+            second = cluster.worker("w2", 50)
+            two = d2(cluster, 100 if quick else 500)
+            result["D2"] = {"one_worker": one, "two_workers": two, "worker_concurrency": 50}
+            progress("D2:", result["D2"])
+            cluster.stop(first)
+            cluster.stop(second)
+            result["D3"] = d3(cluster, 1 if quick else 3, args.lease_ttl)
+            progress("D3:", result["D3"])
+        finally:
+            cluster.close()
+    full = args.durability == "full"
+    result["targets"] = {
+        "D1 p50 < 5 ms": {
+            "value": result["D1"]["p50_ms"],
+            "met": result["D1"]["p50_ms"] < 5 if full else None,
+        },
+        "D2 one worker > 1000 tasks/s": {
+            "value": result["D2"]["one_worker"]["tasks_per_s"],
+            "met": result["D2"]["one_worker"]["tasks_per_s"] > 1000 if full else None,
+        },
+        "D3 < lease ttl + 1 s": {
+            "value": result["D3"]["max_ms"],
+            "met": result["D3"]["max_ms"] < (args.lease_ttl + 1) * 1000,
+        },
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,963 @@
+"""The server's scheduling core: push dispatch, leases with epochs, heartbeats, fencing, timers.
+
+No HTTP and no sockets here: a connected worker is a :class:`WorkerLink` whose ``send`` puts one
+protocol message on its way (the server's WebSocket shell provides it; tests pass a list). The
+dispatcher owns the in-memory truth about who runs what, and the store owns the durable truth:
+
+* **Push.** :meth:`Dispatcher.submit` puts an execution on the ready queue and, in the same call,
+  hands it to the connected worker with the most free slots. A worker's capacity coming free
+  (a lease ending, a worker connecting) dispatches again at once. Nothing polls.
+* **Leases.** Granting commits ``lease_epoch + 1`` (fenced on the old epoch) before the Lease
+  frame is sent, with the history the worker replays. Heartbeats (and every accepted write)
+  extend a lease by ``lease_ttl``; one timer task sleeps until the earliest expiry, so a lease not
+  extended in time expires on the dot and its execution is dispatched again with epoch + 1.
+* **Fencing.** Events, releases and completions name their epoch. Anything for a lease that is not
+  the current one of that worker gets a Reject and touches nothing; every write also carries
+  ``expect={"lease_epoch": epoch}`` so the store refuses it should memory ever be wrong.
+* **Order.** The messages of one lease are applied one after the other (a per-lease queue); the
+  writes of different leases go to the store concurrently, so group commit batches them.
+* **Timers.** Executions released on a long durable sleep are dispatched again at their wake time
+  by one timer task sleeping until the earliest wake time.
+* **Subworkflows.** A TASK_STARTED event carrying ``child_id`` creates the child execution. A
+  parent waiting for children is released (state SCHEDULED); when a child ends, its outcome is
+  appended to the parent's history (TASK_COMPLETED / TASK_FAILED at the call id, exactly what the
+  embedded engine records) and the parent is dispatched again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+import msgpack
+import trio
+
+from flux.net import protocol as p
+from flux.runtime import codec
+from flux.runtime.errors import (
+    ExecutionCancelledError,
+    ExecutionNotFoundError,
+    FluxError,
+    StoreError,
+    WorkflowError,
+    WorkflowNotFoundError,
+)
+from flux.runtime.events import ExecutionEvent, ExecutionEventType, ExecutionState
+from flux.runtime.patterns import child_execution_id
+from flux.runtime.store import ExecutionRecord, StaleWriteError, Store, StoredEvent, Write
+
+__all__ = [
+    "DispatchSettings",
+    "Dispatcher",
+    "DispatcherStatistics",
+    "ExecutionConflictError",
+    "WorkerLink",
+    "wire_event",
+]
+
+log = logging.getLogger("flux.dispatch")
+
+E = ExecutionEventType
+S = ExecutionState
+
+_RUNNABLE = frozenset({S.CREATED, S.SCHEDULED, S.CLAIMED, S.RUNNING})
+_SETTLED = frozenset({S.COMPLETED, S.FAILED, S.CANCELLED, S.PAUSED})
+_TERMINAL_EVENTS = frozenset(
+    {E.WORKFLOW_COMPLETED.value, E.WORKFLOW_FAILED.value, E.WORKFLOW_CANCELLED.value}
+)
+_OUTCOMES = frozenset(
+    {E.TASK_COMPLETED.value, E.TASK_FAILED.value, E.TASK_CANCELLED.value, E.TASK_RESUMED.value}
+)
+_EVENT_TYPES = frozenset(t.value for t in E)
+
+
+class ExecutionConflictError(WorkflowError):
+    """The execution is not in a state that allows what was asked (e.g. resuming one that is not
+    paused); the HTTP API answers 409."""
+
+
+@attrs.frozen
+class DispatchSettings:
+    """Timing of leases. ``heartbeat_interval`` defaults to a third of ``lease_ttl``."""
+
+    lease_ttl: float = 5.0
+    heartbeat_interval: float | None = None
+
+    @property
+    def heartbeat(self) -> float:
+        if self.heartbeat_interval is not None:
+            return self.heartbeat_interval
+        return self.lease_ttl / 3
+
+    def __attrs_post_init__(self) -> None:
+        if not self.lease_ttl > 0:
+            raise ValueError(f"lease_ttl must be > 0, got {self.lease_ttl!r}")
+        if not 0 < self.heartbeat < self.lease_ttl:
+            raise ValueError(
+                f"heartbeat_interval ({self.heartbeat}) must be > 0 and shorter than "
+                f"lease_ttl ({self.lease_ttl})"
+            )
+
+
+@attrs.frozen
+class DispatcherStatistics:
+    """A snapshot of the dispatcher (see :meth:`Dispatcher.statistics`)."""
+
+    workers: int
+    capacity: int
+    leases: int
+    ready: int
+    timers: int
+    granted: int
+    expired: int
+    rejected: int
+
+
+@attrs.define(eq=False)
+class WorkerLink:
+    """One connected worker as the dispatcher sees it.
+
+    ``send`` takes a protocol message and queues it for the worker without waiting; it may raise
+    (a frame too large, a worker that stopped reading). ``limiter`` bounds the messages of this
+    worker the dispatcher holds at once (backpressure on its socket).
+    """
+
+    worker_id: str
+    name: str
+    capacity: int
+    send: Callable[[p.Message], None]
+    leases: set[str] = attrs.field(factory=set)
+    #: Expired leases this worker may still be running: they hold a slot until a heartbeat
+    #: shows the worker let go, so a hung worker gets nothing more.
+    zombies: set[str] = attrs.field(factory=set)
+    closed: bool = False
+    #: The worker is shutting down (it released an execution for that): lease it nothing more.
+    stopping: bool = False
+    limiter: trio.Semaphore = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.limiter = trio.Semaphore(4 * self.capacity + 16)
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self.leases) - len(self.zombies)
+
+
+@attrs.define(eq=False)
+class _Lease:
+    execution_id: str
+    worker: WorkerLink | None
+    expires: float
+    epoch: int | None = None  # None while being granted
+    next_seq: int = 0
+    record: ExecutionRecord | None = None
+    queue: deque[tuple[WorkerLink, p.Message]] = attrs.field(factory=deque)
+    draining: bool = False
+
+
+class _Signal:
+    """A wake-up flag: ``set`` never blocks; ``wait`` returns once set, then resets it."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event = trio.Event()
+
+
+def wire_event(e: StoredEvent) -> dict[str, Any]:
+    """A stored event as it goes in a Lease's history: the value stays codec-encoded bytes."""
+    return {
+        "seq": e.seq,
+        "type": e.type,
+        "call_id": e.call_id,
+        "name": e.name,
+        "value": e.value,
+        "time": datetime.fromtimestamp(e.time, UTC),
+    }
+
+
+def _raw_loads(data: bytes) -> Any:
+    """Decode codec bytes without rebuilding any class: ext values stay ``msgpack.ExtType``,
+    so the server never needs (or imports) the workflow's own types."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def _raw_dumps(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def _view(events: Iterable[StoredEvent]) -> list[ExecutionEvent]:
+    """Events with types and ids only (values not decoded), for history helpers."""
+    return [ExecutionEvent(e.seq, E(e.type), e.call_id, e.name) for e in events]
+
+
+def _open_calls(events: list[StoredEvent]) -> dict[str, StoredEvent]:
+    """TASK_STARTED events of calls that have no outcome yet, by call id."""
+    started: dict[str, StoredEvent] = {}
+    for e in events:
+        if e.type == "TASK_STARTED":
+            started[e.call_id] = e
+        elif e.type in _OUTCOMES:
+            started.pop(e.call_id, None)
+    return started
+
+
+class Dispatcher:
+    """Leases executions to connected workers; see the module docstring.
+
+    Run it with ``await nursery.start(dispatcher.run)``; it recovers the store's queued and running
+    executions first. ``wall`` is the clock of wake times (Unix seconds); lease expiry uses trio's
+    clock, so tests drive it with ``autojump_clock``.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        settings: DispatchSettings | None = None,
+        *,
+        secrets: Any = None,
+        wall: Callable[[], float] = time.time,
+    ):
+        self.store = store
+        self.settings = settings or DispatchSettings()
+        self.secrets = secrets
+        self.wall = wall
+        self.workers: dict[str, WorkerLink] = {}
+        self._leases: dict[str, _Lease] = {}
+        self._ready: deque[str] = deque()
+        self._queued: set[str] = set()
+        self._timers: list[tuple[float, int, str]] = []
+        self._timer_seq = itertools.count()
+        self._timer_changed = _Signal()
+        self._lease_added = _Signal()
+        self._settled: dict[str, list[trio.Event]] = {}
+        self._sources: dict[tuple[str, int], tuple[bytes, str]] = {}
+        self._nursery: trio.Nursery | None = None
+        self._granted = 0
+        self._expired = 0
+        self._rejected = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Recover from the store, then serve timers and lease expiry until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self.recover()
+            nursery.start_soon(self._expiry_loop)
+            nursery.start_soon(self._timer_loop)
+            task_status.started()
+
+    async def recover(self) -> None:
+        """Queue what the store says is runnable: SCHEDULED executions (at their wake time if
+        they sleep) and RUNNING ones, whose lease nobody holds any more once their ttl passed."""
+        queued = await self.store.list_executions(state=[S.CREATED, S.SCHEDULED], limit=None)
+        now = self.wall()
+        for rec in reversed(queued):  # oldest first
+            if rec.wake_at is not None and rec.wake_at > now:
+                self.wake_at(rec.execution_id, rec.wake_at)
+            else:
+                self.submit(rec.execution_id)
+        running = await self.store.list_executions(state=[S.RUNNING, S.CLAIMED], limit=None)
+        deadline = trio.current_time() + self.settings.lease_ttl
+        for rec in reversed(running):
+            lease = _Lease(rec.execution_id, None, deadline, rec.lease_epoch)
+            self._leases[rec.execution_id] = lease
+        if running:
+            self._lease_added.set()
+            log.info(
+                "recovered %d running execution(s): dispatched again once their lease "
+                "expires (%.1fs)",
+                len(running),
+                self.settings.lease_ttl,
+            )
+        if queued:
+            log.info("recovered %d queued execution(s)", len(queued))
+
+    def statistics(self) -> DispatcherStatistics:
+        open_links = [w for w in self.workers.values() if not w.closed]
+        return DispatcherStatistics(
+            workers=len(open_links),
+            capacity=sum(w.capacity for w in open_links),
+            leases=len(self._leases),
+            ready=len(self._ready),
+            timers=len(self._timers),
+            granted=self._granted,
+            expired=self._expired,
+            rejected=self._rejected,
+        )
+
+    def lease_of(self, execution_id: str) -> tuple[str | None, int | None] | None:
+        """``(worker_id, epoch)`` of the current lease of an execution, or None."""
+        lease = self._leases.get(execution_id)
+        if lease is None:
+            return None
+        return (lease.worker.worker_id if lease.worker else None, lease.epoch)
+
+    # ------------------------------------------------------------------ workers
+
+    def add_worker(
+        self, worker_id: str, name: str, capacity: int, send: Callable[[p.Message], None]
+    ) -> WorkerLink:
+        link = WorkerLink(worker_id, name, capacity, send)
+        self.workers[worker_id] = link
+        log.info("worker %s (%s) connected with capacity %d", worker_id, name, capacity)
+        self._dispatch()
+        return link
+
+    def remove_worker(self, link: WorkerLink) -> None:
+        """The worker's session ended. Its leases stay until they expire: the worker may still
+        be running them (a network split), and fencing refuses whatever it writes later."""
+        link.closed = True
+        self.workers.pop(link.worker_id, None)
+        log.info("worker %s disconnected holding %d lease(s)", link.worker_id, len(link.leases))
+
+    def _send(self, link: WorkerLink | None, msg: p.Message) -> bool:
+        if link is None or link.closed:
+            return False
+        try:
+            link.send(msg)
+        except p.LocalProtocolError:
+            raise
+        except Exception as exc:
+            log.warning("cannot send %s to worker %s: %s", msg.TYPE, link.worker_id, exc)
+            return False
+        return True
+
+    def _reject(self, link: WorkerLink, execution_id: str, epoch: int, reason: str) -> None:
+        self._rejected += 1
+        log.info("rejected %s epoch %d from %s: %s", execution_id, epoch, link.worker_id, reason)
+        self._send(link, p.Reject(execution_id=execution_id, epoch=epoch, reason=reason))
+
+    # ------------------------------------------------------------------ queue and push
+
+    def submit(self, execution_id: str) -> None:
+        """Make an execution runnable now (no-op if it is leased or queued already)."""
+        if execution_id in self._leases or execution_id in self._queued:
+            return
+        self._queued.add(execution_id)
+        self._ready.append(execution_id)
+        self._dispatch()
+
+    def _pick(self) -> WorkerLink | None:
+        best: WorkerLink | None = None
+        for link in self.workers.values():
+            if link.stopping or link.closed or link.free <= 0:
+                continue
+            if best is None or link.free > best.free:
+                best = link
+        return best
+
+    def _dispatch(self) -> None:
+        """Hand ready executions to workers with free slots, now."""
+        while self._ready and self._nursery is not None:
+            link = self._pick()
+            if link is None:
+                return
+            execution_id = self._ready.popleft()
+            self._queued.discard(execution_id)
+            if execution_id in self._leases:
+                continue
+            lease = _Lease(execution_id, link, trio.current_time() + self.settings.lease_ttl)
+            self._leases[execution_id] = lease
+            link.leases.add(execution_id)
+            self._lease_added.set()
+            self._nursery.start_soon(self._grant, lease)
+
+    def _end_lease(self, lease: _Lease, *, requeue: bool = False) -> None:
+        if self._leases.get(lease.execution_id) is lease:
+            del self._leases[lease.execution_id]
+        if lease.worker is not None:
+            lease.worker.leases.discard(lease.execution_id)
+        if requeue:
+            self.submit(lease.execution_id)
+        self._dispatch()
+
+    async def _grant(self, lease: _Lease) -> None:
+        eid = lease.execution_id
+        link = lease.worker
+        assert link is not None
+        try:
+            rec = await self.store.get_execution(eid)
+            if rec is None or rec.state not in _RUNNABLE:
+                self._end_lease(lease)
+                return
+            events = await self.store.load_events(eid)
+            seq = events[-1].seq if events else 0
+            extra = await self._child_outcomes(rec, events, seq)
+            source, _ = await self._source(rec.workflow_name, rec.workflow_version)
+            epoch = rec.lease_epoch + 1
+            await self.store.commit(
+                Write(
+                    eid,
+                    extra,
+                    update={
+                        "state": S.RUNNING.value,
+                        "lease_epoch": epoch,
+                        "lease_owner": link.worker_id,
+                        "lease_expires_at": self.wall() + self.settings.lease_ttl,
+                        "wake_at": None,
+                    },
+                    expect={"lease_epoch": rec.lease_epoch},
+                )
+            )
+        except Exception as exc:
+            log.error("cannot lease execution %s: %s", eid, exc)
+            stale = isinstance(exc, StaleWriteError)
+            self._end_lease(lease)
+            if stale:  # the row changed under us: read it again
+                self.submit(eid)
+            return
+        self._granted += 1
+        lease.epoch = epoch
+        lease.record = rec
+        lease.next_seq = seq + len(extra) + 1
+        lease.expires = trio.current_time() + self.settings.lease_ttl
+        if self._leases.get(eid) is not lease or link.closed:
+            # the worker went away (or the lease expired) before it got it: nobody runs it
+            self._end_lease(lease, requeue=True)
+            return
+        msg = p.Lease(
+            execution_id=eid,
+            epoch=epoch,
+            workflow_name=rec.workflow_name,
+            workflow_version=rec.workflow_version or 0,
+            source=source,
+            input=rec.input,
+            history=[wire_event(e) for e in (*events, *extra)],
+            state=S.RUNNING.value,
+            resume=len(events) + len(extra) > 1,
+        )
+        try:
+            sent = self._send(link, msg)
+        except p.LocalProtocolError as exc:
+            log.error("cannot lease execution %s: %s", eid, exc)
+            self._end_lease(lease)
+            await self._fail_execution(rec, epoch, lease.next_seq, WorkflowError(str(exc)))
+            return
+        if not sent:
+            self._end_lease(lease, requeue=True)
+
+    async def _source(self, name: str, version: int | None) -> tuple[bytes, str]:
+        key = (name, version or 0)
+        cached = self._sources.get(key)
+        if cached is None:
+            record = await self.store.get_workflow(name, version)
+            if record is None:
+                raise WorkflowNotFoundError(f"{name} version {version}")
+            cached = (record.source.encode("utf-8"), record.source_hash)
+            self._sources[key] = cached
+        return cached
+
+    async def _fail_execution(
+        self, rec: ExecutionRecord, epoch: int, seq: int, error: BaseException
+    ) -> None:
+        data = codec.encode(error)
+        ev = StoredEvent(
+            rec.execution_id,
+            seq,
+            E.WORKFLOW_FAILED.value,
+            rec.workflow_name,
+            rec.workflow_name,
+            data,
+            self.wall(),
+        )
+        try:
+            await self.store.commit(
+                Write(
+                    rec.execution_id,
+                    [ev],
+                    update={"state": S.FAILED.value, "output": data, "lease_owner": None},
+                    expect={"lease_epoch": epoch},
+                )
+            )
+        except StoreError as exc:
+            log.error("cannot fail execution %s: %s", rec.execution_id, exc)
+            return
+        await self._after_end(rec, S.FAILED)
+
+    # ------------------------------------------------------------------ lease expiry
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            if not self._leases:
+                await self._lease_added.wait()
+                continue
+            now = trio.current_time()
+            expired = [lease for lease in self._leases.values() if lease.expires <= now]
+            for lease in expired:
+                self._expire(lease, now)
+            if expired:
+                continue
+            deadline = min(lease.expires for lease in self._leases.values())
+            with trio.move_on_at(deadline):
+                await self._lease_added.wait()
+
+    def _expire(self, lease: _Lease, now: float) -> None:
+        if lease.draining or lease.epoch is None:
+            # a write or the grant is in flight: evidently alive, look again later
+            lease.expires = now + self.settings.lease_ttl
+            return
+        self._expired += 1
+        owner = lease.worker.worker_id if lease.worker else "nobody (recovered)"
+        log.warning(
+            "lease of %s (epoch %s, %s) expired; dispatching it again",
+            lease.execution_id,
+            lease.epoch,
+            owner,
+        )
+        if lease.worker is not None and not lease.worker.closed:
+            self._reject(lease.worker, lease.execution_id, lease.epoch, "lease expired")
+            lease.worker.zombies.add(lease.execution_id)
+        self._end_lease(lease, requeue=True)
+
+    # ------------------------------------------------------------------ timers
+
+    def wake_at(self, execution_id: str, when: float) -> None:
+        """Submit ``execution_id`` at wall time ``when``."""
+        heapq.heappush(self._timers, (when, next(self._timer_seq), execution_id))
+        self._timer_changed.set()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            if not self._timers:
+                await self._timer_changed.wait()
+                continue
+            when, _, eid = self._timers[0]
+            delay = when - self.wall()
+            if delay <= 0:
+                heapq.heappop(self._timers)
+                self.submit(eid)
+                continue
+            with trio.move_on_after(delay):
+                await self._timer_changed.wait()
+
+    # ------------------------------------------------------------------ messages from workers
+
+    def _current(self, link: WorkerLink, execution_id: str, epoch: int) -> _Lease | None:
+        lease = self._leases.get(execution_id)
+        if lease is None or lease.worker is not link or lease.epoch != epoch:
+            if lease is None:
+                why = "no lease held"
+            elif lease.worker is not link:
+                why = f"leased to another worker (epoch {lease.epoch})"
+            else:
+                why = f"stale epoch: the lease is at epoch {lease.epoch}"
+            self._reject(link, execution_id, epoch, why)
+            return None
+        return lease
+
+    async def on_message(self, link: WorkerLink, msg: p.Message) -> None:
+        """Handle one message from a worker (the session state machine already checked it).
+        Returns once it is queued; may wait for room (backpressure)."""
+        if isinstance(msg, p.Heartbeat):
+            self.on_heartbeat(link, msg)
+        elif isinstance(msg, p.Events | p.Release | p.Complete):
+            lease = self._current(link, msg.execution_id, msg.epoch)
+            if lease is None:
+                return
+            await link.limiter.acquire()
+            lease.expires = trio.current_time() + self.settings.lease_ttl
+            lease.queue.append((link, msg))
+            if not lease.draining:
+                lease.draining = True
+                assert self._nursery is not None
+                self._nursery.start_soon(self._drain, lease)
+        elif isinstance(msg, p.SecretsRequest):
+            if self._current(link, msg.execution_id, msg.epoch) is not None:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._answer_secrets, link, msg)
+        elif isinstance(msg, p.CacheGet | p.CachePut):
+            if self._current(link, msg.execution_id, msg.epoch) is not None:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._cache, link, msg)
+        else:  # pragma: no cover - the session state machine lets nothing else through
+            log.warning("unexpected %s from %s", msg.TYPE, link.worker_id)
+
+    def on_heartbeat(self, link: WorkerLink, msg: p.Heartbeat) -> None:
+        deadline = trio.current_time() + self.settings.lease_ttl
+        if link.zombies:
+            link.zombies &= {execution_id for execution_id, _ in msg.leases}
+            self._dispatch()
+        for execution_id, epoch in msg.leases:
+            lease = self._leases.get(execution_id)
+            if lease is not None and lease.worker is link and lease.epoch == epoch:
+                lease.expires = deadline
+            else:
+                self._reject(link, execution_id, epoch, "lease lost")
+
+    async def _drain(self, lease: _Lease) -> None:
+        try:
+            while lease.queue:
+                link, msg = lease.queue.popleft()
+                try:
+                    if self._leases.get(lease.execution_id) is not lease:
+                        self._reject(link, lease.execution_id, msg.epoch, "lease ended")
+                    elif isinstance(msg, p.Events):
+                        await self._apply_events(lease, link, msg)
+                    elif isinstance(msg, p.Release):
+                        await self._apply_release(lease, link, msg)
+                    else:
+                        assert isinstance(msg, p.Complete)
+                        await self._apply_complete(lease, link, msg)
+                finally:
+                    link.limiter.release()
+        finally:
+            lease.draining = False
+
+    def _stored(self, eid: str, e: dict[str, Any]) -> StoredEvent:
+        value = e["value"]
+        if value is not None and not isinstance(value, bytes):
+            value = codec.encode(value)  # a worker that sent the value itself
+        when = e["time"]
+        if e["type"] not in _EVENT_TYPES:
+            raise ValueError(f"unknown event type {e['type']!r}")
+        return StoredEvent(
+            eid,
+            e["seq"],
+            e["type"],
+            e["call_id"] or "",
+            e["name"] or "",
+            value,
+            when.timestamp() if when is not None else self.wall(),
+        )
+
+    async def _apply_events(self, lease: _Lease, link: WorkerLink, msg: p.Events) -> None:
+        eid = lease.execution_id
+        try:
+            events = [self._stored(eid, e) for e in msg.events]
+        except ValueError as exc:
+            return self._broken(lease, link, msg.epoch, str(exc))
+        for i, e in enumerate(events):
+            if e.seq != lease.next_seq + i:
+                return self._broken(
+                    lease,
+                    link,
+                    msg.epoch,
+                    f"event seq {e.seq} where {lease.next_seq + i} was expected",
+                )
+        state = S(msg.state) if msg.state is not None else None
+        update: dict[str, Any] | None = None
+        ending = state is not None and state not in (S.RUNNING, S.CLAIMED)
+        if state is not None and state.is_terminal:
+            output = next((e.value for e in reversed(events) if e.type in _TERMINAL_EVENTS), None)
+            update = {"state": state.value, "output": output, "wake_at": None}
+        elif state is not None:
+            update = {"state": state.value, "wake_at": None}
+        if ending:
+            assert update is not None
+            update.update(lease_owner=None, lease_expires_at=None)
+        write = Write(eid, events, update=update, expect={"lease_epoch": lease.epoch})
+        try:
+            await self.store.commit(write)
+        except StaleWriteError as exc:
+            self._reject(link, eid, msg.epoch, str(exc))
+            self._end_lease(lease)
+            return
+        except StoreError as exc:
+            log.error("write of execution %s refused: %s", eid, exc)
+            return self._broken(lease, link, msg.epoch, f"write refused: {exc}")
+        lease.next_seq += len(events)
+        self._send(link, p.Ack(execution_id=eid, epoch=msg.epoch, batch=msg.batch))
+        for e in events:
+            if e.type == "TASK_STARTED" and e.value is not None and b"child_id" in e.value:
+                await self._start_child(lease.record, e)
+        if ending:
+            assert state is not None
+            self._end_lease(lease)
+            await self._after_end(lease.record, state)
+
+    def _broken(self, lease: _Lease, link: WorkerLink, epoch: int, why: str) -> None:
+        """A lease whose writes make no sense: stop it and run the execution again."""
+        self._reject(link, lease.execution_id, epoch, why)
+        self._end_lease(lease, requeue=True)
+
+    async def _apply_release(self, lease: _Lease, link: WorkerLink, msg: p.Release) -> None:
+        eid = lease.execution_id
+        if msg.reason == "shutdown":
+            link.stopping = True
+            self._end_lease(lease, requeue=True)
+            return
+        if msg.reason == "sleeping":
+            update = {"state": S.SCHEDULED.value, "wake_at": msg.wake_at}
+        else:
+            update = {"state": S.PAUSED.value, "wake_at": None}
+        update.update(lease_owner=None, lease_expires_at=None)
+        try:
+            await self.store.commit(Write(eid, update=update, expect={"lease_epoch": lease.epoch}))
+        except StoreError as exc:
+            self._reject(link, eid, msg.epoch, str(exc))
+            self._end_lease(lease)
+            return
+        self._end_lease(lease)
+        if msg.reason == "sleeping":
+            assert msg.wake_at is not None
+            self.wake_at(eid, msg.wake_at)
+        else:
+            await self._after_end(lease.record, S.PAUSED)
+
+    async def _apply_complete(self, lease: _Lease, link: WorkerLink, msg: p.Complete) -> None:
+        eid = lease.execution_id
+        output = msg.output
+        if output is not None and not isinstance(output, bytes):
+            output = codec.encode(output)
+        update = {
+            "state": msg.state,
+            "output": output,
+            "wake_at": None,
+            "lease_owner": None,
+            "lease_expires_at": None,
+        }
+        try:
+            await self.store.commit(Write(eid, update=update, expect={"lease_epoch": lease.epoch}))
+        except StoreError as exc:
+            self._reject(link, eid, msg.epoch, str(exc))
+            self._end_lease(lease)
+            return
+        self._end_lease(lease)
+        await self._after_end(lease.record, S(msg.state))
+
+    async def _answer_secrets(self, link: WorkerLink, msg: p.SecretsRequest) -> None:
+        values: dict[str, str] = {}
+        missing: list[str] = []
+        for name in msg.names:
+            try:
+                if self.secrets is None:
+                    raise FluxError("no secret store")
+                values[name] = await self.secrets.get(name)
+            except Exception:
+                missing.append(name)
+        self._send(link, p.Secrets(request_id=msg.request_id, values=values, missing=missing))
+
+    async def _cache(self, link: WorkerLink, msg: p.CacheGet | p.CachePut) -> None:
+        """The task cache lives in the store, shared by every worker and the embedded engine."""
+        now = self.wall()
+        if isinstance(msg, p.CachePut):
+            expires = now + msg.ttl if msg.ttl else None
+            try:
+                await self.store.cache_put(msg.key, msg.value, expires)
+            except StoreError as exc:
+                log.warning("cache put from %s refused: %s", link.worker_id, exc)
+            return
+        try:
+            value = await self.store.cache_get(msg.key, now)
+        except StoreError as exc:
+            log.warning("cache get from %s failed: %s", link.worker_id, exc)
+            value = None
+        self._send(link, p.CacheValue(request_id=msg.request_id, value=value))
+
+    # ------------------------------------------------------------------ after a lease ends
+
+    async def _after_end(self, rec: ExecutionRecord | None, state: S) -> None:
+        if rec is None:
+            return
+        eid = rec.execution_id
+        if state in _SETTLED:
+            for event in self._settled.pop(eid, ()):
+                event.set()
+        if state.is_terminal and rec.parent_id is not None:
+            await self._wake_parent(rec.parent_id)
+        elif state is S.SCHEDULED:
+            # waiting for children: maybe one ended while this execution was running
+            events = await self.store.load_events(eid)
+            seq = events[-1].seq if events else 0
+            if await self._child_outcomes(rec, events, seq):
+                self.submit(eid)
+
+    async def _wake_parent(self, parent_id: str) -> None:
+        if parent_id in self._leases or parent_id in self._queued:
+            return  # it looks at its children when it releases or is granted
+        parent = await self.store.get_execution(parent_id)
+        if parent is not None and parent.state is S.SCHEDULED and parent.wake_at is None:
+            self.submit(parent_id)
+
+    async def _child_outcomes(
+        self, rec: ExecutionRecord, events: list[StoredEvent], seq: int
+    ) -> list[StoredEvent]:
+        """Outcome events for the parent's open child calls whose child ended, numbered from
+        ``seq + 1``; children missing from the store are created on the way."""
+        open_calls = _open_calls(events)
+        if not open_calls:
+            return []
+        eid = rec.execution_id
+        children = {
+            c.execution_id: c for c in await self.store.list_executions(parent_id=eid, limit=None)
+        }
+        out: list[StoredEvent] = []
+        now = self.wall()
+        for call_id, started in open_calls.items():
+            child_id = child_execution_id(eid, call_id)
+            child = children.get(child_id)
+            if child is None:
+                if started.value is not None and b"child_id" in started.value:
+                    await self._start_child(rec, started)
+                continue
+            if not child.state.is_terminal:
+                continue
+            if child.state is S.COMPLETED:
+                type_, value = E.TASK_COMPLETED, child.output
+            elif child.state is S.FAILED and child.output is not None:
+                type_, value = E.TASK_FAILED, child.output
+            else:
+                what = "was cancelled" if child.state is S.CANCELLED else "failed"
+                error = ExecutionCancelledError(f"subworkflow {started.name!r} ({child_id}) {what}")
+                type_, value = E.TASK_FAILED, codec.encode(error)
+            seq += 1
+            out.append(StoredEvent(eid, seq, type_.value, call_id, started.name, value, now))
+        return out
+
+    async def _start_child(self, parent: ExecutionRecord | None, started: StoredEvent) -> None:
+        """Create the child execution a TASK_STARTED event announces (idempotent)."""
+        if parent is None or started.value is None:
+            return
+        try:
+            raw = _raw_loads(started.value)
+            child_id = raw["child_id"]
+            args = raw.get("args") or [None]
+            input_data = _raw_dumps(args[0])
+        except Exception as exc:
+            log.warning("bad subworkflow start in %s: %s", parent.execution_id, exc)
+            return
+        if not isinstance(child_id, str):
+            return
+        if await self.store.get_execution(child_id) is not None:
+            return
+        name = started.name
+        try:
+            version = await self._child_version(parent, name)
+        except FluxError as exc:
+            log.error("cannot start subworkflow %s of %s: %s", name, parent.execution_id, exc)
+            return
+        now = self.wall()
+        record = ExecutionRecord(
+            execution_id=child_id,
+            workflow_name=name,
+            workflow_version=version,
+            parent_id=parent.execution_id,
+            input=input_data,
+            state=S.SCHEDULED,
+            created_at=now,
+        )
+        first = StoredEvent(child_id, 1, E.WORKFLOW_STARTED.value, name, name, input_data, now)
+        try:
+            await self.store.commit(Write(child_id, [first], insert=record))
+        except StoreError as exc:
+            if "already exists" not in str(exc):
+                log.error("cannot create subworkflow %s: %s", child_id, exc)
+            return
+        self.submit(child_id)
+
+    async def _child_version(self, parent: ExecutionRecord, name: str) -> int:
+        """The version of workflow ``name`` with the same source as the parent's pinned one
+        (saved as a new version if there is none): a child runs the code its parent ran."""
+        source, source_hash = await self._source(parent.workflow_name, parent.workflow_version)
+        version = await self.store.workflow_version_by_hash(name, source_hash)
+        if version is None:
+            saved = await self.store.save_workflow(name, source.decode("utf-8"), source_hash)
+            version = saved.version
+        return version
+
+    # ------------------------------------------------------------------ API operations
+
+    async def start(
+        self, name: str, input_data: bytes, *, version: int | None = None
+    ) -> ExecutionRecord:
+        """Create an execution of the latest (or given) version of workflow ``name`` and queue
+        it. ``input_data`` is the codec-encoded input."""
+        wf = await self.store.get_workflow(name, version)
+        if wf is None:
+            raise WorkflowNotFoundError(name)
+        self._sources.setdefault((wf.name, wf.version), (wf.source.encode(), wf.source_hash))
+        eid = uuid.uuid4().hex
+        now = self.wall()
+        record = ExecutionRecord(
+            execution_id=eid,
+            workflow_name=name,
+            workflow_version=wf.version,
+            input=input_data,
+            state=S.SCHEDULED,
+            created_at=now,
+        )
+        first = StoredEvent(eid, 1, E.WORKFLOW_STARTED.value, name, name, input_data, now)
+        await self.store.commit(Write(eid, [first], insert=record))
+        self.submit(eid)
+        return record
+
+    def watch(self, execution_id: str) -> trio.Event:
+        """An event set when the execution completes, fails, is cancelled or pauses."""
+        event = trio.Event()
+        self._settled.setdefault(execution_id, []).append(event)
+        return event
+
+    def unwatch(self, execution_id: str, event: trio.Event) -> None:
+        waiters = self._settled.get(execution_id)
+        if waiters and event in waiters:
+            waiters.remove(event)
+            if not waiters:
+                del self._settled[execution_id]
+
+    async def resume(self, execution_id: str, value_data: bytes) -> ExecutionRecord:
+        """Resume a paused execution: append WORKFLOW_RESUMED and TASK_RESUMED (carrying the
+        codec-encoded ``value_data``) for each waiting pause, and queue it."""
+        from flux.runtime.history import pending_pauses
+
+        rec = await self.store.get_execution(execution_id)
+        if rec is None:
+            raise ExecutionNotFoundError(execution_id)
+        if rec.state is not S.PAUSED or execution_id in self._leases:
+            raise ExecutionConflictError(
+                f"execution {execution_id} is {rec.state.value}, not PAUSED: nothing to resume"
+            )
+        events = await self.store.load_events(execution_id)
+        seq = events[-1].seq if events else 0
+        now = self.wall()
+        name = rec.workflow_name
+        targets = [(E.WORKFLOW_RESUMED, name, name)] + [
+            (E.TASK_RESUMED, ev.source_id, ev.name) for ev in pending_pauses(_view(events))
+        ]
+        new = [
+            StoredEvent(execution_id, seq + i, type_.value, source, label, value_data, now)
+            for i, (type_, source, label) in enumerate(targets, start=1)
+        ]
+        try:
+            await self.store.commit(
+                Write(
+                    execution_id,
+                    new,
+                    update={"state": S.SCHEDULED.value},
+                    expect={"lease_epoch": rec.lease_epoch, "state": S.PAUSED.value},
+                )
+            )
+        except StaleWriteError:
+            raise ExecutionConflictError(
+                f"execution {execution_id} changed while being resumed; it is not PAUSED"
+            ) from None
+        self.submit(execution_id)
+        return attrs.evolve(rec, state=S.SCHEDULED)
+
+    def cancel(self, execution_id: str) -> bool:
+        """Ask the worker running ``execution_id`` to cancel it; False if nobody runs it.
+        (The cancel endpoint and queued/paused cancellation come with the API's next part.)"""
+        lease = self._leases.get(execution_id)
+        if lease is None or lease.epoch is None:
+            return False
+        return self._send(lease.worker, p.Cancel(execution_id=execution_id, epoch=lease.epoch))
+
+
+def source_hash(source: str) -> str:
+    """The hash the store keeps for a workflow source."""
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()

@@ -1,0 +1,694 @@
+"""The Flux worker: one WebSocket session to the server, executions run by the shared runtime.
+
+``serve_worker(name, server_url, concurrency)`` connects to ``/workers/connect``, says hello, and
+runs what the server leases to it with :class:`flux.runtime.executor.Execution`, exactly as the
+embedded engine does, only with a journal that sends events over the session:
+
+* ``enqueue``-d events wait (at most :attr:`Worker.linger` seconds) to go with the next commit;
+  a ``commit`` sends everything pending as one ``events`` batch and returns once the server's
+  ``ack`` says it is durable. One batch per execution is in flight at a time; whatever the
+  execution records meanwhile goes in the next batch.
+* a durable sleep longer than ``release_sleeps_after`` releases the execution (``release``,
+  ``sleeping``); a pause or a wait for a subworkflow ends the lease with the state change itself.
+* a ``reject`` (stale epoch, lease lost) or a lost connection abandons the execution at once: no
+  rollback runs and nothing more is written (the next owner replays it).
+
+The session reconnects with exponential backoff when the server goes away. SIGTERM/SIGINT (with
+``handle_signals``) give every execution back to the server (``release``, ``shutdown``) and stop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+import trio_websocket
+
+from flux.net import protocol as p
+from flux.runtime import codec
+from flux.runtime.context import ExecutionContext
+from flux.runtime.errors import (
+    FluxError,
+    NondeterminismError,
+    SecretNotFoundError,
+    WorkflowError,
+)
+from flux.runtime.events import ExecutionEvent, ExecutionEventType, ExecutionState
+from flux.runtime.executor import Execution
+from flux.runtime.loader import load_source, workflows_in
+from flux.runtime.store import StaleWriteError, StoredEvent
+from flux.runtime.workflow import workflow
+
+__all__ = ["LeaseLostError", "Worker", "WorkerRefusedError", "serve_worker", "ws_url"]
+
+log = logging.getLogger("flux.worker")
+
+E = ExecutionEventType
+S = ExecutionState
+
+#: Largest frame the worker accepts (a lease carries the whole history).
+WORKER_MAX_FRAME = 64 * 1024 * 1024
+
+
+class LeaseLostError(StaleWriteError):
+    """The worker no longer holds the lease of an execution (the server rejected a write, the
+    lease expired, or the connection was lost); nothing more of this run is written."""
+
+
+class WorkerRefusedError(FluxError):
+    """The server refused this worker for good (wrong protocol version, bad token)."""
+
+
+def ws_url(server_url: str) -> str:
+    """``http(s)://host:port[/prefix]`` -> ``ws(s)://host:port[/prefix]/workers/connect``."""
+    url = server_url.rstrip("/")
+    if url.startswith("https://"):
+        url = "wss://" + url[len("https://") :]
+    elif url.startswith("http://"):
+        url = "ws://" + url[len("http://") :]
+    elif not url.startswith(("ws://", "wss://")):
+        url = "ws://" + url
+    return url + "/workers/connect"
+
+
+class _Signal:
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event = trio.Event()
+
+
+class _Pending:
+    """A commit waiting for the ack of the batch that carries it."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: BaseException | None = None
+
+    def resolve(self, error: BaseException | None = None) -> None:
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
+
+    async def wait(self) -> None:
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+
+
+def _event_of(e: dict[str, Any]) -> ExecutionEvent:
+    value = e["value"]
+    if isinstance(value, bytes):
+        value = codec.decode(value)
+    return ExecutionEvent(
+        e["seq"], E(e["type"]), e["call_id"] or "", e["name"] or "", value, e["time"]
+    )
+
+
+def _wire(e: StoredEvent) -> dict[str, Any]:
+    return {
+        "seq": e.seq,
+        "type": e.type,
+        "call_id": e.call_id,
+        "name": e.name,
+        "value": e.value,
+        "time": datetime.fromtimestamp(e.time, UTC),
+    }
+
+
+class _Run:
+    """One leased execution on this worker: its journal and its host."""
+
+    def __init__(self, worker: Worker, lease: p.Lease):
+        self.worker = worker
+        self.execution_id = lease.execution_id
+        self.epoch = lease.epoch
+        self.lease = lease
+        self.execution: Execution | None = None
+        self.scope = trio.CancelScope()
+        self.pending: list[StoredEvent] = []
+        self.pending_state: str | None = None
+        self.waiters: list[_Pending] = []
+        self.inflight: _Pending | None = None
+        self.dead: str | None = None
+        self.finished = False
+        self._poke = _Signal()
+        self._urgent = _Signal()
+        self._secret_values: list[str] = []
+        self.suspend_sleep_after = worker.release_sleeps_after
+
+    # ------------------------------------------------------------------ Journal
+
+    def enqueue(self, events: list[StoredEvent], update: dict[str, Any] | None = None) -> None:
+        if self.dead is not None:
+            return  # the next commit raises
+        self.pending.extend(events)
+        if update and update.get("state") is not None:
+            self.pending_state = str(update["state"])
+        self._poke.set()
+
+    async def commit(self, events: list[StoredEvent], update: dict[str, Any] | None = None) -> None:
+        if self.dead is not None:
+            raise LeaseLostError(f"execution {self.execution_id}: {self.dead}")
+        state = update.get("state") if update else None
+        if state == S.SCHEDULED and update and update.get("wake_at") is not None:
+            # a long durable sleep: everything before it durable, then give the slot back
+            self.pending.extend(events)
+            await self._flush()
+            self.worker.send(
+                p.Release(
+                    execution_id=self.execution_id,
+                    epoch=self.epoch,
+                    reason="sleeping",
+                    wake_at=float(update["wake_at"]),
+                )
+            )
+            self.finished = True
+            return
+        self.pending.extend(events)
+        if state is not None:
+            self.pending_state = str(state)
+        await self._flush()
+        if state is not None and state not in (S.RUNNING, S.CLAIMED):
+            self.finished = True  # the server ended the lease with this batch
+
+    async def _flush(self) -> None:
+        waiter = _Pending()
+        self.waiters.append(waiter)
+        self._urgent.set()
+        self._poke.set()
+        await waiter.wait()
+
+    async def sender(self) -> None:
+        """Send pending events one batch at a time, each after the previous one's ack."""
+        linger = self.worker.linger
+        while True:
+            await self._poke.wait()
+            if not self.waiters and self.pending:
+                with trio.move_on_after(linger):
+                    await self._urgent.wait()
+            while self.pending or self.waiters or self.pending_state is not None:
+                if self.dead is not None:
+                    return
+                batch, self.pending = self.pending, []
+                state, self.pending_state = self.pending_state, None
+                waiters, self.waiters = self.waiters, []
+                ack = _Pending()
+                self.inflight = ack
+                number = self.worker.track(ack)
+                try:
+                    self.worker.send(
+                        p.Events(
+                            execution_id=self.execution_id,
+                            epoch=self.epoch,
+                            batch=number,
+                            events=[_wire(e) for e in batch],
+                            state=state,
+                        )
+                    )
+                    await ack.wait()
+                except Exception as exc:
+                    for w in waiters:
+                        w.resolve(exc)
+                    return
+                except BaseException:
+                    for w in waiters:
+                        w.resolve(LeaseLostError(f"execution {self.execution_id}: stopped"))
+                    raise
+                finally:
+                    self.inflight = None
+                    self.worker.untrack(number)
+                for w in waiters:
+                    w.resolve()
+
+    def abandon(self, why: str) -> None:
+        """Stop this run now without writing anything more (no rollbacks: it runs elsewhere)."""
+        if self.dead is not None:
+            return
+        self.dead = why
+        error = LeaseLostError(f"execution {self.execution_id} (epoch {self.epoch}): {why}")
+        for w in self.waiters:
+            w.resolve(error)
+        self.waiters = []
+        if self.inflight is not None:
+            self.inflight.resolve(error)
+        if self.execution is not None:
+            self.execution.abandon()  # tasks skip rollback and TASK_CANCELLED
+        self.scope.cancel()
+
+    # ------------------------------------------------------------------ Host
+
+    async def get_secrets(self, names: tuple[str, ...]) -> dict[str, str]:
+        answer = await self.worker.request_secrets(self, list(names))
+        if answer.missing:
+            missing = answer.missing
+            raise SecretNotFoundError(
+                f"secret{'s' if len(missing) > 1 else ''} not found: {', '.join(missing)}"
+            )
+        for value in answer.values.values():
+            if value not in self._secret_values:
+                self._secret_values.append(value)
+        return {name: answer.values[name] for name in names}
+
+    def secret_values(self) -> list[str]:
+        return self._secret_values
+
+    async def cache_get(self, key: str) -> bytes | None:
+        return await self.worker.cache_get(self, key)
+
+    async def cache_put(self, key: str, value: bytes, ttl: float | None) -> None:
+        self.worker.send(
+            p.CachePut(
+                execution_id=self.execution_id,
+                epoch=self.epoch,
+                key=key,
+                value=value,
+                ttl=ttl or None,
+            )
+        )
+
+    async def run_child(
+        self, execution: Execution, call_id: str, child: workflow, child_id: str, input: Any
+    ) -> ExecutionContext:
+        # The server creates the child from the TASK_STARTED event that announced it and puts
+        # its outcome into this history when it ends; until then this execution waits.
+        return ExecutionContext(
+            child_id, child.name, input, None, S.SCHEDULED, parent_id=execution.ctx.execution_id
+        )
+
+
+class Worker:
+    """The state of one worker process across sessions (see :func:`serve_worker`)."""
+
+    def __init__(
+        self,
+        name: str,
+        concurrency: int = 10,
+        *,
+        token: str | None = None,
+        release_sleeps_after: float | None = 1.0,
+        linger: float = 0.05,
+    ):
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.name = name
+        self.concurrency = concurrency
+        self.token = token
+        self.release_sleeps_after = release_sleeps_after
+        self.linger = linger
+        self.worker_id: str | None = None
+        self.runs: dict[str, _Run] = {}
+        self._acks: dict[int, _Pending] = {}
+        self._batches = itertools.count(1)
+        self._requests = itertools.count(1)
+        self._secret_waiters: dict[int, tuple[_Pending, list[p.Secrets]]] = {}
+        self._modules: dict[str, dict[str, workflow]] = {}
+        self._cache_waiters: dict[int, tuple[_Pending, list[p.CacheValue]]] = {}
+        self._send: Callable[[p.Message], None] | None = None
+        self.stopping = False
+        self.completed = 0
+
+    # ------------------------------------------------------------------ plumbing for runs
+
+    def send(self, msg: p.Message) -> None:
+        if self._send is None:
+            raise LeaseLostError("not connected")
+        self._send(msg)
+
+    def track(self, ack: _Pending) -> int:
+        """Register the ack of a new batch; returns the batch number."""
+        number = next(self._batches)
+        self._acks[number] = ack
+        return number
+
+    def untrack(self, number: int) -> None:
+        self._acks.pop(number, None)
+
+    async def request_secrets(self, run: _Run, names: list[str]) -> p.Secrets:
+        number = next(self._requests)
+        waiter = _Pending()
+        box: list[p.Secrets] = []
+        self._secret_waiters[number] = (waiter, box)
+        try:
+            self.send(
+                p.SecretsRequest(
+                    execution_id=run.execution_id, epoch=run.epoch, request_id=number, names=names
+                )
+            )
+            await waiter.wait()
+        finally:
+            self._secret_waiters.pop(number, None)
+        return box[0]
+
+    async def cache_get(self, run: _Run, key: str) -> bytes | None:
+        """Ask the server's store (the cache is shared by every process)."""
+        number = next(self._requests)
+        waiter = _Pending()
+        box: list[p.CacheValue] = []
+        self._cache_waiters[number] = (waiter, box)
+        try:
+            self.send(
+                p.CacheGet(
+                    execution_id=run.execution_id, epoch=run.epoch, request_id=number, key=key
+                )
+            )
+            await waiter.wait()
+        finally:
+            self._cache_waiters.pop(number, None)
+        return box[0].value
+
+    # ------------------------------------------------------------------ loading workflows
+
+    def _workflow(self, lease: p.Lease) -> workflow:
+        digest = hashlib.sha256(lease.source).hexdigest()
+        found = self._modules.get(digest)
+        if found is None:
+            module = load_source(lease.source.decode("utf-8"), f"flux_src_{digest[:16]}")
+            found = self._modules[digest] = workflows_in(module)
+        wf = found.get(lease.workflow_name)
+        if wf is None:
+            raise WorkflowError(
+                f"workflow {lease.workflow_name!r} version {lease.workflow_version} is not "
+                "defined by its source"
+            )
+        return wf
+
+    # ------------------------------------------------------------------ one session
+
+    async def session(
+        self, ws: trio_websocket.WebSocketConnection, on_ready: Callable[[str], None]
+    ) -> None:
+        """Hold one session until the connection ends (returns) or we stop."""
+        session = p.WorkerSession(max_frame_size=WORKER_MAX_FRAME)
+        await ws.send_message(
+            session.send(p.Hello(name=self.name, token=self.token, capacity=self.concurrency))
+        )
+        welcome = session.receive_bytes(await ws.get_message())
+        if isinstance(welcome, p.Error):
+            if welcome.code in ("unauthorized", "forbidden", "version-mismatch"):
+                raise WorkerRefusedError(
+                    f"server refused this worker: {welcome.code}: {welcome.detail}"
+                )
+            raise ConnectionError(f"server closed the session: {welcome.code}: {welcome.detail}")
+        assert isinstance(welcome, p.Welcome)
+        self.worker_id = welcome.worker_id
+        log.info(
+            "worker %s connected as %s (lease ttl %.1fs)",
+            self.name,
+            welcome.worker_id,
+            welcome.lease_ttl,
+        )
+        send_frames, frames = trio.open_memory_channel[bytes](1024)
+
+        def send(msg: p.Message) -> None:
+            send_frames.send_nowait(session.send(msg))
+
+        self._send = send
+        on_ready(welcome.worker_id)
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def writer() -> None:
+                    try:
+                        async for frame in frames:
+                            await ws.send_message(frame)
+                    except (trio_websocket.ConnectionClosed, trio.BrokenResourceError):
+                        nursery.cancel_scope.cancel()
+
+                async def heartbeat() -> None:
+                    while True:
+                        await trio.sleep(welcome.heartbeat_interval)
+                        send(
+                            p.Heartbeat(
+                                leases=[
+                                    (r.execution_id, r.epoch)
+                                    for r in self.runs.values()
+                                    if not r.finished
+                                ],
+                                running=len(self.runs),
+                            )
+                        )
+
+                nursery.start_soon(writer)
+                nursery.start_soon(heartbeat)
+                try:
+                    while True:
+                        msg = session.receive_bytes(await ws.get_message())
+                        if isinstance(msg, p.Lease):
+                            nursery.start_soon(self._run_lease, msg)
+                        elif isinstance(msg, p.Ack):
+                            ack = self._acks.pop(msg.batch, None)
+                            if ack is not None:
+                                ack.resolve()
+                        elif isinstance(msg, p.Reject):
+                            run = self.runs.get(msg.execution_id)
+                            if run is not None and run.epoch == msg.epoch:
+                                log.info("lease of %s rejected: %s", msg.execution_id, msg.reason)
+                                run.abandon(f"rejected by the server: {msg.reason}")
+                        elif isinstance(msg, p.Cancel):
+                            run = self.runs.get(msg.execution_id)
+                            if run is not None and run.execution is not None:
+                                run.execution.request_cancel()
+                        elif isinstance(msg, p.Secrets | p.CacheValue):
+                            waiters = (
+                                self._secret_waiters
+                                if isinstance(msg, p.Secrets)
+                                else self._cache_waiters
+                            )
+                            entry = waiters.get(msg.request_id)
+                            if entry is not None:
+                                entry[1].append(msg)
+                                entry[0].resolve()
+                        elif isinstance(msg, p.Error):
+                            log.warning("server closed the session: %s: %s", msg.code, msg.detail)
+                            return
+                except trio_websocket.ConnectionClosed as exc:
+                    log.info("connection to the server closed: %s", exc.reason)
+                except p.RemoteProtocolError as exc:
+                    log.error("server broke the protocol: %s", exc)
+                    with trio.move_on_after(1):
+                        await ws.send_message(session.error_frame(exc))
+                finally:
+                    self._send = None
+                    self._abandon_all("connection to the server lost")
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._send = None
+
+    def _abandon_all(self, why: str) -> None:
+        for run in list(self.runs.values()):
+            run.abandon(why)
+        for ack in self._acks.values():
+            ack.resolve(LeaseLostError(why))
+        self._acks.clear()
+        for waiter, _ in (*self._secret_waiters.values(), *self._cache_waiters.values()):
+            waiter.resolve(LeaseLostError(why))
+
+    async def release_all(self) -> None:
+        """Give every execution back to the server (graceful stop)."""
+        for run in list(self.runs.values()):
+            if run.finished:
+                continue
+            try:
+                self.send(
+                    p.Release(execution_id=run.execution_id, epoch=run.epoch, reason="shutdown")
+                )
+            except Exception:
+                pass
+            run.abandon("worker shutting down")
+
+    # ------------------------------------------------------------------ one execution
+
+    async def _run_lease(self, lease: p.Lease) -> None:
+        eid = lease.execution_id
+        old = self.runs.get(eid)
+        if old is not None:
+            old.abandon(f"leased again with epoch {lease.epoch}")
+        if self.stopping:
+            self.send(p.Release(execution_id=eid, epoch=lease.epoch, reason="shutdown"))
+            return
+        run = _Run(self, lease)
+        self.runs[eid] = run
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run.sender)
+                try:
+                    with run.scope:
+                        await self._execute(run, lease)
+                except LeaseLostError as exc:
+                    log.info("run of %s stopped: %s", eid, exc)
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            if self.runs.get(eid) is run:
+                del self.runs[eid]
+
+    async def _execute(self, run: _Run, lease: p.Lease) -> None:
+        try:
+            wf = self._workflow(lease)
+            events = [_event_of(e) for e in lease.history]
+            data = lease.input
+            value = codec.decode(data) if isinstance(data, bytes) else data
+        except Exception as exc:
+            log.error("cannot load execution %s: %s", lease.execution_id, exc)
+            seq = lease.history[-1]["seq"] if lease.history else 0
+            await self._fail(
+                run,
+                seq,
+                WorkflowError(
+                    f"cannot load workflow {lease.workflow_name!r} version "
+                    f"{lease.workflow_version}: {type(exc).__name__}: {exc}"
+                ),
+            )
+            return
+        ctx = ExecutionContext(
+            lease.execution_id,
+            lease.workflow_name,
+            value,
+            None,
+            S.RUNNING,
+            events,
+            workflow_version=lease.workflow_version,
+        )
+        execution = Execution(wf, ctx, run, run)
+        run.execution = execution
+        try:
+            result = await execution.run()
+        except LeaseLostError:
+            raise
+        except NondeterminismError as exc:
+            # the pinned source made other calls than its own history: it never will again
+            log.error("execution %s: %s", lease.execution_id, exc)
+            await self._fail(run, execution.seq, exc)
+            return
+        except StaleWriteError:
+            raise
+        if run.dead is None:
+            self.completed += 1
+            log.debug("execution %s: %s", lease.execution_id, result.state.value)
+
+    async def _fail(self, run: _Run, seq: int, error: BaseException) -> None:
+        name = run.lease.workflow_name
+        ev = StoredEvent(
+            run.execution_id,
+            seq + 1,
+            E.WORKFLOW_FAILED.value,
+            name,
+            name,
+            codec.encode(error),
+            time.time(),
+        )
+        await run.commit([ev], {"state": S.FAILED})
+
+
+# ---------------------------------------------------------------------------- serving
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def serve_worker(
+    name: str | None = None,
+    server_url: str = "http://127.0.0.1:8000",
+    concurrency: int = 10,
+    *,
+    token: str | None = None,
+    release_sleeps_after: float | None = 1.0,
+    backoff: tuple[float, float] = (0.05, 2.0),
+    handle_signals: bool = False,
+    worker: Worker | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a worker until cancelled (or, with ``handle_signals``, SIGTERM/SIGINT).
+
+    Reports its worker id through ``task_status`` once the server has welcomed it; reconnects
+    with exponential backoff (``backoff`` = first and longest wait, with jitter) whenever the
+    connection is lost or cannot be made.
+    """
+    worker = worker or Worker(
+        name or default_worker_name(),
+        concurrency,
+        token=token,
+        release_sleeps_after=release_sleeps_after,
+    )
+    url = ws_url(server_url)
+    started = False
+
+    def on_ready(worker_id: str) -> None:
+        nonlocal started
+        if not started:
+            started = True
+            task_status.started(worker_id)
+
+    async with trio.open_nursery() as outer:
+        if handle_signals:
+
+            async def stop_on_signal() -> None:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+                    async for signum in received:
+                        log.info(
+                            "received %s: giving executions back and stopping",
+                            signal.Signals(signum).name,
+                        )
+                        worker.stopping = True
+                        await worker.release_all()
+                        await trio.sleep(0.1)  # let the release frames go out
+                        outer.cancel_scope.cancel()
+                        return
+
+            outer.start_soon(stop_on_signal)
+
+        delay = backoff[0]
+        while True:
+            connected_at = trio.current_time()
+            try:
+                async with trio_websocket.open_websocket_url(
+                    url,
+                    max_message_size=WORKER_MAX_FRAME,
+                    connect_timeout=10,
+                    disconnect_timeout=2,
+                ) as ws:
+                    await worker.session(ws, on_ready)
+            except Exception as exc:
+                if isinstance(exc, ExceptionGroup):
+                    refused, _ = exc.split(WorkerRefusedError)
+                    if refused is not None:
+                        raise refused.exceptions[0] from None
+                elif isinstance(exc, WorkerRefusedError):
+                    raise
+                expected = (
+                    OSError,
+                    trio_websocket.HandshakeError,
+                    trio_websocket.ConnectionClosed,
+                    trio_websocket.ConnectionTimeout,
+                    trio_websocket.DisconnectionTimeout,
+                    ConnectionError,
+                    trio.BrokenResourceError,
+                    p.ProtocolError,
+                )
+                if isinstance(exc, expected):
+                    log.info("connection to %s lost or refused: %s", url, exc)
+                else:
+                    log.warning("worker session ended: %r", exc, exc_info=exc)
+            if trio.current_time() - connected_at > 5:
+                delay = backoff[0]  # it worked for a while: start the backoff again
+            await trio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, backoff[1])
