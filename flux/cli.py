@@ -311,7 +311,7 @@ async def secrets_remove(name: str, settings: Settings) -> None:
     click.echo(f"secret {name} removed")
 
 
-# ---------------------------------------------------------------------------- start (server, worker)
+# ---------------------------------------------------------------------------- start
 
 
 @cli.group("start")
