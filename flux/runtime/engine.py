@@ -6,6 +6,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -25,8 +26,6 @@ E = ExecutionEventType
 
 
 def decode_event(stored: StoredEvent) -> ExecutionEvent:
-    from datetime import UTC, datetime
-
     return ExecutionEvent(
         stored.seq,
         ExecutionEventType(stored.type),
@@ -188,7 +187,7 @@ class Engine:
                 return build_context(record, await self.store.load_events(record.execution_id))
             ctx, epoch, held = await self._claim(record, resume_value)
             if record.cancel_requested:  # asked while no process was running it
-                return await self._finish_cancelled(ctx, epoch)
+                return await self._finish_cancelled(ctx, {"lease_epoch": epoch})
         journal = StoreJournal(self.store, ctx.execution_id, epoch, held)
         execution = Execution(wf, ctx, journal, self, clock=self.clock)
         execution.resume_value = resume_value
@@ -273,37 +272,22 @@ class Engine:
         ctx = ExecutionContext(
             execution_id, wf.name, input, None, ExecutionState.RUNNING, parent_id=parent_id
         )
-        started = _first_event(ctx, E.WORKFLOW_STARTED, wf.name, input, now, data)
+        started = append_event(ctx, E.WORKFLOW_STARTED, wf.name, wf.name, input, now, data)
         self.store.enqueue(Write(execution_id, [started], insert=record))
         return ctx, 1
 
-    async def _finish_cancelled(self, ctx: ExecutionContext, epoch: int) -> ExecutionContext:
-        seq = ctx.events[-1].id + 1 if ctx.events else 1
-        now = self.clock()
+    async def _finish_cancelled(
+        self, ctx: ExecutionContext, expect: dict[str, Any]
+    ) -> ExecutionContext:
+        """End a non-running execution CANCELLED (nothing is in flight to roll back)."""
         name = ctx.workflow_name
+        event = append_event(ctx, E.WORKFLOW_CANCELLED, name, name, None, self.clock())
         await self.store.commit(
             Write(
                 ctx.execution_id,
-                [
-                    StoredEvent(
-                        ctx.execution_id,
-                        seq,
-                        E.WORKFLOW_CANCELLED.value,
-                        name,
-                        name,
-                        codec.encode(None),
-                        now,
-                    )
-                ],
+                [event],
                 update={"state": ExecutionState.CANCELLED.value, "wake_at": None},
-                expect={"lease_epoch": epoch},
-            )
-        )
-        from datetime import UTC, datetime
-
-        ctx._events.append(
-            ExecutionEvent(
-                seq, E.WORKFLOW_CANCELLED, name, name, None, datetime.fromtimestamp(now, UTC)
+                expect=expect,
             )
         )
         ctx.state = ExecutionState.CANCELLED
@@ -347,56 +331,39 @@ class Engine:
         if record.state in (ExecutionState.RUNNING, ExecutionState.CLAIMED):
             await self.store.commit(Write(execution_id, update={"cancel_requested": 1}))
             return await self.get(execution_id)
-        seq = await self.store.last_seq(execution_id)
-        ev = StoredEvent(
-            execution_id,
-            seq + 1,
-            E.WORKFLOW_CANCELLED.value,
-            record.workflow_name,
-            record.workflow_name,
-            codec.encode(None),
-            time.time(),
-        )
-        await self.store.commit(
-            Write(
-                execution_id,
-                [ev],
-                update={"state": ExecutionState.CANCELLED.value, "wake_at": None},
-                expect={"lease_epoch": record.lease_epoch, "state": record.state.value},
-            )
-        )
-        return await self.get(execution_id)
+        expect = {"lease_epoch": record.lease_epoch, "state": record.state.value}
+        return await self._finish_cancelled(await self.get(execution_id), expect)
 
 
-def _first_event(
-    ctx: ExecutionContext, type: ExecutionEventType, name: str, value: Any, now: float, data: bytes
+def append_event(
+    ctx: ExecutionContext,
+    type: ExecutionEventType,
+    source_id: str,
+    name: str,
+    value: Any,
+    now: float,
+    data: bytes | None = None,
 ) -> StoredEvent:
-    from datetime import UTC, datetime
-
-    ctx._events.append(ExecutionEvent(1, type, name, name, value, datetime.fromtimestamp(now, UTC)))
-    return StoredEvent(ctx.execution_id, 1, type.value, name, name, data, now)
+    """Add an event with the next sequence number to ``ctx.events``; return its stored form
+    (``data``: the value already encoded, when the caller has it)."""
+    seq = ctx.events[-1].id + 1 if ctx.events else 1
+    ctx._events.append(
+        ExecutionEvent(seq, type, source_id, name, value, datetime.fromtimestamp(now, UTC))
+    )
+    encoded = codec.encode(value) if data is None else data
+    return StoredEvent(ctx.execution_id, seq, type.value, source_id, name, encoded, now)
 
 
 def resume_events(ctx: ExecutionContext, value: Any) -> list[StoredEvent]:
     """Events that resume a paused execution: WORKFLOW_RESUMED, then TASK_RESUMED carrying
     ``value`` for every pause point still waiting. Appended to ``ctx.events`` too."""
-    from datetime import UTC, datetime
-
     data = codec.encode(value)
     now = time.time()
-    seq = ctx.events[-1].id if ctx.events else 0
-    out: list[StoredEvent] = []
     name = ctx.workflow_name
     targets = [(E.WORKFLOW_RESUMED, name, name)] + [
         (E.TASK_RESUMED, p.source_id, p.name) for p in pending_pauses(ctx.events)
     ]
-    for type_, source, label in targets:
-        seq += 1
-        ctx._events.append(
-            ExecutionEvent(seq, type_, source, label, value, datetime.fromtimestamp(now, UTC))
-        )
-        out.append(StoredEvent(ctx.execution_id, seq, type_.value, source, label, data, now))
-    return out
+    return [append_event(ctx, t, source, label, value, now, data) for t, source, label in targets]
 
 
 @contextlib.asynccontextmanager
