@@ -1,6 +1,6 @@
 """The hello-world of Flux: one task, one workflow, run embedded (no server).
 
-    python examples/hello_world.py
+python examples/hello_world.py
 """
 
 from flux import ExecutionContext, task, workflow

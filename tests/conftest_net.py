@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 
@@ -308,3 +309,148 @@ def committed_events(db: str, execution_id: str) -> list[tuple]:
         ).fetchall()
     finally:
         conn.close()
+
+
+# ---------------------------------------------------------------------------- in-process server
+
+#: Workflows of the in-process API tests (tests/test_api*.py, test_streams.py, test_security.py).
+API_WORKFLOWS = """
+import anyio
+from flux import task, workflow
+from flux.tasks import call, parallel, pause
+
+
+def note(path, line):
+    with open(path, "a") as f:
+        f.write(line + "\\n")
+
+
+@task
+async def double(x):
+    return x * 2
+
+
+@workflow
+async def hello(ctx):
+    return {"doubled": await double(ctx.input)}
+
+
+@workflow
+async def asker(ctx):
+    return {"answer": await pause("approve")}
+
+
+@task
+async def tick(i, seconds):
+    await anyio.sleep(seconds)
+    return i
+
+
+@workflow
+async def ticker(ctx):
+    out = []
+    for i in range(ctx.input["n"]):
+        out.append(await tick(i, ctx.input.get("seconds", 0.05)))
+    return out
+
+
+async def undo(path, i, seconds):
+    note(path, f"rollback {i}")
+
+
+@task.with_options(rollback=undo)
+async def hold(path, i, seconds):
+    note(path, f"start {i}")
+    await anyio.sleep(seconds)
+    note(path, f"done {i}")
+    return i
+
+
+@workflow
+async def holder(ctx):
+    log = ctx.input["log"]
+    return await parallel(hold(log, 0, ctx.input["seconds"]), hold(log, 1, ctx.input["seconds"]))
+
+
+@workflow
+async def kid(ctx):
+    return {"kid": await pause("kid-approval"), "input": ctx.input}
+
+
+@workflow
+async def guardian(ctx):
+    return {"guardian": await call(kid, ctx.input)}
+
+
+@task.with_options(secret_requests=["API_KEY"])
+async def use_secret(secrets):
+    return len(secrets["API_KEY"])
+
+
+@task
+async def nosy(**kwargs):
+    return sorted(kwargs)
+
+
+@workflow
+async def secretive(ctx):
+    return [await use_secret(), await nosy()]
+"""
+
+
+@attrs.frozen
+class Live:
+    """A server served in this trio run (and maybe an in-process worker)."""
+
+    url: str
+    app: Any
+    tmp: Any
+
+    @property
+    def server(self) -> Any:
+        return self.app.extensions["flux"]
+
+
+async def start_live(
+    nursery: Any,
+    tmp_path: Any,
+    *,
+    worker: bool = True,
+    concurrency: int = 4,
+    upload_source: bool = True,
+    worker_token: str | None = None,
+    **server_kw: Any,
+) -> Live:
+    """Serve an app on 127.0.0.1:0 in ``nursery`` with API_WORKFLOWS uploaded; with ``worker``,
+    an in-process worker connected to it."""
+    import functools
+
+    from flux.net.server import ServerSettings, create_app, serve_server
+    from flux.net.worker import serve_worker
+    from flux.runtime.settings import Settings
+
+    settings = Settings(
+        db_path=str(tmp_path / "api.db"),
+        durability="normal",
+        secret_key_file=str(tmp_path / "secret.key"),
+    )
+    server_kw.setdefault("lease_ttl", 2.0)
+    server_settings = ServerSettings(port=0, worker_token=worker_token, **server_kw)
+    app = create_app(settings, server_settings)
+    address = await nursery.start(
+        functools.partial(serve_server, settings, server_settings, app=app)
+    )
+    if upload_source:
+        headers = {}
+        if server_settings.api_token:
+            headers["Authorization"] = f"Bearer {server_settings.api_token}"
+        async with httpx.AsyncClient(base_url=address.url, headers=headers) as c:
+            r = await c.post("/workflows", files={"file": ("api_flows.py", API_WORKFLOWS.encode())})
+            assert r.status_code == 200, r.text
+    if worker:
+        await nursery.start(
+            functools.partial(
+                serve_worker, "api-test", address.url, concurrency, token=worker_token
+            )
+        )
+    return Live(address.url, app, tmp_path)

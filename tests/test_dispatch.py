@@ -389,3 +389,108 @@ async def test_expired_worker_gets_no_new_lease_until_it_lets_go(dispatcher, clo
     a.heartbeat()  # it let go: its slot is free, and it gets the execution back, epoch 2
     leases = await a.leases(2)
     assert leases[1].execution_id == eid and leases[1].epoch == 2
+
+
+# ---------------------------------------------------------------------------- cancel (issue 5)
+
+
+@pytest.mark.trio
+async def test_cancel_of_a_lease_goes_to_its_worker_and_survives_an_expiry(dispatcher, clock):
+    a = FakeWorker(dispatcher, "a")
+    rec = await dispatcher.start("wf", codec.encode(None))
+    (lease,) = await a.leases()
+    cancelling = await dispatcher.cancel(rec.execution_id)
+    assert cancelling.state is ExecutionState.CANCELLING
+    assert a.of(p.Cancel) == [p.Cancel(execution_id=rec.execution_id, epoch=lease.epoch)]
+    stored = await dispatcher.store.get_execution(rec.execution_id)
+    assert stored.state is ExecutionState.CANCELLING and stored.cancel_requested
+    a.heartbeat((rec.execution_id, lease.epoch))  # re-sent in case the first came too early
+    assert len(a.of(p.Cancel)) == 2
+    # the worker dies; the next owner gets the lease and the cancel right after it
+    b = FakeWorker(dispatcher, "b")
+    await trio.sleep(TTL + 1)
+    (again,) = await b.leases()
+    assert again.epoch == lease.epoch + 1
+    assert b.of(p.Cancel) == [p.Cancel(execution_id=rec.execution_id, epoch=again.epoch)]
+    assert b.sent.index(b.of(p.Cancel)[0]) > b.sent.index(again)
+    await b.send(
+        p.Events(
+            execution_id=rec.execution_id,
+            epoch=again.epoch,
+            batch=1,
+            events=[event(2, "WORKFLOW_CANCELLED", "wf", "wf")],
+            state="CANCELLED",
+        )
+    )
+    assert (
+        await dispatcher.store.get_execution(rec.execution_id)
+    ).state is ExecutionState.CANCELLED
+    with pytest.raises(ExecutionConflictError):
+        await dispatcher.cancel(rec.execution_id)
+
+
+@pytest.mark.trio
+async def test_cancel_crossing_a_pause_cancels_where_it_lies(dispatcher, clock):
+    w = FakeWorker(dispatcher, "w")
+    rec = await dispatcher.start("wf", codec.encode(None))
+    (lease,) = await w.leases()
+    await dispatcher.cancel(rec.execution_id)
+    await w.send(  # the worker paused before it saw the cancel
+        p.Events(
+            execution_id=rec.execution_id,
+            epoch=lease.epoch,
+            batch=1,
+            events=[event(2, "WORKFLOW_PAUSED", "wf", "wf", "x")],
+            state="PAUSED",
+        )
+    )
+    stored = await dispatcher.store.get_execution(rec.execution_id)
+    assert stored.state is ExecutionState.CANCELLED
+    types = [e.type for e in await dispatcher.store.load_events(rec.execution_id)]
+    assert types == ["WORKFLOW_STARTED", "WORKFLOW_PAUSED", "WORKFLOW_CANCELLED"]
+
+
+@pytest.mark.trio
+async def test_cancel_of_a_queued_execution_wins_over_its_grant(dispatcher, clock):
+    rec = await dispatcher.start("wf", codec.encode(None))  # no worker: queued
+    done = await dispatcher.cancel(rec.execution_id)
+    assert done.state is ExecutionState.CANCELLED
+    w = FakeWorker(dispatcher, "w")  # connecting now leases nothing: it is cancelled
+    await settle(dispatcher)
+    assert w.of(p.Lease) == []
+    assert dispatcher.statistics().leases == 0
+    from flux.runtime.errors import ExecutionNotFoundError
+
+    with pytest.raises(ExecutionNotFoundError):
+        await dispatcher.cancel("nope")
+
+
+@pytest.mark.trio
+async def test_listeners_get_committed_events(dispatcher, clock):
+    rec = await dispatcher.start("wf", codec.encode(None))
+    listener = dispatcher.listen(rec.execution_id)
+    w = FakeWorker(dispatcher, "w")
+    (lease,) = await w.leases()
+    await w.send(
+        p.Events(
+            execution_id=rec.execution_id,
+            epoch=lease.epoch,
+            batch=1,
+            events=[event(2, "WORKFLOW_COMPLETED", "wf", "wf", 1)],
+            state="COMPLETED",
+        )
+    )
+    events, overflowed = listener.take()
+    assert [e.seq for e in events] == [2] and not overflowed
+    # a refused write tells nobody
+    await w.send(
+        p.Events(
+            execution_id=rec.execution_id,
+            epoch=lease.epoch,
+            batch=2,
+            events=[event(3, "TASK_STARTED", "t#0", "t")],
+        )
+    )
+    assert listener.take() == ([], False)
+    dispatcher.unlisten(listener)
+    assert rec.execution_id not in dispatcher._listeners

@@ -21,7 +21,13 @@ dispatcher owns the in-memory truth about who runs what, and the store owns the 
 * **Subworkflows.** A TASK_STARTED event carrying ``child_id`` creates the child execution. A
   parent waiting for children is released (state SCHEDULED); when a child ends, its outcome is
   appended to the parent's history (TASK_COMPLETED / TASK_FAILED at the call id, exactly what the
-  embedded engine records) and the parent is dispatched again.
+  embedded engine records) and the parent is dispatched again. A parent whose every awaited
+  child is PAUSED pauses too (as embedded); resuming it resumes those children with the value.
+* **Listeners.** Every write with events goes through :meth:`Dispatcher._commit`, which hands
+  the committed events to the execution's :class:`EventListener` s (the API's event streams).
+* **Cancel.** :meth:`Dispatcher.cancel` sends ``cancel`` to the worker holding the lease (and
+  again with the next grant and every heartbeat until the lease ends), or cancels an execution
+  nobody runs in one fenced write.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import msgpack
 import trio
 
 from flux.net import protocol as p
+from flux.net.security import declared_secrets
 from flux.runtime import codec
 from flux.runtime.errors import (
     ExecutionCancelledError,
@@ -69,7 +76,7 @@ log = logging.getLogger("flux.dispatch")
 E = ExecutionEventType
 S = ExecutionState
 
-_RUNNABLE = frozenset({S.CREATED, S.SCHEDULED, S.CLAIMED, S.RUNNING})
+_RUNNABLE = frozenset({S.CREATED, S.SCHEDULED, S.CLAIMED, S.RUNNING, S.CANCELLING})
 _SETTLED = frozenset({S.COMPLETED, S.FAILED, S.CANCELLED, S.PAUSED})
 _TERMINAL_EVENTS = frozenset(
     {E.WORKFLOW_COMPLETED.value, E.WORKFLOW_FAILED.value, E.WORKFLOW_CANCELLED.value}
@@ -142,6 +149,9 @@ class WorkerLink:
     closed: bool = False
     #: The worker is shutting down (it released an execution for that): lease it nothing more.
     stopping: bool = False
+    #: Wall-clock times (Unix seconds) of the connection and of the last heartbeat (None: none).
+    connected_at: float = attrs.field(factory=time.time)
+    last_heartbeat: float | None = None
     limiter: trio.Semaphore = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -162,6 +172,8 @@ class _Lease:
     record: ExecutionRecord | None = None
     queue: deque[tuple[WorkerLink, p.Message]] = attrs.field(factory=deque)
     draining: bool = False
+    #: Cancel asked for: sent with the grant and again with every heartbeat until it ends.
+    cancel_requested: bool = False
 
 
 class _Signal:
@@ -176,6 +188,40 @@ class _Signal:
     async def wait(self) -> None:
         await self._event.wait()
         self._event = trio.Event()
+
+
+class EventListener:
+    """Receives the events of one execution as the dispatcher commits them (see
+    :meth:`Dispatcher.listen`). ``push`` never blocks: past ``limit`` buffered events the buffer
+    is dropped and ``overflowed`` set, and the reader reads the store instead (no event is lost,
+    the reader only falls back to the durable copy)."""
+
+    def __init__(self, execution_id: str, limit: int = 10_000):
+        self.execution_id = execution_id
+        self.limit = limit
+        self.events: list[StoredEvent] = []
+        self.overflowed = False
+        self._signal = _Signal()
+
+    def push(self, events: list[StoredEvent]) -> None:
+        if self.overflowed or len(self.events) + len(events) > self.limit:
+            self.overflowed = True
+            self.events = []
+        else:
+            self.events.extend(events)
+        self._signal.set()
+
+    def take(self) -> tuple[list[StoredEvent], bool]:
+        """What was pushed since the last ``take``, and whether some of it was dropped."""
+        events, overflowed = self.events, self.overflowed
+        self.events, self.overflowed = [], False
+        return events, overflowed
+
+    async def wait(self) -> None:
+        """Return once something was pushed since the last ``take`` (at once if so already)."""
+        if self.events or self.overflowed:
+            return
+        await self._signal.wait()
 
 
 def wire_event(e: StoredEvent) -> dict[str, Any]:
@@ -245,6 +291,8 @@ class Dispatcher:
         self._timer_changed = _Signal()
         self._lease_added = _Signal()
         self._settled: dict[str, list[trio.Event]] = {}
+        self._listeners: dict[str, set[EventListener]] = {}
+        self._declared: dict[str, frozenset[str] | None] = {}
         self._sources: dict[tuple[str, int], tuple[bytes, str]] = {}
         self._nursery: trio.Nursery | None = None
         self._granted = 0
@@ -272,7 +320,9 @@ class Dispatcher:
                 self.wake_at(rec.execution_id, rec.wake_at)
             else:
                 self.submit(rec.execution_id)
-        running = await self.store.list_executions(state=[S.RUNNING, S.CLAIMED], limit=None)
+        running = await self.store.list_executions(
+            state=[S.RUNNING, S.CLAIMED, S.CANCELLING], limit=None
+        )
         deadline = trio.current_time() + self.settings.lease_ttl
         for rec in reversed(running):
             lease = _Lease(rec.execution_id, None, deadline, rec.lease_epoch)
@@ -307,6 +357,62 @@ class Dispatcher:
         if lease is None:
             return None
         return (lease.worker.worker_id if lease.worker else None, lease.epoch)
+
+    def workers_info(self) -> list[dict[str, Any]]:
+        """The connected workers with their leases (for ``GET /workers``)."""
+        now = trio.current_time()
+        out = []
+        for link in self.workers.values():
+            if link.closed:
+                continue
+            leases = []
+            for eid in sorted(link.leases):
+                lease = self._leases.get(eid)
+                if lease is None:
+                    continue
+                leases.append(
+                    {
+                        "execution_id": eid,
+                        "epoch": lease.epoch,
+                        "expires_in": round(max(lease.expires - now, 0.0), 3),
+                    }
+                )
+            out.append(
+                {
+                    "id": link.worker_id,
+                    "name": link.name,
+                    "capacity": link.capacity,
+                    "free": max(link.free, 0),
+                    "stopping": link.stopping,
+                    "connected_at": link.connected_at,
+                    "last_heartbeat": link.last_heartbeat,
+                    "leases": leases,
+                }
+            )
+        return out
+
+    # ------------------------------------------------------------------ event notifications
+
+    def listen(self, execution_id: str, limit: int = 10_000) -> EventListener:
+        """Get every event of ``execution_id`` committed from now on (until :meth:`unlisten`)."""
+        listener = EventListener(execution_id, limit)
+        self._listeners.setdefault(execution_id, set()).add(listener)
+        return listener
+
+    def unlisten(self, listener: EventListener) -> None:
+        found = self._listeners.get(listener.execution_id)
+        if found is not None:
+            found.discard(listener)
+            if not found:
+                del self._listeners[listener.execution_id]
+
+    async def _commit(self, write: Write) -> None:
+        """Commit one write through the store's group commit; once it is durable, hand its
+        events to the execution's listeners. A refused write raises and tells nobody."""
+        await self.store.commit(write)
+        if write.events:
+            for listener in list(self._listeners.get(write.execution_id, ())):
+                listener.push(list(write.events))
 
     # ------------------------------------------------------------------ workers
 
@@ -401,18 +507,21 @@ class Dispatcher:
             extra = await self._child_outcomes(rec, events, seq)
             source, _ = await self._source(rec.workflow_name, rec.workflow_version)
             epoch = rec.lease_epoch + 1
-            await self.store.commit(
+            if rec.cancel_requested:
+                lease.cancel_requested = True
+            await self._commit(
                 Write(
                     eid,
                     extra,
                     update={
-                        "state": S.RUNNING.value,
+                        "state": (S.CANCELLING if lease.cancel_requested else S.RUNNING).value,
                         "lease_epoch": epoch,
                         "lease_owner": link.worker_id,
                         "lease_expires_at": self.wall() + self.settings.lease_ttl,
                         "wake_at": None,
                     },
-                    expect={"lease_epoch": rec.lease_epoch},
+                    # the state too: a cancel of the queued execution may have come first
+                    expect={"lease_epoch": rec.lease_epoch, "state": rec.state.value},
                 )
             )
         except Exception as exc:
@@ -451,6 +560,8 @@ class Dispatcher:
             return
         if not sent:
             self._end_lease(lease, requeue=True)
+        elif lease.cancel_requested:
+            self._send(link, p.Cancel(execution_id=eid, epoch=epoch))
 
     async def _source(self, name: str, version: int | None) -> tuple[bytes, str]:
         key = (name, version or 0)
@@ -477,7 +588,7 @@ class Dispatcher:
             self.wall(),
         )
         try:
-            await self.store.commit(
+            await self._commit(
                 Write(
                     rec.execution_id,
                     [ev],
@@ -578,9 +689,10 @@ class Dispatcher:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._drain, lease)
         elif isinstance(msg, p.SecretsRequest):
-            if self._current(link, msg.execution_id, msg.epoch) is not None:
+            lease = self._current(link, msg.execution_id, msg.epoch)
+            if lease is not None:
                 assert self._nursery is not None
-                self._nursery.start_soon(self._answer_secrets, link, msg)
+                self._nursery.start_soon(self._answer_secrets, link, msg, lease)
         elif isinstance(msg, p.CacheGet | p.CachePut):
             if self._current(link, msg.execution_id, msg.epoch) is not None:
                 assert self._nursery is not None
@@ -590,6 +702,7 @@ class Dispatcher:
 
     def on_heartbeat(self, link: WorkerLink, msg: p.Heartbeat) -> None:
         deadline = trio.current_time() + self.settings.lease_ttl
+        link.last_heartbeat = self.wall()
         if link.zombies:
             link.zombies &= {execution_id for execution_id, _ in msg.leases}
             self._dispatch()
@@ -597,6 +710,8 @@ class Dispatcher:
             lease = self._leases.get(execution_id)
             if lease is not None and lease.worker is link and lease.epoch == epoch:
                 lease.expires = deadline
+                if lease.cancel_requested:  # in case the first Cancel came too early
+                    self._send(link, p.Cancel(execution_id=execution_id, epoch=epoch))
             else:
                 self._reject(link, execution_id, epoch, "lease lost")
 
@@ -663,7 +778,7 @@ class Dispatcher:
             update.update(lease_owner=None, lease_expires_at=None)
         write = Write(eid, events, update=update, expect={"lease_epoch": lease.epoch})
         try:
-            await self.store.commit(write)
+            await self._commit(write)
         except StaleWriteError as exc:
             self._reject(link, eid, msg.epoch, str(exc))
             self._end_lease(lease)
@@ -679,6 +794,9 @@ class Dispatcher:
         if ending:
             assert state is not None
             self._end_lease(lease)
+            if lease.cancel_requested and not state.is_terminal:
+                await self._cancel_idle(eid)
+                return
             await self._after_end(lease.record, state)
 
     def _broken(self, lease: _Lease, link: WorkerLink, epoch: int, why: str) -> None:
@@ -698,13 +816,15 @@ class Dispatcher:
             update = {"state": S.PAUSED.value, "wake_at": None}
         update.update(lease_owner=None, lease_expires_at=None)
         try:
-            await self.store.commit(Write(eid, update=update, expect={"lease_epoch": lease.epoch}))
+            await self._commit(Write(eid, update=update, expect={"lease_epoch": lease.epoch}))
         except StoreError as exc:
             self._reject(link, eid, msg.epoch, str(exc))
             self._end_lease(lease)
             return
         self._end_lease(lease)
-        if msg.reason == "sleeping":
+        if lease.cancel_requested:  # the cancel crossed the release: cancel it where it is
+            await self._cancel_idle(eid)
+        elif msg.reason == "sleeping":
             assert msg.wake_at is not None
             self.wake_at(eid, msg.wake_at)
         else:
@@ -723,7 +843,7 @@ class Dispatcher:
             "lease_expires_at": None,
         }
         try:
-            await self.store.commit(Write(eid, update=update, expect={"lease_epoch": lease.epoch}))
+            await self._commit(Write(eid, update=update, expect={"lease_epoch": lease.epoch}))
         except StoreError as exc:
             self._reject(link, eid, msg.epoch, str(exc))
             self._end_lease(lease)
@@ -731,10 +851,34 @@ class Dispatcher:
         self._end_lease(lease)
         await self._after_end(lease.record, S(msg.state))
 
-    async def _answer_secrets(self, link: WorkerLink, msg: p.SecretsRequest) -> None:
+    async def _answer_secrets(
+        self, link: WorkerLink, msg: p.SecretsRequest, lease: _Lease | None = None
+    ) -> None:
+        """Secrets go only to the worker holding the execution's current lease (checked by the
+        caller) and only those the execution's pinned source declares in ``secret_requests``;
+        other names are answered as missing. Values are never logged."""
         values: dict[str, str] = {}
         missing: list[str] = []
+        allowed: frozenset[str] | None = frozenset()
+        rec = lease.record if lease is not None else None
+        if rec is not None:
+            try:
+                source, digest = await self._source(rec.workflow_name, rec.workflow_version)
+                allowed = self._declared.get(digest, frozenset())
+                if digest not in self._declared:
+                    allowed = self._declared[digest] = declared_secrets(source.decode("utf-8"))
+            except Exception as exc:
+                log.warning("cannot read the source of %s: %s", msg.execution_id, exc)
         for name in msg.names:
+            if allowed is not None and name not in allowed:
+                log.warning(
+                    "worker %s asked for secret %r, which %s does not declare: refused",
+                    link.worker_id,
+                    name,
+                    msg.execution_id,
+                )
+                missing.append(name)
+                continue
             try:
                 if self.secrets is None:
                     raise FluxError("no secret store")
@@ -769,21 +913,86 @@ class Dispatcher:
         if state in _SETTLED:
             for event in self._settled.pop(eid, ()):
                 event.set()
+        if state is S.CANCELLED:
+            # its subworkflows go too (embedded, they run inside the parent's scope)
+            for child in await self.store.list_executions(parent_id=eid, limit=None):
+                if not child.state.is_terminal:
+                    try:
+                        await self.cancel(child.execution_id)
+                    except (ExecutionConflictError, ExecutionNotFoundError):
+                        pass
         if state.is_terminal and rec.parent_id is not None:
             await self._wake_parent(rec.parent_id)
+        elif state is S.PAUSED and rec.parent_id is not None:
+            await self._wake_parent(rec.parent_id)
         elif state is S.SCHEDULED:
-            # waiting for children: maybe one ended while this execution was running
-            events = await self.store.load_events(eid)
-            seq = events[-1].seq if events else 0
-            if await self._child_outcomes(rec, events, seq):
-                self.submit(eid)
+            # waiting for children: maybe one ended (or paused) while this one was running
+            await self._check_waiting(eid)
 
     async def _wake_parent(self, parent_id: str) -> None:
         if parent_id in self._leases or parent_id in self._queued:
             return  # it looks at its children when it releases or is granted
-        parent = await self.store.get_execution(parent_id)
-        if parent is not None and parent.state is S.SCHEDULED and parent.wake_at is None:
-            self.submit(parent_id)
+        await self._check_waiting(parent_id)
+
+    async def _check_waiting(self, execution_id: str) -> None:
+        """An execution released to wait for its subworkflows (SCHEDULED, no wake time): run it
+        again if one of them ended; pause it if every one it waits for is paused (what the
+        embedded engine does: ``call`` of a paused child pauses the parent)."""
+        if execution_id in self._leases or execution_id in self._queued:
+            return
+        rec = await self.store.get_execution(execution_id)
+        if rec is None or rec.state is not S.SCHEDULED or rec.wake_at is not None:
+            return
+        events = await self.store.load_events(execution_id)
+        seq = events[-1].seq if events else 0
+        if await self._child_outcomes(rec, events, seq):
+            self.submit(execution_id)
+            return
+        waiting = await self._open_children(rec, events)
+        if not waiting or any(c.state is not S.PAUSED for _, c in waiting):
+            return
+        calls = [call_id for call_id, _ in waiting]
+        paused = StoredEvent(
+            execution_id,
+            seq + 1,
+            E.WORKFLOW_PAUSED.value,
+            rec.workflow_name,
+            rec.workflow_name,
+            codec.encode(calls[0] if len(calls) == 1 else calls),
+            self.wall(),
+        )
+        try:
+            await self._commit(
+                Write(
+                    execution_id,
+                    [paused],
+                    update={"state": S.PAUSED.value},
+                    expect={"lease_epoch": rec.lease_epoch, "state": S.SCHEDULED.value},
+                )
+            )
+        except StoreError as exc:  # it changed meanwhile (resumed, cancelled, leased)
+            log.info("not pausing %s after its subworkflows paused: %s", execution_id, exc)
+            return
+        log.info("execution %s paused: its subworkflow(s) %s paused", execution_id, calls)
+        await self._after_end(rec, S.PAUSED)
+
+    async def _open_children(
+        self, rec: ExecutionRecord, events: list[StoredEvent]
+    ) -> list[tuple[str, ExecutionRecord]]:
+        """``(call_id, child)`` for each subworkflow call of ``rec`` with no outcome yet."""
+        open_calls = _open_calls(events)
+        if not open_calls:
+            return []
+        eid = rec.execution_id
+        children = {
+            c.execution_id: c for c in await self.store.list_executions(parent_id=eid, limit=None)
+        }
+        out = []
+        for call_id in open_calls:
+            child = children.get(child_execution_id(eid, call_id))
+            if child is not None:
+                out.append((call_id, child))
+        return out
 
     async def _child_outcomes(
         self, rec: ExecutionRecord, events: list[StoredEvent], seq: int
@@ -854,7 +1063,7 @@ class Dispatcher:
         )
         first = StoredEvent(child_id, 1, E.WORKFLOW_STARTED.value, name, name, input_data, now)
         try:
-            await self.store.commit(Write(child_id, [first], insert=record))
+            await self._commit(Write(child_id, [first], insert=record))
         except StoreError as exc:
             if "already exists" not in str(exc):
                 log.error("cannot create subworkflow %s: %s", child_id, exc)
@@ -893,7 +1102,7 @@ class Dispatcher:
             created_at=now,
         )
         first = StoredEvent(eid, 1, E.WORKFLOW_STARTED.value, name, name, input_data, now)
-        await self.store.commit(Write(eid, [first], insert=record))
+        await self._commit(Write(eid, [first], insert=record))
         self.submit(eid)
         return record
 
@@ -923,6 +1132,13 @@ class Dispatcher:
                 f"execution {execution_id} is {rec.state.value}, not PAUSED: nothing to resume"
             )
         events = await self.store.load_events(execution_id)
+        # subworkflows it waits for that are paused get the value too (as embedded)
+        for _, child in await self._open_children(rec, events):
+            if child.state is S.PAUSED:
+                try:
+                    await self.resume(child.execution_id, value_data)
+                except ExecutionConflictError:
+                    pass
         seq = events[-1].seq if events else 0
         now = self.wall()
         name = rec.workflow_name
@@ -934,7 +1150,7 @@ class Dispatcher:
             for i, (type_, source, label) in enumerate(targets, start=1)
         ]
         try:
-            await self.store.commit(
+            await self._commit(
                 Write(
                     execution_id,
                     new,
@@ -949,13 +1165,87 @@ class Dispatcher:
         self.submit(execution_id)
         return attrs.evolve(rec, state=S.SCHEDULED)
 
-    def cancel(self, execution_id: str) -> bool:
-        """Ask the worker running ``execution_id`` to cancel it; False if nobody runs it.
-        (The cancel endpoint and queued/paused cancellation come with the API's next part.)"""
-        lease = self._leases.get(execution_id)
-        if lease is None or lease.epoch is None:
-            return False
-        return self._send(lease.worker, p.Cancel(execution_id=execution_id, epoch=lease.epoch))
+    async def cancel(self, execution_id: str) -> ExecutionRecord:
+        """Cancel an execution; returns its record as it is now.
+
+        Running (leased): the worker holding the lease gets ``cancel`` at once; its running tasks
+        are cancelled (innermost first), their rollbacks run, and it records WORKFLOW_CANCELLED.
+        Meanwhile the state is CANCELLING; the request is stored, so a lease granted later (after
+        an expiry or a restart) carries it too. Queued, sleeping, waiting or paused: it ends
+        CANCELLED here and now. Raises :class:`ExecutionNotFoundError`, or
+        :class:`ExecutionConflictError` when it has already ended."""
+        for _ in range(10):
+            rec = await self.store.get_execution(execution_id)
+            if rec is None:
+                raise ExecutionNotFoundError(execution_id)
+            if rec.state.is_terminal:
+                raise ExecutionConflictError(
+                    f"execution {execution_id} is {rec.state.value}: nothing to cancel"
+                )
+            lease = self._leases.get(execution_id)
+            if lease is not None:
+                lease.cancel_requested = True
+                try:
+                    await self._commit(
+                        Write(
+                            execution_id,
+                            update={"state": S.CANCELLING.value, "cancel_requested": 1},
+                            expect={"lease_epoch": rec.lease_epoch, "state": rec.state.value},
+                        )
+                    )
+                except StaleWriteError:
+                    continue  # a grant or a write got in between: look again
+                if lease.epoch is not None and lease.epoch == rec.lease_epoch:
+                    self._send(lease.worker, p.Cancel(execution_id=execution_id, epoch=lease.epoch))
+                log.info("cancel of %s sent to %s", execution_id, self.lease_of(execution_id))
+                return attrs.evolve(rec, state=S.CANCELLING, cancel_requested=True)
+            done = await self._cancel_idle(execution_id, rec)
+            if done is not None:
+                return done
+        raise ExecutionConflictError(f"execution {execution_id} keeps changing; try again")
+
+    async def _cancel_idle(
+        self, execution_id: str, rec: ExecutionRecord | None = None
+    ) -> ExecutionRecord | None:
+        """Cancel an execution nobody runs: WORKFLOW_CANCELLED and state CANCELLED in one write
+        fenced on its epoch and state. None if it changed meanwhile (the caller looks again)."""
+        if rec is None:
+            rec = await self.store.get_execution(execution_id)
+            if rec is None or rec.state.is_terminal:
+                return rec
+        if execution_id in self._leases:
+            return None
+        seq = await self.store.last_seq(execution_id)
+        name = rec.workflow_name
+        ev = StoredEvent(
+            execution_id,
+            seq + 1,
+            E.WORKFLOW_CANCELLED.value,
+            name,
+            name,
+            codec.encode(None),
+            self.wall(),
+        )
+        try:
+            await self._commit(
+                Write(
+                    execution_id,
+                    [ev],
+                    update={
+                        "state": S.CANCELLED.value,
+                        "output": codec.encode(None),
+                        "wake_at": None,
+                        "cancel_requested": 1,
+                    },
+                    expect={"lease_epoch": rec.lease_epoch, "state": rec.state.value},
+                )
+            )
+        except StoreError as exc:
+            log.info("cancel of %s raced with a change: %s", execution_id, exc)
+            return None
+        done = attrs.evolve(rec, state=S.CANCELLED, output=codec.encode(None), wake_at=None)
+        await self._after_end(done, S.CANCELLED)
+        return done
 
 
 def source_hash(source: str) -> str:

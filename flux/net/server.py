@@ -5,16 +5,20 @@ reports the bound address through ``task_status``, so ``await nursery.start(serv
 works with port 0. The app owns the SQLite store and a :class:`~flux.net.dispatch.Dispatcher`
 running in the app's nursery; every worker session goes through the sans-IO protocol in
 :mod:`flux.net.protocol`.
+
+The routes are described in :mod:`flux.net.openapi` (served at ``/openapi.json``, rendered at
+``/docs``) and docs/http-api.md; tokens, the loopback rule and CORS come from
+:mod:`flux.net.security`, event streams from :mod:`flux.net.streams`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
+import math
 import signal
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -25,6 +29,7 @@ from quart import Response, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from flux.net import openapi
 from flux.net import protocol as p
 from flux.net.dispatch import (
     Dispatcher,
@@ -32,22 +37,32 @@ from flux.net.dispatch import (
     ExecutionConflictError,
     source_hash,
 )
+from flux.net.security import (
+    ServerConfigError,
+    check_bearer,
+    check_bind,
+    check_origins,
+    token_matches,
+)
+from flux.net.streams import follow
 from flux.runtime import codec
 from flux.runtime.context import to_jsonable
 from flux.runtime.engine import decode_event
 from flux.runtime.errors import (
     ExecutionNotFoundError,
+    SecretNotFoundError,
     SerializationError,
     WorkflowError,
     WorkflowNotFoundError,
 )
 from flux.runtime.events import ExecutionState
 from flux.runtime.loader import check_source
-from flux.runtime.secrets import SecretStore
+from flux.runtime.secrets import MAX_VALUE as MAX_SECRET_VALUE
+from flux.runtime.secrets import SecretKeyError, SecretStore, check_name
 from flux.runtime.settings import Settings
 from flux.runtime.store import ExecutionRecord, Store, open_store
 
-__all__ = ["ServerAddress", "ServerSettings", "create_app", "serve_server"]
+__all__ = ["ServerAddress", "ServerConfigError", "ServerSettings", "create_app", "serve_server"]
 
 log = logging.getLogger("flux.server")
 
@@ -81,6 +96,21 @@ class ServerSettings:
     hello_timeout: float = 10.0
     #: Seconds given to connections to finish on shutdown.
     graceful_timeout: float = 5.0
+    #: Bearer token for the HTTP API and admin routes (None: none required; loopback only).
+    api_token: str | None = attrs.field(default=None, repr=False)
+    #: Token workers must send in their hello (None: none required; loopback only).
+    worker_token: str | None = attrs.field(default=None, repr=False)
+    #: Browser origins allowed to call the API (CORS); empty: no CORS headers at all.
+    cors_origins: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    #: Largest uploaded workflow source (the multipart file), in bytes.
+    max_source_size: int = 1024 * 1024
+    #: Largest value stored from a request: a run's input, a resume value (encoded bytes).
+    max_value_size: int = 4 * 1024 * 1024
+    #: Largest message of the events WebSocket, both ways (an event whose JSON is larger is sent
+    #: with its value replaced by a notice).
+    max_stream_message: int = 1024 * 1024
+    #: Seconds without an event after which a stream sends a keep-alive (SSE comment).
+    keepalive: float = 15.0
 
     @property
     def dispatch(self) -> DispatchSettings:
@@ -97,6 +127,8 @@ class ServerAddress:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
+        if host in ("0.0.0.0", "[::]"):
+            host = "127.0.0.1"
         return f"http://{host}:{self.port}"
 
 
@@ -161,6 +193,10 @@ class FluxServer:
         await self.store.__aenter__()
         await nursery.start(self.dispatcher.run)
 
+    def begin_shutdown(self) -> None:
+        """Tell sessions and streams to end (the server is stopping)."""
+        self.closing.set()
+
     async def stop(self) -> None:
         self.closing.set()
         if self._own_store:
@@ -184,7 +220,15 @@ class FluxServer:
             await ws.close(int(p.CloseCode.POLICY_VIOLATION), "no hello in time")
             return
         assert isinstance(hello, p.Hello)
-        # Tokens are checked here once the API's security part lands: hello.token.
+        if cfg.worker_token and not token_matches(hello.token, cfg.worker_token):
+            why = "missing worker token" if not hello.token else "wrong worker token"
+            log.warning("worker %r from %s refused: %s", hello.name, peer, why)
+            with trio.move_on_after(1):
+                try:
+                    await ws.send(session.send(p.Error(code="unauthorized", detail=why)))
+                finally:
+                    await ws.close(p.close_code_for("unauthorized"), f"unauthorized: {why}")
+            return
         worker_id = f"{hello.name}-{uuid.uuid4().hex[:8]}"
         dispatch = cfg.dispatch
         await ws.send(
@@ -263,15 +307,18 @@ def create_app(
     store: Store | None = None,
 ) -> QuartTrio:
     """Build the Flux server app. It opens the store (unless given one) when it starts serving
-    and closes it when it stops."""
+    and closes it when it stops. Every route is described by :func:`flux.net.openapi.spec`."""
     settings = settings or Settings.from_env()
     server_settings = server_settings or ServerSettings()
-    app = QuartTrio("flux")
-    app.config["MAX_CONTENT_LENGTH"] = server_settings.max_body_size
+    cfg = server_settings
+    origins = check_origins(cfg.cors_origins)
+    app = QuartTrio("flux", static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_size
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 2
-    server = FluxServer(settings, server_settings, store)
+    server = FluxServer(settings, cfg, store)
     app.extensions["flux"] = server
     dispatcher = server.dispatcher
+    secrets = server.dispatcher.secrets
 
     @app.before_serving
     async def _start() -> None:
@@ -281,14 +328,28 @@ def create_app(
     async def _stop() -> None:
         await server.stop()
 
+    # ------------------------------------------------------------------ errors
+
     @app.errorhandler(ApiError)
     async def _api_error(exc: ApiError) -> Response:
-        return _error_response(exc.status, exc.code, exc.detail)
+        response = _error_response(exc.status, exc.code, exc.detail)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="flux"'
+        return response
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
+        if exc.code == 413:
+            return _error_response(
+                413,
+                "too-large",
+                f"the request body exceeds the server's limit of {cfg.max_body_size} bytes",
+            )
         code = (exc.name or "error").lower().replace(" ", "-")
-        return _error_response(exc.code or 500, code, exc.description or exc.name)
+        response = _error_response(exc.code or 500, code, exc.description or exc.name)
+        if exc.code == 405 and getattr(exc, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
 
     @app.errorhandler(WorkflowNotFoundError)
     async def _no_workflow(exc: WorkflowNotFoundError) -> Response:
@@ -302,17 +363,101 @@ def create_app(
     async def _conflict(exc: ExecutionConflictError) -> Response:
         return _error_response(409, "conflict", str(exc))
 
+    @app.errorhandler(SecretKeyError)
+    async def _secret_key(exc: SecretKeyError) -> Response:
+        return _error_response(503, "secret-key", str(exc))
+
+    @app.errorhandler(Exception)
+    async def _internal(exc: Exception) -> Response:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return _error_response(500, "internal", f"{type(exc).__name__}: the server failed")
+
+    # ------------------------------------------------------------------ auth and CORS
+
+    def public(path: str) -> bool:
+        return path in _PUBLIC_PATHS
+
+    @app.before_request
+    async def _guard() -> Response | None:
+        if origins and request.method == "OPTIONS":
+            return _preflight(request.headers.get("Origin"), origins)
+        if public(request.path):
+            return None
+        failure = check_bearer(request.headers.get("Authorization"), cfg.api_token)
+        if failure is not None:
+            raise ApiError(failure.status, failure.code, failure.detail)
+        return None
+
+    @app.after_request
+    async def _headers(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        if origins and origin in origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    # ------------------------------------------------------------------ helpers
+
     async def json_body() -> Any:
         data = await request.get_data(cache=False)
+        if len(data) > cfg.max_body_size:
+            raise ApiError(
+                413,
+                "too-large",
+                f"the request body exceeds the server's limit of {cfg.max_body_size} bytes",
+            )
         if not data.strip():
             return None
         try:
             return json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, "bad-json", f"the request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ApiError(400, "bad-json", "the request body is nested too deeply") from None
+
+    def encode_value(value: Any, what: str) -> bytes:
+        try:
+            data = codec.encode(value)
+        except (SerializationError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+            raise ApiError(400, "bad-input", f"{what} cannot be stored: {exc}") from None
+        if len(data) > cfg.max_value_size:
+            raise ApiError(
+                413,
+                "too-large",
+                f"{what} is {len(data)} bytes encoded, over the limit of {cfg.max_value_size}",
+            )
+        return data
 
     def flag(name: str) -> bool:
         return request.args.get(name, "").lower() in ("1", "true", "yes")
+
+    def int_arg(name: str, default: int, low: int, high: int) -> int:
+        raw = request.args.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            detail = f"{name} must be an integer, not {raw!r}"
+            raise ApiError(400, "bad-parameter", detail) from None
+        if not low <= value <= high:
+            raise ApiError(400, "bad-parameter", f"{name} must be from {low} to {high}")
+        return value
+
+    def timeout_arg() -> float:
+        timeout = cfg.sync_timeout
+        raw = request.args.get("timeout")
+        if raw is not None and raw != "":
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ApiError(400, "bad-timeout", "timeout must be seconds") from None
+            if not math.isfinite(value) or value < 0:
+                raise ApiError(400, "bad-timeout", "timeout must be seconds, 0 or more")
+            timeout = min(value, timeout)
+        return timeout
 
     async def execution(name: str, execution_id: str) -> ExecutionRecord:
         rec = await server.store.get_execution(execution_id)
@@ -324,12 +469,33 @@ def create_app(
             )
         return rec
 
+    async def any_execution(execution_id: str) -> ExecutionRecord:
+        rec = await server.store.get_execution(execution_id)
+        if rec is None:
+            raise ApiError(404, "execution-not-found", f"no execution {execution_id!r}")
+        return rec
+
     async def shown(rec: ExecutionRecord, detailed: bool) -> dict[str, Any]:
         out = summary(rec)
         if detailed:
             events = await server.store.load_events(rec.execution_id)
             out["events"] = [_event_json(e) for e in events]
         return out
+
+    async def settle(execution_id: str, detailed: bool, timeout: float) -> Response:
+        event = dispatcher.watch(execution_id)
+        try:
+            rec = await server.store.get_execution(execution_id)
+            if rec is not None and rec.state not in _SETTLED:
+                with trio.move_on_after(timeout):
+                    await event.wait()
+        finally:
+            dispatcher.unwatch(execution_id, event)
+        rec = await server.store.get_execution(execution_id)
+        assert rec is not None
+        return _json_response(await shown(rec, detailed))
+
+    # ------------------------------------------------------------------ meta
 
     @app.get("/health")
     async def health() -> Response:
@@ -344,13 +510,34 @@ def create_app(
             }
         )
 
+    @app.get("/openapi.json")
+    async def openapi_json() -> Response:
+        return _json_response(openapi.spec(auth=bool(cfg.api_token)))
+
+    @app.get("/docs")
+    async def docs() -> Response:
+        response = Response(openapi.DOCS_HTML, mimetype="text/html")
+        response.headers["Content-Security-Policy"] = openapi.DOCS_CSP
+        return response
+
+    # ------------------------------------------------------------------ workflows
+
     @app.post("/workflows")
     async def upload() -> Response:
-        files = await request.files
+        try:
+            files = await request.files
+        except RecursionError:  # pragma: no cover - defensive
+            raise ApiError(400, "bad-upload", "the multipart body is malformed") from None
         upload = files.get("file")
         if upload is None:
             raise ApiError(400, "no-file", "send the workflow source as a multipart field 'file'")
-        raw = upload.read()
+        raw = upload.read(cfg.max_source_size + 1)
+        if len(raw) > cfg.max_source_size:
+            raise ApiError(
+                413,
+                "too-large",
+                f"the workflow source exceeds the limit of {cfg.max_source_size} bytes",
+            )
         try:
             source = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -358,38 +545,18 @@ def create_app(
         filename = upload.filename or "<upload>"
         try:
             names = check_source(source, filename)
-        except WorkflowError as exc:
-            raise ApiError(400, "bad-source", str(exc)) from None
+        except (WorkflowError, ValueError, RecursionError, MemoryError) as exc:
+            raise ApiError(400, "bad-source", str(exc) or type(exc).__name__) from None
         if not names:
             raise ApiError(400, "bad-source", f"{filename} defines no @workflow")
         digest = source_hash(source)
         saved = [await server.store.save_workflow(n, source, digest) for n in dict.fromkeys(names)]
-        return _json_response(
-            [
-                {
-                    "name": r.name,
-                    "version": r.version,
-                    "source_hash": r.source_hash,
-                    "created_at": r.created_at,
-                }
-                for r in saved
-            ]
-        )
+        return _json_response([_workflow_json(r) for r in saved])
 
     @app.get("/workflows")
     async def list_workflows() -> Response:
         records = await server.store.list_workflows()
-        return _json_response(
-            [
-                {
-                    "name": r.name,
-                    "version": r.version,
-                    "source_hash": r.source_hash,
-                    "created_at": r.created_at,
-                }
-                for r in records
-            ]
-        )
+        return _json_response([_workflow_json(r) for r in records])
 
     @app.get("/workflows/<name>")
     async def get_workflow(name: str) -> Response:
@@ -399,10 +566,7 @@ def create_app(
         versions = await server.store.list_workflow_versions(name)
         return _json_response(
             {
-                "name": record.name,
-                "version": record.version,
-                "source_hash": record.source_hash,
-                "created_at": record.created_at,
+                **_workflow_json(record),
                 "source": record.source,
                 "versions": [v.version for v in versions],
             }
@@ -410,32 +574,50 @@ def create_app(
 
     @app.post("/workflows/<name>/run/<mode>")
     async def run(name: str, mode: str) -> Response:
-        if mode not in ("sync", "async"):
-            raise ApiError(404, "not-found", f"unknown run mode {mode!r} (sync or async)")
+        if mode not in ("sync", "async", "stream"):
+            raise ApiError(404, "not-found", f"unknown run mode {mode!r} (sync, async or stream)")
+        detailed = flag("detailed")
+        timeout = timeout_arg()
         value = await json_body()
-        rec = await dispatcher.start(name, codec.encode(value))
+        rec = await dispatcher.start(name, encode_value(value, "the input"))
         if mode == "async":
-            return _json_response(await shown(rec, flag("detailed")))
-        return await settle(rec.execution_id, flag("detailed"))
+            return _json_response(await shown(rec, detailed))
+        if mode == "sync":
+            return await settle(rec.execution_id, detailed, timeout)
+        return event_stream(rec)
 
-    async def settle(execution_id: str, detailed: bool) -> Response:
-        timeout = server_settings.sync_timeout
-        if "timeout" in request.args:
+    def event_stream(rec: ExecutionRecord) -> Response:
+        """Server-Sent Events: the summary (event ``execution``), every event (default event
+        type, ``id`` = seq), the final summary (event ``execution``)."""
+        eid = rec.execution_id
+
+        async def body() -> AsyncIterator[bytes]:
+            yield _sse(summary(rec), "execution")
             try:
-                timeout = min(float(request.args["timeout"]), timeout)
-            except ValueError:
-                raise ApiError(400, "bad-timeout", "timeout must be seconds") from None
-        event = dispatcher.watch(execution_id)
-        try:
-            rec = await server.store.get_execution(execution_id)
-            if rec is not None and rec.state not in _SETTLED:
-                with trio.move_on_after(timeout):
-                    await event.wait()
-        finally:
-            dispatcher.unwatch(execution_id, event)
-        rec = await server.store.get_execution(execution_id)
-        assert rec is not None
-        return _json_response(await shown(rec, detailed))
+                async for e in follow(
+                    dispatcher,
+                    server.store,
+                    eid,
+                    0,
+                    stop=server.closing,
+                    keepalive=cfg.keepalive,
+                ):
+                    if e is None:
+                        yield b": keep-alive\n\n"
+                        continue
+                    yield _sse(_event_json(e), event_id=e.seq)
+                final = await server.store.get_execution(eid)
+                if final is not None:
+                    yield _sse(summary(final), "execution")
+            except Exception as exc:  # the stream is open: tell the client in it
+                log.exception("stream of %s failed", eid)
+                yield _sse({"error": "internal", "detail": f"the stream failed: {exc}"}, "error")
+
+        response = Response(body(), mimetype="text/event-stream")
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Accel-Buffering"] = "no"
+        response.timeout = None  # an execution may take long: no response timeout
+        return response
 
     @app.get("/workflows/<name>/status/<execution_id>")
     async def status(name: str, execution_id: str) -> Response:
@@ -445,17 +627,205 @@ def create_app(
     @app.post("/workflows/<name>/resume/<execution_id>")
     async def resume(name: str, execution_id: str) -> Response:
         await execution(name, execution_id)
+        detailed, wait, timeout = flag("detailed"), flag("wait"), timeout_arg()
         value = await json_body()
-        rec = await dispatcher.resume(execution_id, codec.encode(value))
-        if flag("wait"):
-            return await settle(execution_id, flag("detailed"))
+        rec = await dispatcher.resume(execution_id, encode_value(value, "the resume value"))
+        if wait:
+            return await settle(execution_id, detailed, timeout)
+        return _json_response(await shown(rec, detailed))
+
+    # ------------------------------------------------------------------ executions
+
+    @app.get("/executions")
+    async def list_executions() -> Response:
+        workflow = request.args.get("workflow") or None
+        states: list[str] | None = None
+        raw_state = request.args.get("state")
+        if raw_state:
+            states = [s.strip().upper() for s in raw_state.split(",") if s.strip()]
+            unknown = [s for s in states if s not in ExecutionState.__members__]
+            if unknown or not states:
+                raise ApiError(
+                    400,
+                    "bad-parameter",
+                    f"unknown state {', '.join(unknown) or raw_state!r}: use one or more of "
+                    f"{', '.join(ExecutionState.__members__)} (comma-separated)",
+                )
+        limit = int_arg("limit", 50, 1, 1000)
+        offset = int_arg("offset", 0, 0, 2**62)
+        records = await server.store.list_executions(
+            workflow_name=workflow, state=states, limit=limit, offset=offset
+        )
+        total = await server.store.count_executions(workflow_name=workflow, state=states)
+        return _json_response(
+            {
+                "executions": [_listed(r) for r in records],
+                "total": total,
+                "limit": limit,
+                "offset": offset,
+            }
+        )
+
+    @app.get("/executions/<execution_id>")
+    async def get_execution(execution_id: str) -> Response:
+        rec = await any_execution(execution_id)
         return _json_response(await shown(rec, flag("detailed")))
+
+    @app.post("/executions/<execution_id>/cancel")
+    async def cancel(execution_id: str) -> Response:
+        wait, timeout = flag("wait"), timeout_arg()
+        rec = await dispatcher.cancel(execution_id)
+        if wait and rec.state is not ExecutionState.CANCELLED:
+            return await settle(execution_id, flag("detailed"), timeout)
+        return _json_response(await shown(rec, flag("detailed")))
+
+    @app.websocket("/executions/<execution_id>/events")
+    async def events_ws(execution_id: str) -> Response | None:
+        failure = check_bearer(websocket.headers.get("Authorization"), cfg.api_token)
+        if failure is not None:
+            return _error_response(failure.status, failure.code, failure.detail)
+        raw = websocket.args.get("from", "0") or "0"
+        try:
+            after = int(raw)
+            if after < 0:
+                raise ValueError
+        except ValueError:
+            return _error_response(
+                400,
+                "bad-parameter",
+                f"from must be an integer >= 0 (the last seq seen), not {raw!r}",
+            )
+        if await server.store.get_execution(execution_id) is None:
+            return _error_response(404, "execution-not-found", f"no execution {execution_id!r}")
+        await websocket.accept()
+        try:
+            async for e in follow(
+                dispatcher, server.store, execution_id, after, stop=server.closing
+            ):
+                if e is None:
+                    continue
+                await websocket.send(_stream_message(_event_json(e), cfg.max_stream_message))
+        except Exception as exc:
+            log.exception("event stream of %s failed", execution_id)
+            reason = json.dumps({"error": "internal", "detail": type(exc).__name__})
+            await websocket.close(4500, p.truncate_utf8(reason, 123))
+            return None
+        if server.closing.is_set():
+            await websocket.close(1001, "server shutting down")
+        else:
+            rec = await server.store.get_execution(execution_id)
+            await websocket.close(1000, f"execution {rec.state.value if rec else 'gone'}")
+        return None
+
+    # ------------------------------------------------------------------ workers
+
+    @app.get("/workers")
+    async def workers() -> Response:
+        return _json_response(dispatcher.workers_info())
 
     @app.websocket("/workers/connect")
     async def workers_connect() -> None:
         await server.worker_session(websocket._get_current_object())
 
+    # ------------------------------------------------------------------ admin: secrets
+
+    def secret_name(name: Any) -> str:
+        try:
+            return check_name(name)
+        except ValueError as exc:
+            raise ApiError(400, "bad-secret-name", str(exc)) from None
+
+    @app.get("/admin/secrets")
+    async def secrets_list() -> Response:
+        return _json_response(sorted(await secrets.names()))
+
+    @app.post("/admin/secrets")
+    async def secrets_set() -> Response:
+        body = await json_body()
+        if not isinstance(body, dict) or set(body) - {"name", "value"} or "value" not in body:
+            raise ApiError(400, "bad-request", 'send a JSON object {"name": ..., "value": ...}')
+        name = secret_name(body.get("name"))
+        value = body["value"]
+        if not isinstance(value, str):
+            raise ApiError(400, "bad-request", "a secret's value must be a string")
+        if len(value.encode("utf-8")) > MAX_SECRET_VALUE:
+            raise ApiError(
+                413, "too-large", f"a secret's value is limited to {MAX_SECRET_VALUE} bytes"
+            )
+        try:
+            await secrets.set(name, value)
+        except ValueError as exc:
+            raise ApiError(400, "bad-request", str(exc)) from None
+        return _json_response({"name": name})
+
+    @app.get("/admin/secrets/<name>")
+    async def secrets_get(name: str) -> Response:
+        name = secret_name(name)
+        try:
+            value = await secrets.get(name)
+        except SecretNotFoundError:
+            raise ApiError(404, "secret-not-found", f"secret {name!r} is not set") from None
+        return _json_response({"name": name, "value": value})
+
+    @app.delete("/admin/secrets/<name>")
+    async def secrets_delete(name: str) -> Response:
+        name = secret_name(name)
+        if not await secrets.remove(name):
+            raise ApiError(404, "secret-not-found", f"secret {name!r} is not set")
+        return _json_response({"name": name, "removed": True})
+
     return app
+
+
+#: Paths served without a token: liveness for load balancers, and the API's own description.
+_PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs"})
+
+
+def _preflight(origin: str | None, origins: tuple[str, ...]) -> Response:
+    response = Response("", status=204)
+    if origin in origins:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE"
+        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+        response.headers["Access-Control-Max-Age"] = "600"
+        response.headers["Vary"] = "Origin"
+    return response
+
+
+def _workflow_json(r: Any) -> dict[str, Any]:
+    return {
+        "name": r.name,
+        "version": r.version,
+        "source_hash": r.source_hash,
+        "created_at": r.created_at,
+    }
+
+
+def _listed(rec: ExecutionRecord) -> dict[str, Any]:
+    return {
+        **summary(rec),
+        "parent_id": rec.parent_id,
+        "created_at": rec.created_at,
+        "updated_at": rec.updated_at,
+    }
+
+
+def _sse(data: Any, event: str | None = None, event_id: int | None = None) -> bytes:
+    lines = []
+    if event:
+        lines.append(f"event: {event}")
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    lines.append("data: " + json.dumps(to_jsonable(data)))
+    return ("\n".join(lines) + "\n\n").encode("utf-8")
+
+
+def _stream_message(event: dict[str, Any], limit: int) -> str:
+    text = json.dumps(to_jsonable(event))
+    if len(text.encode("utf-8")) > limit:
+        event = dict(event, value=f"<value omitted: {len(text)} bytes, over the stream limit>")
+        text = json.dumps(to_jsonable(event))
+    return text
 
 
 def _event_json(e: Any) -> dict[str, Any]:
@@ -473,15 +843,6 @@ def _event_json(e: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- serving
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def _signalled(signals: tuple[int, ...]) -> None:
@@ -510,12 +871,12 @@ async def serve_server(
     it was made with."""
     settings = settings or Settings.from_env()
     server_settings = server_settings or ServerSettings()
-    if not _is_loopback(server_settings.host):
-        log.warning(
-            "binding %s, which is not a loopback address, and worker/API tokens are not "
-            "enforced yet: anyone who can reach this port can run code on your workers",
-            server_settings.host,
-        )
+    notice = check_bind(
+        server_settings.host, server_settings.api_token, server_settings.worker_token
+    )
+    check_origins(server_settings.cors_origins)
+    if notice is not None:
+        log.warning("%s", notice)
     if app is None:
         app = create_app(settings, server_settings, store=store)
     server: FluxServer = app.extensions["flux"]
@@ -525,7 +886,9 @@ async def serve_server(
         f"[{host}]:{server_settings.port}" if ":" in host else f"{host}:{server_settings.port}"
     ]
     config.graceful_timeout = server_settings.graceful_timeout
-    config.websocket_max_message_size = 2 * server_settings.max_frame_size
+    config.websocket_max_message_size = max(
+        2 * server_settings.max_frame_size, server_settings.max_stream_message
+    )
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
 
@@ -542,7 +905,7 @@ async def serve_server(
                 nursery.start_soon(wait_for, lambda: _signalled((signal.SIGTERM, signal.SIGINT)))
             if shutdown_trigger is None and not handle_signals:
                 nursery.start_soon(wait_for, trio.sleep_forever)
-        server.closing.set()
+        server.begin_shutdown()
 
     class _Status:
         def started(self, binds: list[str] | None = None) -> None:

@@ -153,6 +153,7 @@ class _Run:
         self._urgent = _Signal()
         self._secret_values: list[str] = []
         self.suspend_sleep_after = worker.release_sleeps_after
+        self.cancel_requested = trio.Event()
 
     # ------------------------------------------------------------------ Journal
 
@@ -238,6 +239,16 @@ class _Run:
                 for w in waiters:
                     w.resolve()
 
+    async def cancel_watcher(self) -> None:
+        """Cancel the execution once asked (``cancel`` from the server), as soon as it runs."""
+        await self.cancel_requested.wait()
+        while True:
+            execution = self.execution
+            if execution is not None and execution.root_scope is not None:
+                execution.request_cancel()
+                return
+            await trio.sleep(0.005)
+
     def abandon(self, why: str) -> None:
         """Stop this run now without writing anything more (no rollbacks: it runs elsewhere)."""
         if self.dead is not None:
@@ -322,6 +333,8 @@ class Worker:
         self._modules: dict[str, dict[str, workflow]] = {}
         self._cache_waiters: dict[int, tuple[_Pending, list[p.CacheValue]]] = {}
         self._send: Callable[[p.Message], None] | None = None
+        #: cancels that came before their run started: execution id -> epoch
+        self._cancels: dict[str, int] = {}
         self.stopping = False
         self.completed = 0
 
@@ -464,8 +477,10 @@ class Worker:
                                 run.abandon(f"rejected by the server: {msg.reason}")
                         elif isinstance(msg, p.Cancel):
                             run = self.runs.get(msg.execution_id)
-                            if run is not None and run.execution is not None:
-                                run.execution.request_cancel()
+                            if run is not None and run.epoch == msg.epoch:
+                                run.cancel_requested.set()
+                            elif run is None:  # the lease's task has not started yet
+                                self._cancels[msg.execution_id] = msg.epoch
                         elif isinstance(msg, p.Secrets | p.CacheValue):
                             waiters = (
                                 self._secret_waiters
@@ -498,6 +513,7 @@ class Worker:
         for ack in self._acks.values():
             ack.resolve(LeaseLostError(why))
         self._acks.clear()
+        self._cancels.clear()
         for waiter, _ in (*self._secret_waiters.values(), *self._cache_waiters.values()):
             waiter.resolve(LeaseLostError(why))
 
@@ -526,9 +542,12 @@ class Worker:
             return
         run = _Run(self, lease)
         self.runs[eid] = run
+        if self._cancels.pop(eid, None) == lease.epoch:
+            run.cancel_requested.set()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(run.sender)
+                nursery.start_soon(run.cancel_watcher)
                 try:
                     with run.scope:
                         await self._execute(run, lease)
@@ -638,57 +657,70 @@ async def serve_worker(
             started = True
             task_status.started(worker_id)
 
-    async with trio.open_nursery() as outer:
-        if handle_signals:
+    try:
+        async with trio.open_nursery() as outer:
+            if handle_signals:
 
-            async def stop_on_signal() -> None:
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
-                    async for signum in received:
-                        log.info(
-                            "received %s: giving executions back and stopping",
-                            signal.Signals(signum).name,
-                        )
-                        worker.stopping = True
-                        await worker.release_all()
-                        await trio.sleep(0.1)  # let the release frames go out
-                        outer.cancel_scope.cancel()
-                        return
+                async def stop_on_signal() -> None:
+                    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+                        async for signum in received:
+                            log.info(
+                                "received %s: giving executions back and stopping",
+                                signal.Signals(signum).name,
+                            )
+                            worker.stopping = True
+                            await worker.release_all()
+                            await trio.sleep(0.1)  # let the release frames go out
+                            outer.cancel_scope.cancel()
+                            return
 
-            outer.start_soon(stop_on_signal)
+                outer.start_soon(stop_on_signal)
 
-        delay = backoff[0]
-        while True:
-            connected_at = trio.current_time()
-            try:
-                async with trio_websocket.open_websocket_url(
-                    url,
-                    max_message_size=WORKER_MAX_FRAME,
-                    connect_timeout=10,
-                    disconnect_timeout=2,
-                ) as ws:
-                    await worker.session(ws, on_ready)
-            except Exception as exc:
-                if isinstance(exc, ExceptionGroup):
-                    refused, _ = exc.split(WorkerRefusedError)
-                    if refused is not None:
-                        raise refused.exceptions[0] from None
-                elif isinstance(exc, WorkerRefusedError):
-                    raise
-                expected = (
-                    OSError,
-                    trio_websocket.HandshakeError,
-                    trio_websocket.ConnectionClosed,
-                    trio_websocket.ConnectionTimeout,
-                    trio_websocket.DisconnectionTimeout,
-                    ConnectionError,
-                    trio.BrokenResourceError,
-                    p.ProtocolError,
-                )
-                if isinstance(exc, expected):
-                    log.info("connection to %s lost or refused: %s", url, exc)
-                else:
-                    log.warning("worker session ended: %r", exc, exc_info=exc)
-            if trio.current_time() - connected_at > 5:
-                delay = backoff[0]  # it worked for a while: start the backoff again
-            await trio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, backoff[1])
+            delay = backoff[0]
+            while True:
+                connected_at = trio.current_time()
+                try:
+                    async with trio_websocket.open_websocket_url(
+                        url,
+                        max_message_size=WORKER_MAX_FRAME,
+                        connect_timeout=10,
+                        disconnect_timeout=2,
+                    ) as ws:
+                        await worker.session(ws, on_ready)
+                except Exception as exc:
+                    if isinstance(exc, ExceptionGroup):
+                        refused, _ = exc.split(WorkerRefusedError)
+                        if refused is not None:
+                            raise refused.exceptions[0] from None
+                    elif isinstance(exc, WorkerRefusedError):
+                        raise
+                    expected = (
+                        OSError,
+                        trio_websocket.HandshakeError,
+                        trio_websocket.ConnectionClosed,
+                        trio_websocket.ConnectionTimeout,
+                        trio_websocket.DisconnectionTimeout,
+                        ConnectionError,
+                        trio.BrokenResourceError,
+                        p.ProtocolError,
+                    )
+                    if isinstance(exc, expected):
+                        log.info("connection to %s lost or refused: %s", url, exc)
+                    else:
+                        log.warning("worker session ended: %r", exc, exc_info=exc)
+                if trio.current_time() - connected_at > 5:
+                    delay = backoff[0]  # it worked for a while: start the backoff again
+                await trio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, backoff[1])
+    except BaseExceptionGroup as group:
+        refused, _ = group.split(WorkerRefusedError)
+        if refused is not None:  # one clear error, not a group (the CLI prints it)
+            raise _first(refused) from None
+        raise
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

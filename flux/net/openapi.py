@@ -1,0 +1,707 @@
+"""The OpenAPI 3.1 document of the HTTP API and the self-contained page that renders it.
+
+``spec()`` returns the document served at ``/openapi.json``; ``DOCS_HTML`` is the page at
+``/docs``: plain HTML and JavaScript, no CDN, no external request. It lists the routes with their
+parameters, bodies and responses (schemas resolved from ``components``) and has a form per route
+to send a request with ``fetch()`` (a token field sets ``Authorization: Bearer``).
+
+The WebSocket routes cannot be described by OpenAPI 3.1; they are listed under the
+``x-websockets`` extension and documented in docs/http-api.md.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from flux import __version__ as _flux_version
+from flux.runtime.events import ExecutionEventType, ExecutionState
+
+__all__ = ["DOCS_CSP", "DOCS_HTML", "spec"]
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+_ANY: dict[str, Any] = {}  # any JSON value
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "description": "Every error answer.",
+        "required": ["error", "detail"],
+        "properties": {
+            "error": {"type": "string", "description": "a short code, e.g. workflow-not-found"},
+            "detail": {"type": "string", "description": "what went wrong, for a human"},
+        },
+    },
+    "State": {"type": "string", "enum": [s.value for s in ExecutionState]},
+    "Event": {
+        "type": "object",
+        "required": ["id", "type", "source_id", "name", "value", "time"],
+        "properties": {
+            "id": {"type": "integer", "minimum": 1, "description": "sequence number (seq)"},
+            "type": {"type": "string", "enum": [t.value for t in ExecutionEventType]},
+            "source_id": {"type": "string", "description": "call id, or the workflow name"},
+            "name": {"type": "string"},
+            "value": _ANY,
+            "time": {"type": ["string", "null"], "format": "date-time"},
+        },
+    },
+    "Execution": {
+        "type": "object",
+        "required": ["workflow_name", "execution_id", "input", "output", "state"],
+        "properties": {
+            "workflow_name": {"type": "string"},
+            "execution_id": {"type": "string"},
+            "input": _ANY,
+            "output": _ANY,
+            "state": _ref("State"),
+            "events": {
+                "type": "array",
+                "items": _ref("Event"),
+                "description": "only with ?detailed=true",
+            },
+        },
+    },
+    "ExecutionListItem": {
+        "allOf": [
+            _ref("Execution"),
+            {
+                "type": "object",
+                "properties": {
+                    "parent_id": {"type": ["string", "null"]},
+                    "created_at": {"type": "number", "description": "Unix seconds"},
+                    "updated_at": {"type": "number", "description": "Unix seconds"},
+                },
+            },
+        ]
+    },
+    "ExecutionList": {
+        "type": "object",
+        "required": ["executions", "total", "limit", "offset"],
+        "properties": {
+            "executions": {"type": "array", "items": _ref("ExecutionListItem")},
+            "total": {"type": "integer", "description": "matches, all pages together"},
+            "limit": {"type": "integer"},
+            "offset": {"type": "integer"},
+        },
+    },
+    "Workflow": {
+        "type": "object",
+        "required": ["name", "version", "source_hash", "created_at"],
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "integer", "minimum": 1},
+            "source_hash": {"type": "string", "description": "sha256 of the source"},
+            "created_at": {"type": "number", "description": "Unix seconds"},
+        },
+    },
+    "WorkflowDetail": {
+        "allOf": [
+            _ref("Workflow"),
+            {
+                "type": "object",
+                "required": ["source", "versions"],
+                "properties": {
+                    "source": {"type": "string"},
+                    "versions": {"type": "array", "items": {"type": "integer"}},
+                },
+            },
+        ]
+    },
+    "Lease": {
+        "type": "object",
+        "properties": {
+            "execution_id": {"type": "string"},
+            "epoch": {"type": ["integer", "null"]},
+            "expires_in": {"type": "number", "description": "seconds left"},
+        },
+    },
+    "Worker": {
+        "type": "object",
+        "required": ["id", "name", "capacity", "leases", "last_heartbeat"],
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "capacity": {"type": "integer"},
+            "free": {"type": "integer"},
+            "stopping": {"type": "boolean"},
+            "connected_at": {"type": "number", "description": "Unix seconds"},
+            "last_heartbeat": {"type": ["number", "null"], "description": "Unix seconds"},
+            "leases": {"type": "array", "items": _ref("Lease")},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {
+            "status": {"type": "string", "const": "ok"},
+            "workers": {"type": "integer"},
+            "capacity": {"type": "integer"},
+            "leases": {"type": "integer"},
+            "queued": {"type": "integer"},
+        },
+    },
+    "SecretSet": {
+        "type": "object",
+        "required": ["name", "value"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"^\S+$"},
+            "value": {"type": "string", "description": "at most 64 KiB (UTF-8)"},
+        },
+    },
+    "SecretName": {
+        "type": "object",
+        "required": ["name"],
+        "properties": {"name": {"type": "string"}, "removed": {"type": "boolean"}},
+    },
+    "SecretValue": {
+        "type": "object",
+        "required": ["name", "value"],
+        "properties": {"name": {"type": "string"}, "value": {"type": "string"}},
+    },
+}
+
+_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "workflow name",
+}
+_EID = {
+    "name": "execution_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "execution id",
+}
+_SECRET = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "secret name",
+}
+_DETAILED = {
+    "name": "detailed",
+    "in": "query",
+    "schema": {"type": "boolean", "default": False},
+    "description": "add the execution's events",
+}
+_WAIT = {
+    "name": "wait",
+    "in": "query",
+    "schema": {"type": "boolean", "default": False},
+    "description": "answer once the execution completes, fails, is cancelled or pauses",
+}
+_TIMEOUT = {
+    "name": "timeout",
+    "in": "query",
+    "schema": {"type": "number", "minimum": 0},
+    "description": "longest wait in seconds (capped by the server's sync timeout, 300 s)",
+}
+_INPUT_BODY = {
+    "required": False,
+    "description": "any JSON value (null or no body: None); at most the value size limit",
+    "content": {"application/json": {"schema": _ANY}},
+}
+
+_E400 = _error("bad input (invalid JSON, parameter or value)")
+_E401 = _error("no token, or a malformed Authorization header (when the server has a token)")
+_E403 = _error("wrong token")
+_E404 = _error("unknown workflow, execution, secret or route")
+_E409 = _error("the execution is not in a state that allows this")
+_E413 = _error("the body, upload or value is over its size limit")
+
+
+def _op(
+    summary: str,
+    responses: dict[str, Any],
+    *,
+    tag: str,
+    params: list[dict[str, Any]] | None = None,
+    body: dict[str, Any] | None = None,
+    public: bool = False,
+    op_id: str,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"summary": summary, "operationId": op_id, "tags": [tag]}
+    if params:
+        out["parameters"] = params
+    if body is not None:
+        out["requestBody"] = body
+    full = dict(responses)
+    if not public:
+        full.setdefault("401", _E401)
+        full.setdefault("403", _E403)
+    full.setdefault("500", _error("a bug in the server (should never happen)"))
+    out["responses"] = full
+    if public:
+        out["security"] = []
+    return out
+
+
+def _paths() -> dict[str, Any]:
+    execution = _json(_ref("Execution"), "the execution's summary")
+    run_common = {"400": _E400, "404": _E404, "413": _E413}
+    return {
+        "/health": {
+            "get": _op(
+                "Liveness and dispatcher figures",
+                {"200": _json(_ref("Health"), "the server is up")},
+                tag="meta",
+                public=True,
+                op_id="health",
+            )
+        },
+        "/openapi.json": {
+            "get": _op(
+                "This document",
+                {"200": _json({"type": "object"}, "the OpenAPI 3.1 document")},
+                tag="meta",
+                public=True,
+                op_id="openapi",
+            )
+        },
+        "/docs": {
+            "get": _op(
+                "Interactive documentation (HTML)",
+                {
+                    "200": {
+                        "description": "a self-contained HTML page",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+                tag="meta",
+                public=True,
+                op_id="docs",
+            )
+        },
+        "/workflows": {
+            "post": _op(
+                "Upload workflow source (a new version of each @workflow it defines)",
+                {
+                    "200": _json({"type": "array", "items": _ref("Workflow")}, "saved versions"),
+                    "400": _error("no 'file' field, not UTF-8, a syntax error, no @workflow"),
+                    "413": _E413,
+                },
+                tag="workflows",
+                body={
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["file"],
+                                "properties": {
+                                    "file": {
+                                        "type": "string",
+                                        "contentMediaType": "text/x-python",
+                                        "description": "Python source (UTF-8, at most 1 MiB)",
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+                op_id="upload_workflows",
+            ),
+            "get": _op(
+                "The latest version of every workflow",
+                {"200": _json({"type": "array", "items": _ref("Workflow")}, "workflows")},
+                tag="workflows",
+                op_id="list_workflows",
+            ),
+        },
+        "/workflows/{name}": {
+            "get": _op(
+                "One workflow's latest version, its source and its versions",
+                {"200": _json(_ref("WorkflowDetail"), "the workflow"), "404": _E404},
+                tag="workflows",
+                params=[_NAME],
+                op_id="get_workflow",
+            )
+        },
+        "/workflows/{name}/run/sync": {
+            "post": _op(
+                "Start an execution and answer once it completes, fails, is cancelled or "
+                "pauses (or after the timeout, as it is then)",
+                {"200": execution, **run_common},
+                tag="executions",
+                params=[_NAME, _DETAILED, _TIMEOUT],
+                body=_INPUT_BODY,
+                op_id="run_sync",
+            )
+        },
+        "/workflows/{name}/run/async": {
+            "post": _op(
+                "Start an execution and answer at once",
+                {"200": execution, **run_common},
+                tag="executions",
+                params=[_NAME, _DETAILED],
+                body=_INPUT_BODY,
+                op_id="run_async",
+            )
+        },
+        "/workflows/{name}/run/stream": {
+            "post": _op(
+                "Start an execution and stream it as Server-Sent Events: an `execution` event "
+                "(summary), one message per event (`id` = seq, data = Event), a final "
+                "`execution` event; the stream ends when the execution ends or pauses",
+                {
+                    "200": {
+                        "description": "text/event-stream; each data line is one JSON object",
+                        "content": {
+                            "text/event-stream": {
+                                "schema": {"type": "string"},
+                                "x-items": {"oneOf": [_ref("Execution"), _ref("Event")]},
+                            }
+                        },
+                    },
+                    **run_common,
+                },
+                tag="executions",
+                params=[_NAME],
+                body=_INPUT_BODY,
+                op_id="run_stream",
+            )
+        },
+        "/workflows/{name}/status/{execution_id}": {
+            "get": _op(
+                "An execution of a workflow",
+                {"200": execution, "404": _E404},
+                tag="executions",
+                params=[_NAME, _EID, _DETAILED],
+                op_id="status",
+            )
+        },
+        "/workflows/{name}/resume/{execution_id}": {
+            "post": _op(
+                "Resume a paused execution; the body is what its pause returns",
+                {"200": execution, "409": _E409, **run_common},
+                tag="executions",
+                params=[_NAME, _EID, _WAIT, _TIMEOUT, _DETAILED],
+                body=_INPUT_BODY,
+                op_id="resume",
+            )
+        },
+        "/executions": {
+            "get": _op(
+                "Executions, newest first, with filters and paging",
+                {"200": _json(_ref("ExecutionList"), "one page"), "400": _E400},
+                tag="executions",
+                params=[
+                    {
+                        "name": "workflow",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "only this workflow's",
+                    },
+                    {
+                        "name": "state",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "one state or several, comma-separated "
+                        f"({', '.join(s.value for s in ExecutionState)})",
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50},
+                    },
+                    {
+                        "name": "offset",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0, "default": 0},
+                    },
+                ],
+                op_id="list_executions",
+            )
+        },
+        "/executions/{execution_id}": {
+            "get": _op(
+                "An execution by id alone",
+                {"200": execution, "404": _E404},
+                tag="executions",
+                params=[_EID, _DETAILED],
+                op_id="get_execution",
+            )
+        },
+        "/executions/{execution_id}/cancel": {
+            "post": _op(
+                "Cancel an execution. Running: the worker cancels its tasks (innermost "
+                "first), rollbacks run, it ends CANCELLED (state CANCELLING meanwhile). "
+                "Queued, sleeping or paused: CANCELLED at once",
+                {"200": execution, "400": _E400, "404": _E404, "409": _E409},
+                tag="executions",
+                params=[_EID, _WAIT, _TIMEOUT, _DETAILED],
+                op_id="cancel",
+            )
+        },
+        "/workers": {
+            "get": _op(
+                "Connected workers with their leases and last heartbeat",
+                {"200": _json({"type": "array", "items": _ref("Worker")}, "workers")},
+                tag="workers",
+                op_id="list_workers",
+            )
+        },
+        "/admin/secrets": {
+            "get": _op(
+                "Secret names (never values)",
+                {"200": _json({"type": "array", "items": {"type": "string"}}, "names, sorted")},
+                tag="secrets",
+                op_id="list_secrets",
+            ),
+            "post": _op(
+                "Set or replace a secret (encrypted at rest)",
+                {
+                    "200": _json(_ref("SecretName"), "stored"),
+                    "400": _E400,
+                    "413": _E413,
+                    "503": _error("the server's secret key is missing or wrong"),
+                },
+                tag="secrets",
+                body={
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("SecretSet")}},
+                },
+                op_id="set_secret",
+            ),
+        },
+        "/admin/secrets/{name}": {
+            "get": _op(
+                "A secret's value (the only route that shows one)",
+                {
+                    "200": _json(_ref("SecretValue"), "the value"),
+                    "400": _E400,
+                    "404": _E404,
+                    "503": _error("the server's secret key is missing or wrong"),
+                },
+                tag="secrets",
+                params=[_SECRET],
+                op_id="get_secret",
+            ),
+            "delete": _op(
+                "Remove a secret",
+                {"200": _json(_ref("SecretName"), "removed"), "400": _E400, "404": _E404},
+                tag="secrets",
+                params=[_SECRET],
+                op_id="delete_secret",
+            ),
+        },
+    }
+
+
+_WEBSOCKETS = {
+    "/executions/{execution_id}/events": {
+        "summary": "An execution's events: those after seq `from` (0: all) from the store, then "
+        "live ones, each exactly once, one JSON text message per Event; closed with 1000 after "
+        "WORKFLOW_COMPLETED/FAILED/CANCELLED or a WORKFLOW_PAUSED that is the latest event, "
+        "1001 on server shutdown, 4500 on a server error. Refused before the upgrade with an "
+        "HTTP error (Error body): 400 bad `from`, 401/403 token, 404 unknown execution.",
+        "parameters": [
+            _EID,
+            {
+                "name": "from",
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 0, "default": 0},
+                "description": "the last seq already seen",
+            },
+        ],
+        "message": _ref("Event"),
+    },
+    "/workers/connect": {
+        "summary": "The worker session: binary msgpack frames (docs/protocol.md); the worker "
+        "token goes in the first frame (hello), a wrong one closes with 1008.",
+    },
+}
+
+
+def spec(*, auth: bool = True) -> dict[str, Any]:
+    """The OpenAPI 3.1 document (``auth``: whether the server requires the API token)."""
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Flux",
+            "version": _flux_version,
+            "description": "The HTTP API of a Flux server: workflows, executions, workers and "
+            'secrets. Errors are JSON `{"error": code, "detail": text}`. '
+            + (
+                "This server requires `Authorization: Bearer <API token>` on every route "
+                "except /health, /openapi.json and /docs."
+                if auth
+                else "This server has no API token (it serves loopback only)."
+            ),
+        },
+        "paths": _paths(),
+        "components": {
+            "schemas": copy.deepcopy(_SCHEMAS),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "x-websockets": copy.deepcopy(_WEBSOCKETS),
+    }
+    if auth:
+        doc["security"] = [{"bearer": []}]
+    return doc
+
+
+#: The page only loads itself, the spec and what the user sends (same origin).
+DOCS_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'"
+)
+
+DOCS_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Flux API</title>
+<style>
+body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}
+header{background:#1d2430;color:#fff;padding:12px 20px;display:flex;gap:16px;align-items:center}
+header h1{font-size:18px;margin:0} header input{width:280px;padding:4px 6px}
+main{max-width:1100px;margin:0 auto;padding:12px 20px}
+.op{background:#fff;border:1px solid #d9dde3;border-radius:6px;margin:8px 0}
+.op>summary{cursor:pointer;padding:8px 12px;display:flex;gap:12px;align-items:baseline}
+.m{font:bold 12px monospace;padding:2px 8px;border-radius:3px;color:#fff;min-width:54px;
+text-align:center}.get{background:#2f7ab9}.post{background:#3a9a5b}.delete{background:#c0463c}
+.ws{background:#7a5bb5}.path{font-family:monospace;font-weight:600}.sum{color:#555}
+.body{padding:4px 16px 12px;border-top:1px solid #eef0f3}
+table{border-collapse:collapse;margin:4px 0}td,th{border:1px solid #e3e6ea;padding:3px 8px;
+text-align:left;vertical-align:top}pre{background:#f0f2f5;padding:8px;overflow:auto;
+max-height:320px;margin:4px 0}textarea{width:100%;min-height:60px;font-family:monospace}
+button{padding:4px 14px;cursor:pointer}.status{font-weight:bold}
+</style></head><body>
+<header><h1>Flux API</h1><span id="ver"></span>
+<label>API token <input id="token" type="password" autocomplete="off"
+placeholder="only if the server requires one"></label></header>
+<main><p id="desc"></p><div id="ops">Loading /openapi.json ...</div>
+<h2>Schemas</h2><div id="schemas"></div></main>
+<script>
+"use strict";
+const $ = (tag, attrs = {}, ...kids) => {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") el.className = v; else el.setAttribute(k, v);
+  }
+  for (const kid of kids) el.append(kid);
+  return el;
+};
+let SPEC = null;
+const resolve = (s) => {
+  if (s && s.$ref) return SPEC.components.schemas[s.$ref.split("/").pop()] || {};
+  return s || {};
+};
+const show = (s) => JSON.stringify(s, null, 1);
+function paramTable(params) {
+  const t = $("table", {}, $("tr", {}, $("th", {}, "name"), $("th", {}, "in"),
+    $("th", {}, "schema"), $("th", {}, "description")));
+  for (const p of params) {
+    t.append($("tr", {}, $("td", {}, p.name + (p.required ? " *" : "")), $("td", {}, p.in),
+      $("td", {}, JSON.stringify(p.schema || {})), $("td", {}, p.description || "")));
+  }
+  return t;
+}
+function tryForm(path, method, op) {
+  const form = $("div");
+  const inputs = {};
+  for (const p of op.parameters || []) {
+    const i = $("input", {placeholder: p.name});
+    inputs[p.name] = [p, i];
+    form.append($("label", {}, p.name + " (" + p.in + ") "), i, $("br"));
+  }
+  let bodyBox = null, fileBox = null;
+  const content = (op.requestBody || {}).content || {};
+  if (content["application/json"]) {
+    bodyBox = $("textarea", {placeholder: "JSON body"});
+    form.append(bodyBox);
+  } else if (content["multipart/form-data"]) {
+    fileBox = $("input", {type: "file"});
+    form.append($("label", {}, "file "), fileBox, $("br"));
+  }
+  const out = $("pre");
+  const go = $("button", {}, "Send");
+  go.onclick = async () => {
+    let url = path;
+    const query = new URLSearchParams();
+    for (const [name, [p, i]] of Object.entries(inputs)) {
+      if (p.in === "path") url = url.replace("{" + name + "}", encodeURIComponent(i.value));
+      else if (i.value !== "") query.set(name, i.value);
+    }
+    if ([...query].length) url += "?" + query;
+    const init = {method: method.toUpperCase(), headers: {}};
+    const token = document.getElementById("token").value;
+    if (token) init.headers["Authorization"] = "Bearer " + token;
+    if (bodyBox && bodyBox.value.trim()) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = bodyBox.value;
+    }
+    if (fileBox && fileBox.files.length) {
+      const data = new FormData(); data.append("file", fileBox.files[0]); init.body = data;
+    }
+    out.textContent = method.toUpperCase() + " " + url + " ...";
+    try {
+      const r = await fetch(url, init);
+      const text = await r.text();
+      let shown = text;
+      try { shown = show(JSON.parse(text)); } catch (e) { /* not JSON: as is */ }
+      out.textContent = r.status + " " + r.statusText + "\\n" + shown;
+    } catch (e) { out.textContent = "request failed: " + e; }
+  };
+  form.append(go, out);
+  return form;
+}
+function render() {
+  document.getElementById("ver").textContent = "version " + SPEC.info.version;
+  document.getElementById("desc").textContent = SPEC.info.description;
+  const ops = document.getElementById("ops");
+  ops.textContent = "";
+  for (const [path, item] of Object.entries(SPEC.paths)) {
+    for (const [method, op] of Object.entries(item)) {
+      const body = $("div", {class: "body"});
+      if (op.parameters) body.append($("h4", {}, "Parameters"), paramTable(op.parameters));
+      if (op.requestBody) {
+        for (const [kind, c] of Object.entries(op.requestBody.content || {})) {
+          body.append($("h4", {}, "Body (" + kind + ")"), $("pre", {}, show(resolve(c.schema))));
+        }
+      }
+      const rt = $("table", {}, $("tr", {}, $("th", {}, "status"), $("th", {}, "meaning"),
+        $("th", {}, "schema")));
+      for (const [code, r] of Object.entries(op.responses || {})) {
+        const c = Object.values(r.content || {})[0] || {};
+        rt.append($("tr", {}, $("td", {class: "status"}, code), $("td", {}, r.description || ""),
+          $("td", {}, c.schema ? (c.schema.$ref || JSON.stringify(c.schema)) : "")));
+      }
+      body.append($("h4", {}, "Responses"), rt, $("h4", {}, "Try it"), tryForm(path, method, op));
+      ops.append($("details", {class: "op"}, $("summary", {}, $("span", {class: "m " + method},
+        method.toUpperCase()), $("span", {class: "path"}, path),
+        $("span", {class: "sum"}, op.summary || "")), body));
+    }
+  }
+  for (const [path, ws] of Object.entries(SPEC["x-websockets"] || {})) {
+    const body = $("div", {class: "body"}, $("p", {}, ws.summary || ""));
+    if (ws.parameters) body.append(paramTable(ws.parameters));
+    ops.append($("details", {class: "op"}, $("summary", {}, $("span", {class: "m ws"}, "WS"),
+      $("span", {class: "path"}, path)), body));
+  }
+  const schemas = document.getElementById("schemas");
+  for (const [name, s] of Object.entries(SPEC.components.schemas)) {
+    schemas.append($("details", {class: "op"}, $("summary", {}, $("span", {class: "path"}, name)),
+      $("div", {class: "body"}, $("pre", {}, show(s)))));
+  }
+}
+fetch("openapi.json").then((r) => r.json()).then((s) => { SPEC = s; render(); })
+  .catch((e) => { document.getElementById("ops").textContent = "cannot load the spec: " + e; });
+</script></body></html>
+"""
