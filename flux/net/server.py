@@ -544,7 +544,7 @@ def create_app(
             raise ApiError(400, "bad-source", f"the source is not UTF-8: {exc}") from None
         filename = upload.filename or "<upload>"
         try:
-            names = check_source(source, filename)
+            names = await trio.to_thread.run_sync(check_source, source, filename)
         except (WorkflowError, ValueError, RecursionError, MemoryError) as exc:
             raise ApiError(400, "bad-source", str(exc) or type(exc).__name__) from None
         if not names:

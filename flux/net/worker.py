@@ -389,11 +389,14 @@ class Worker:
 
     # ------------------------------------------------------------------ loading workflows
 
-    def _workflow(self, lease: p.Lease) -> workflow:
+    async def _workflow(self, lease: p.Lease) -> workflow:
         digest = hashlib.sha256(lease.source).hexdigest()
         found = self._modules.get(digest)
         if found is None:
-            module = load_source(lease.source.decode("utf-8"), f"flux_src_{digest[:16]}")
+            # running a module's top level is user code of any cost: off the event loop, once
+            module = await trio.to_thread.run_sync(
+                load_source, lease.source.decode("utf-8"), f"flux_src_{digest[:16]}"
+            )
             found = self._modules[digest] = workflows_in(module)
         wf = found.get(lease.workflow_name)
         if wf is None:
@@ -561,7 +564,7 @@ class Worker:
 
     async def _execute(self, run: _Run, lease: p.Lease) -> None:
         try:
-            wf = self._workflow(lease)
+            wf = await self._workflow(lease)
             events = [_event_of(e) for e in lease.history]
             data = lease.input
             value = codec.decode(data) if isinstance(data, bytes) else data
