@@ -312,7 +312,9 @@ def create_app(
     server_settings = server_settings or ServerSettings()
     cfg = server_settings
     origins = check_origins(cfg.cors_origins)
-    app = QuartTrio("flux", static_folder=None)
+    # not named "flux": Quart gives its app logger a handler, which would print every record of
+    # the flux.* loggers a second time beside the root handler
+    app = QuartTrio("flux.server.app", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_size
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 2
     server = FluxServer(settings, cfg, store)
