@@ -49,6 +49,7 @@ import trio
 
 from flux.net import protocol as p
 from flux.net.security import declared_secrets
+from flux.net.signal import Signal
 from flux.runtime import codec
 from flux.runtime.errors import (
     ExecutionCancelledError,
@@ -176,20 +177,6 @@ class _Lease:
     cancel_requested: bool = False
 
 
-class _Signal:
-    """A wake-up flag: ``set`` never blocks; ``wait`` returns once set, then resets it."""
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    async def wait(self) -> None:
-        await self._event.wait()
-        self._event = trio.Event()
-
-
 class EventListener:
     """Receives the events of one execution as the dispatcher commits them (see
     :meth:`Dispatcher.listen`). ``push`` never blocks: past ``limit`` buffered events the buffer
@@ -201,7 +188,7 @@ class EventListener:
         self.limit = limit
         self.events: list[StoredEvent] = []
         self.overflowed = False
-        self._signal = _Signal()
+        self._signal = Signal()
 
     def push(self, events: list[StoredEvent]) -> None:
         if self.overflowed or len(self.events) + len(events) > self.limit:
@@ -288,8 +275,8 @@ class Dispatcher:
         self._queued: set[str] = set()
         self._timers: list[tuple[float, int, str]] = []
         self._timer_seq = itertools.count()
-        self._timer_changed = _Signal()
-        self._lease_added = _Signal()
+        self._timer_changed = Signal()
+        self._lease_added = Signal()
         self._settled: dict[str, list[trio.Event]] = {}
         self._listeners: dict[str, set[EventListener]] = {}
         self._declared: dict[str, frozenset[str] | None] = {}

@@ -35,6 +35,7 @@ import trio
 import trio_websocket
 
 from flux.net import protocol as p
+from flux.net.signal import Signal
 from flux.runtime import codec
 from flux.runtime.context import ExecutionContext
 from flux.runtime.errors import (
@@ -79,18 +80,6 @@ def ws_url(server_url: str) -> str:
     elif not url.startswith(("ws://", "wss://")):
         url = "ws://" + url
     return url + "/workers/connect"
-
-
-class _Signal:
-    def __init__(self) -> None:
-        self._event = trio.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    async def wait(self) -> None:
-        await self._event.wait()
-        self._event = trio.Event()
 
 
 class _Pending:
@@ -149,8 +138,8 @@ class _Run:
         self.inflight: _Pending | None = None
         self.dead: str | None = None
         self.finished = False
-        self._poke = _Signal()
-        self._urgent = _Signal()
+        self._poke = Signal()
+        self._urgent = Signal()
         self._secret_values: list[str] = []
         self.suspend_sleep_after = worker.release_sleeps_after
         self.cancel_requested = trio.Event()
