@@ -770,3 +770,16 @@ def test_plain_decoding_constructs_nothing_user_defined():
     assert plain[1] == "red"
     assert isinstance(plain[2], TaskFailedError) and plain[2].type_name == "builtins.ValueError"
     assert plain[3] == (1, 2) and plain[4] == {3}
+
+
+def test_opaque_round_trip_cuts_a_part_out_byte_for_byte():
+    from datetime import datetime, timezone
+
+    from flux.runtime.codec import decode, decode_opaque, encode, encode_opaque
+
+    inner = {"when": datetime(2026, 1, 2, tzinfo=timezone.utc), "pair": (1, 2)}
+    outer = encode({"args": [inner], "child_id": "c1"})
+    structure = decode_opaque(outer)
+    assert structure["child_id"] == "c1"
+    part = encode_opaque(structure["args"][0])
+    assert decode(part) == inner

@@ -44,7 +44,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import attrs
-import msgpack
 import trio
 
 from flux.net import protocol as p
@@ -221,16 +220,6 @@ def wire_event(e: StoredEvent) -> dict[str, Any]:
         "value": e.value,
         "time": datetime.fromtimestamp(e.time, UTC),
     }
-
-
-def _raw_loads(data: bytes) -> Any:
-    """Decode codec bytes without rebuilding any class: ext values stay ``msgpack.ExtType``,
-    so the server never needs (or imports) the workflow's own types."""
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
-
-
-def _raw_dumps(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
 
 
 def _view(events: Iterable[StoredEvent]) -> list[ExecutionEvent]:
@@ -1021,10 +1010,10 @@ class Dispatcher:
         if parent is None or started.value is None:
             return
         try:
-            raw = _raw_loads(started.value)
+            raw = codec.decode_opaque(started.value)
             child_id = raw["child_id"]
             args = raw.get("args") or [None]
-            input_data = _raw_dumps(args[0])
+            input_data = codec.encode_opaque(args[0])
         except Exception as exc:
             log.warning("bad subworkflow start in %s: %s", parent.execution_id, exc)
             return
