@@ -773,11 +773,11 @@ def test_plain_decoding_constructs_nothing_user_defined():
 
 
 def test_opaque_round_trip_cuts_a_part_out_byte_for_byte():
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from flux.runtime.codec import decode, decode_opaque, encode, encode_opaque
 
-    inner = {"when": datetime(2026, 1, 2, tzinfo=timezone.utc), "pair": (1, 2)}
+    inner = {"when": datetime(2026, 1, 2, tzinfo=UTC), "pair": (1, 2)}
     outer = encode({"args": [inner], "child_id": "c1"})
     structure = decode_opaque(outer)
     assert structure["child_id"] == "c1"
