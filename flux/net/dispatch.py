@@ -842,7 +842,10 @@ class Dispatcher:
                 source, digest = await self._source(rec.workflow_name, rec.workflow_version)
                 allowed = self._declared.get(digest, frozenset())
                 if digest not in self._declared:
-                    allowed = self._declared[digest] = declared_secrets(source.decode("utf-8"))
+                    allowed = await trio.to_thread.run_sync(
+                        declared_secrets, source.decode("utf-8")
+                    )
+                    self._declared[digest] = allowed
             except Exception as exc:
                 log.warning("cannot read the source of %s: %s", msg.execution_id, exc)
         for name in msg.names:
