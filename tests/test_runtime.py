@@ -533,3 +533,12 @@ async def test_cancel_requested_while_no_process_ran_it_is_honoured_on_recovery(
     assert recovered.state is ExecutionState.CANCELLED
     assert recovered.events[-1].type is E.WORKFLOW_CANCELLED
     assert runs == []
+
+
+def test_a_task_call_never_awaited_warns():
+    import gc
+
+    with pytest.warns(RuntimeWarning, match="say_hello.*never awaited"):
+        say_hello("forgotten")
+        gc.collect()
+    assert runs == []

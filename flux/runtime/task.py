@@ -192,8 +192,20 @@ class TaskCall:
         return await frame.execution.run_task(frame, self, call_id)
 
     def close(self) -> None:
-        """Mark this call as never to be awaited (so Python does not warn)."""
+        """Mark this call as never to be awaited (so no warning is given)."""
         self._awaited = True
+
+    def __del__(self) -> None:
+        # like "coroutine ... was never awaited": a call that is never awaited never runs
+        if not self._awaited:
+            import warnings
+
+            warnings.warn(
+                f"the call of task {self.task.name!r} was never awaited, so it never ran "
+                "(write `await {name}(...)`)".replace("{name}", self.task.name),
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def __repr__(self) -> str:
         return f"<call of task {self.task.name}>"
