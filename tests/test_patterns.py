@@ -292,3 +292,30 @@ async def test_a_paused_child_pauses_the_parent_and_resumes_with_it():
         child_done = await engine.get(child_id)
     assert done.output == "child got 42"
     assert child_done.state is ExecutionState.COMPLETED
+
+
+@pytest.mark.trio
+async def test_map_failure_cancels_the_other_items(settled_clock):
+    @task
+    async def item(i: int) -> int:
+        if i == 3:
+            await anyio.sleep(1)
+            raise ValueError("item 3 is bad")
+        await anyio.sleep(60)
+        log.append(("finished", i))  # must never happen
+        return i
+
+    @workflow
+    async def wf(ctx: ExecutionContext):
+        try:
+            await item.map(range(6))
+        except ValueError as e:
+            return str(e)
+
+    async with open_engine(cancel_poll=None) as engine:
+        ctx = await wf.arun(engine=engine)
+    assert ctx.output == "item 3 is bad"
+    assert log == []
+    cancelled = sorted(e.source_id for e in ctx.events if e.type is E.TASK_CANCELLED)
+    assert cancelled == [f"map#0/item#{i}" for i in (0, 1, 2, 4, 5)]
+    assert not [e for e in ctx.events if e.type is E.TASK_COMPLETED]
