@@ -33,6 +33,7 @@ from .events import ExecutionEventType as E
 from .history import PAUSE, SLEEP, CallRecord, index_calls
 from .store import StoredEvent
 from .task import TaskMetadata, call_plain
+from .workflow import MISSING
 
 if TYPE_CHECKING:
     from .task import TaskCall, task
@@ -121,7 +122,8 @@ class Execution:
         #: durable waits that may suspend the execution: call id -> "pause" | "child"
         self.blocked: dict[str, str] = {}
         self.suspended_on: dict[str, str] = {}
-        self.resume_value: Any = _MISSING
+        #: the value a resume gave this run, for a paused child it resumes (MISSING: none)
+        self.resume_value: Any = MISSING
         self.waiting_sleeps: dict[str, float] = {}
         self.wake_at: float | None = None
         self._cancelled_exc = anyio.get_cancelled_exc_class()
@@ -149,8 +151,9 @@ class Execution:
         with anyio.CancelScope(shield=True):
             await self.journal.commit([stored], update)
 
-    def _encodable_error(self, error: BaseException, what: str) -> BaseException:
-        """The error itself if the codec carries it (with secrets redacted), else a stand-in."""
+    def _recorded(self, error: BaseException) -> BaseException:
+        """The error as it goes into the history: itself, or a same-type copy with every secret
+        value masked when what would be recorded of it holds one (see :func:`redact_error`)."""
         return redact_error(error, self.host.secret_values())
 
     # ------------------------------------------------------------------ replay
@@ -367,7 +370,7 @@ class Execution:
                 raise error
             if k > 0 and rec.retry_open != k:
                 await anyio.sleep(opts.retry_wait(k))
-                shown = self._encodable_error(error, name) if error is not None else None
+                shown = self._recorded(error) if error is not None else None
                 self.record(
                     E.TASK_RETRY_STARTED,
                     call_id,
@@ -382,9 +385,7 @@ class Execution:
                     raise
                 error = e
                 if k > 0:  # durable: a crash never repeats a retry that was seen failing
-                    await self.commit(
-                        E.TASK_RETRY_FAILED, call_id, name, self._encodable_error(e, name)
-                    )
+                    await self.commit(E.TASK_RETRY_FAILED, call_id, name, self._recorded(e))
             else:
                 if k > 0:
                     self.record(E.TASK_RETRY_COMPLETED, call_id, name, {"attempt": k})
@@ -432,16 +433,14 @@ class Execution:
     ) -> Any:
         """After the last attempt failed: fallback, then rollback and TASK_FAILED."""
         opts = t.options
-        shown = self._encodable_error(error, name)
+        shown = self._recorded(error)
         if opts.fallback is not None and not rec.fallback_failed and not rec.rollback_started:
             if not rec.fallback_started:
                 self.record(E.TASK_FALLBACK_STARTED, call_id, name, shown)
             try:
                 value = await self._guarded(opts.fallback, args, kwargs, call_id, "fallback")
             except Exception as fb_error:
-                self.record(
-                    E.TASK_FALLBACK_FAILED, call_id, name, self._encodable_error(fb_error, name)
-                )
+                self.record(E.TASK_FALLBACK_FAILED, call_id, name, self._recorded(fb_error))
             else:
                 self.record(E.TASK_FALLBACK_COMPLETED, call_id, name, None)
                 return value
@@ -471,9 +470,7 @@ class Execution:
             try:
                 await self._guarded(rollback, args, kwargs, call_id, "rollback")
             except Exception as rb_error:
-                self.record(
-                    E.TASK_ROLLBACK_FAILED, call_id, name, self._encodable_error(rb_error, name)
-                )
+                self.record(E.TASK_ROLLBACK_FAILED, call_id, name, self._recorded(rb_error))
                 return
         if scope.cancelled_caught:
             self.record(
@@ -667,7 +664,7 @@ class Execution:
         return ctx
 
     async def _fail(self, error: BaseException) -> None:
-        shown = self._encodable_error(error, self.ctx.workflow_name)
+        shown = self._recorded(error)
         try:
             await self._finish(ExecutionState.FAILED, E.WORKFLOW_FAILED, shown)
         except SerializationError:
