@@ -81,7 +81,9 @@ RELEASE = Release(execution_id="ex-1", epoch=3, reason="sleeping", wake_at=1_714
 COMPLETE = Complete(execution_id="ex-1", epoch=3, state="COMPLETED", output={"greeting": "hi"})
 REJECT = Reject(execution_id="ex-1", epoch=2, reason="stale epoch 2, lease is at epoch 3")
 CANCEL = Cancel(execution_id="ex-1", epoch=3)
-SECRETS_REQUEST = SecretsRequest(execution_id="ex-1", epoch=3, request_id=9, names=["API_KEY"])
+SECRETS_REQUEST = SecretsRequest(
+    execution_id="ex-1", epoch=3, request_id=9, names=["API_KEY"], call_id="fetch#0"
+)
 SECRETS = Secrets(request_id=9, values={"API_KEY": "hunter2"}, missing=["OTHER"])
 CACHE_GET = CacheGet(execution_id="ex-1", epoch=3, request_id=10, key="ab12")
 CACHE_VALUE = CacheValue(request_id=10, value=b"\x92\x01\x02")

@@ -79,6 +79,26 @@ def test_cors_origins_must_be_explicit():
             check_origins([bad])
 
 
+def test_task_secret_declarations_map_task_names_to_their_secrets():
+    from flux.net.security import secrets_for_call, task_secret_declarations
+
+    src = (
+        "@task.with_options(secret_requests=['A'])\nasync def plain(secrets): ...\n"
+        "@task.with_options(name='fetch_{url}', secret_requests=['B', 'C'])\n"
+        "async def fetch(url, secrets): ...\n"
+        "@task\nasync def none(): ...\n"
+    )
+    decl = task_secret_declarations(src)
+    assert secrets_for_call(decl, "plain") == {"A"}
+    assert secrets_for_call(decl, "fetch_https://x/y") == {"B", "C"}
+    assert secrets_for_call(decl, "none") == frozenset()
+    assert secrets_for_call(decl, "plainer") == frozenset()
+    dynamic = "KEYS = ['A']\n@task.with_options(secret_requests=KEYS)\nasync def t(): ...\n"
+    assert task_secret_declarations(dynamic) is None
+    outside = "t = task.with_options(secret_requests=['A'])(f)\n"
+    assert task_secret_declarations(outside) is None
+
+
 def test_declared_secrets():
     src = (
         "@task.with_options(secret_requests=['A', \"B\"])\nasync def t(secrets): ...\n"
@@ -211,11 +231,14 @@ async def test_secrets_go_only_to_the_lease_that_declares_them(tmp_path, nursery
     await secrets.set("OTHER", "do-not-leak")
     dispatcher = Dispatcher(store, secrets=secrets)
     await nursery.start(dispatcher.run)
+    await secrets.set("OTHER_TASKS_KEY", "other-task-only")
     source = (
         "from flux import task, workflow\n"
         "@task.with_options(secret_requests=['API_KEY'])\n"
         "async def use(secrets):\n    return 1\n"
-        "@workflow\nasync def w(ctx):\n    return await use()\n"
+        "@task.with_options(name='other_{x}', secret_requests=['OTHER_TASKS_KEY'])\n"
+        "async def other(x, secrets):\n    return 2\n"
+        "@workflow\nasync def w(ctx):\n    return [await use(), await other(1)]\n"
     )
     from flux.net.dispatch import source_hash
 
@@ -228,10 +251,14 @@ async def test_secrets_go_only_to_the_lease_that_declares_them(tmp_path, nursery
             await trio.sleep(0.01)
     lease = next(m for m in sent if isinstance(m, p.Lease))
 
-    async def ask(names, execution_id=rec.execution_id, epoch=lease.epoch):
+    async def ask(names, execution_id=rec.execution_id, epoch=lease.epoch, call_id="use#0"):
         before = len(sent)
         msg = p.SecretsRequest(
-            execution_id=execution_id, epoch=epoch, request_id=len(sent), names=names
+            execution_id=execution_id,
+            epoch=epoch,
+            request_id=len(sent),
+            names=names,
+            call_id=call_id,
         )
         await dispatcher.on_message(link, msg)
         with trio.fail_after(5):
@@ -239,10 +266,55 @@ async def test_secrets_go_only_to_the_lease_that_declares_them(tmp_path, nursery
                 await trio.sleep(0.01)
         return sent[-1]
 
+    # before the call's TASK_STARTED reached the server, nothing is handed out
+    answer = await ask(["API_KEY"])
+    assert answer.values == {} and answer.missing == ["API_KEY"]
+
+    async def events(batch, *evs):
+        await dispatcher.on_message(
+            link,
+            p.Events(
+                execution_id=rec.execution_id, epoch=lease.epoch, batch=batch, events=list(evs)
+            ),
+        )
+        with trio.fail_after(5):
+            while not any(isinstance(m, p.Ack) and m.batch == batch for m in sent):
+                await trio.sleep(0.01)
+
+    def ev(seq, type_, call_id, name):
+        from datetime import UTC, datetime
+
+        from flux.runtime import codec
+
+        return {
+            "seq": seq,
+            "type": type_,
+            "call_id": call_id,
+            "name": name,
+            "value": codec.encode(None),
+            "time": datetime.now(UTC),
+        }
+
+    await events(1, ev(2, "TASK_STARTED", "use#0", "use"))
     answer = await ask(["API_KEY"])
     assert isinstance(answer, p.Secrets) and answer.values == {"API_KEY": "hunter2"}
-    answer = await ask(["OTHER", "API_KEY"])  # not declared by this workflow: refused
-    assert answer.values == {"API_KEY": "hunter2"} and answer.missing == ["OTHER"]
+    # another task's secret, asked in the name of this call: refused
+    answer = await ask(["OTHER_TASKS_KEY"])
+    assert answer.values == {} and answer.missing == ["OTHER_TASKS_KEY"]
+    # the other task (a templated name) gets its own secret once it has started
+    await events(2, ev(3, "TASK_STARTED", "other_1#1", "other_1"))
+    answer = await ask(["OTHER_TASKS_KEY", "API_KEY"], call_id="other_1#1")
+    assert answer.values == {"OTHER_TASKS_KEY": "other-task-only"}
+    assert answer.missing == ["API_KEY"]
+    # a call that has ended gets nothing more
+    await events(3, ev(4, "TASK_COMPLETED", "use#0", "use"))
+    answer = await ask(["API_KEY"])
+    assert answer.values == {} and answer.missing == ["API_KEY"]
+    answer = await ask(["API_KEY"], call_id="other_1#1")
+    assert answer.values == {} and answer.missing == ["API_KEY"]
+    answer = await ask(["OTHER", "OTHER_TASKS_KEY"], call_id="other_1#1")
+    assert answer.values == {"OTHER_TASKS_KEY": "other-task-only"}
+    assert answer.missing == ["OTHER"]  # not declared by any task: refused
     stale = await ask(["API_KEY"], epoch=lease.epoch + 1)
     assert isinstance(stale, p.Reject)
     other = await ask(["API_KEY"], execution_id="not-leased")

@@ -47,7 +47,7 @@ import attrs
 import trio
 
 from flux.net import protocol as p
-from flux.net.security import declared_secrets
+from flux.net.security import declared_secrets, secrets_for_call, task_secret_declarations
 from flux.net.signal import Signal
 from flux.runtime import codec
 from flux.runtime.errors import (
@@ -268,7 +268,8 @@ class Dispatcher:
         self._lease_added = Signal()
         self._settled: dict[str, list[trio.Event]] = {}
         self._listeners: dict[str, set[EventListener]] = {}
-        self._declared: dict[str, frozenset[str] | None] = {}
+        #: per source digest: each task's declared secrets, and those of the whole source
+        self._declared: dict[str, tuple[Any, frozenset[str] | None]] = {}
         self._sources: dict[tuple[str, int], tuple[bytes, str]] = {}
         self._nursery: trio.Nursery | None = None
         self._granted = 0
@@ -831,29 +832,28 @@ class Dispatcher:
         self, link: WorkerLink, msg: p.SecretsRequest, lease: _Lease | None = None
     ) -> None:
         """Secrets go only to the worker holding the execution's current lease (checked by the
-        caller) and only those the execution's pinned source declares in ``secret_requests``;
-        other names are answered as missing. Values are never logged."""
+        caller), for a task call of that execution that has started and not ended, and only
+        the names that task declares in ``secret_requests`` (when the source declares them
+        statically; else the names any task of the source declares). Other names are answered
+        as missing. Values are never logged."""
         values: dict[str, str] = {}
         missing: list[str] = []
         allowed: frozenset[str] | None = frozenset()
         rec = lease.record if lease is not None else None
         if rec is not None:
             try:
-                source, digest = await self._source(rec.workflow_name, rec.workflow_version)
-                allowed = self._declared.get(digest, frozenset())
-                if digest not in self._declared:
-                    allowed = await trio.to_thread.run_sync(
-                        declared_secrets, source.decode("utf-8")
-                    )
-                    self._declared[digest] = allowed
+                allowed = await self._allowed_secrets(rec, msg.call_id)
             except Exception as exc:
-                log.warning("cannot read the source of %s: %s", msg.execution_id, exc)
+                log.warning("cannot check the secrets of %s: %s", msg.execution_id, exc)
+                allowed = frozenset()
         for name in msg.names:
             if allowed is not None and name not in allowed:
                 log.warning(
-                    "worker %s asked for secret %r, which %s does not declare: refused",
+                    "worker %s asked for secret %r for %s in %s, which that task does not "
+                    "declare: refused",
                     link.worker_id,
                     name,
+                    msg.call_id,
                     msg.execution_id,
                 )
                 missing.append(name)
@@ -865,6 +865,34 @@ class Dispatcher:
             except Exception:
                 missing.append(name)
         self._send(link, p.Secrets(request_id=msg.request_id, values=values, missing=missing))
+
+    async def _allowed_secrets(self, rec: ExecutionRecord, call_id: str) -> frozenset[str] | None:
+        source, digest = await self._source(rec.workflow_name, rec.workflow_version)
+        if digest not in self._declared:
+            text = source.decode("utf-8")
+            self._declared[digest] = (
+                await trio.to_thread.run_sync(task_secret_declarations, text),
+                await trio.to_thread.run_sync(declared_secrets, text),
+            )
+        per_task, whole_source = self._declared[digest]
+        # the call must have started (its TASK_STARTED acknowledged) and not ended
+        name = None
+        for event in await self.store.load_events(rec.execution_id):
+            if event.call_id != call_id:
+                continue
+            if event.type == E.TASK_STARTED.value:
+                name = event.name
+            elif event.type in (
+                E.TASK_COMPLETED.value,
+                E.TASK_FAILED.value,
+                E.TASK_CANCELLED.value,
+            ):
+                name = None
+        if name is None:
+            return frozenset()
+        if per_task is None:
+            return whole_source
+        return secrets_for_call(per_task, name)
 
     async def _cache(self, link: WorkerLink, msg: p.CacheGet | p.CachePut) -> None:
         """The task cache lives in the store, shared by every worker and the embedded engine."""

@@ -634,6 +634,8 @@ class SecretsRequest(_MessageBase):
     epoch: int = _field(_EPOCH)
     request_id: int = _field(_int(0))
     names: list[str] = _field(_list_of(_str))
+    #: the task call the secrets are for; its TASK_STARTED must already be acknowledged
+    call_id: str = _field(_str)
 
 
 @attrs.frozen(kw_only=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import hmac
 import ipaddress
+import re
 from collections.abc import Iterable
 
 import attrs
@@ -150,3 +151,68 @@ def declared_secrets(source: str) -> frozenset[str] | None:
             else:
                 return None
     return frozenset(names)
+
+
+def _template_pattern(name: str) -> re.Pattern[str]:
+    """A task name as a pattern: ``fetch_{url}`` matches every name it formats to."""
+    parts = re.split(r"\{[^{}]*\}", name)
+    return re.compile(".*".join(re.escape(p) for p in parts), re.DOTALL)
+
+
+def task_secret_declarations(source: str) -> list[tuple[re.Pattern[str], frozenset[str]]] | None:
+    """For each ``@task.with_options(..., secret_requests=[...])`` of a source: a pattern of the
+    names its calls are recorded under (its ``name=``, else the function's name) and the secrets
+    it declares. None when some declaration cannot be read statically (names not literal, or
+    ``secret_requests`` given outside a decorator): then the server falls back to
+    :func:`declared_secrets` for the whole source."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    found: list[tuple[re.Pattern[str], frozenset[str]]] = []
+    decorators: set[int] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for deco in node.decorator_list:
+            if not isinstance(deco, ast.Call):
+                continue
+            keywords = {kw.arg: kw.value for kw in deco.keywords}
+            if "secret_requests" not in keywords:
+                continue
+            decorators.add(id(deco))
+            value = keywords["secret_requests"]
+            if isinstance(value, ast.Constant) and value.value is None:
+                continue
+            if not isinstance(value, ast.List | ast.Tuple | ast.Set) or not all(
+                isinstance(e, ast.Constant) and isinstance(e.value, str) for e in value.elts
+            ):
+                return None
+            names = frozenset(e.value for e in value.elts)  # type: ignore[attr-defined]
+            label = keywords.get("name")
+            if label is None:
+                pattern = re.compile(re.escape(node.name))
+            elif isinstance(label, ast.Constant) and isinstance(label.value, str):
+                pattern = _template_pattern(label.value)
+            else:
+                pattern = re.compile(".*", re.DOTALL)
+            found.append((pattern, names))
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and id(node) not in decorators
+            and any(kw.arg == "secret_requests" for kw in node.keywords)
+        ):
+            return None
+    return found
+
+
+def secrets_for_call(
+    declarations: list[tuple[re.Pattern[str], frozenset[str]]], task_name: str
+) -> frozenset[str]:
+    """The secrets the task recorded as ``task_name`` may receive."""
+    allowed: set[str] = set()
+    for pattern, names in declarations:
+        if pattern.fullmatch(task_name):
+            allowed |= names
+    return frozenset(allowed)

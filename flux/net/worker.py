@@ -255,8 +255,10 @@ class _Run:
 
     # ------------------------------------------------------------------ Host
 
-    async def get_secrets(self, names: tuple[str, ...]) -> dict[str, str]:
-        answer = await self.worker.request_secrets(self, list(names))
+    async def get_secrets(self, names: tuple[str, ...], call_id: str = "") -> dict[str, str]:
+        # the server hands out secrets only for a call whose TASK_STARTED it has: send it first
+        await self._flush()
+        answer = await self.worker.request_secrets(self, list(names), call_id)
         if answer.missing:
             missing = answer.missing
             raise SecretNotFoundError(
@@ -343,7 +345,7 @@ class Worker:
     def untrack(self, number: int) -> None:
         self._acks.pop(number, None)
 
-    async def request_secrets(self, run: _Run, names: list[str]) -> p.Secrets:
+    async def request_secrets(self, run: _Run, names: list[str], call_id: str) -> p.Secrets:
         number = next(self._requests)
         waiter = _Pending()
         box: list[p.Secrets] = []
@@ -351,7 +353,11 @@ class Worker:
         try:
             self.send(
                 p.SecretsRequest(
-                    execution_id=run.execution_id, epoch=run.epoch, request_id=number, names=names
+                    execution_id=run.execution_id,
+                    epoch=run.epoch,
+                    request_id=number,
+                    names=names,
+                    call_id=call_id,
                 )
             )
             await waiter.wait()

@@ -118,7 +118,7 @@ class Engine:
 
     # -------------------------------------------------------------- Host services
 
-    async def get_secrets(self, names: tuple[str, ...]) -> dict[str, str]:
+    async def get_secrets(self, names: tuple[str, ...], call_id: str = "") -> dict[str, str]:
         values = await self.secrets.get_many(names)
         for v in values.values():
             if v not in self._secret_values:

@@ -64,7 +64,10 @@ class Host(Protocol):
     #: Suspend the execution (release it) on a durable sleep longer than this; None: never.
     suspend_sleep_after: float | None
 
-    async def get_secrets(self, names: tuple[str, ...]) -> dict[str, str]: ...
+    async def get_secrets(self, names: tuple[str, ...], call_id: str = "") -> dict[str, str]:
+        """Exactly the secrets ``names`` for the task call ``call_id``; raises
+        SecretNotFoundError naming any that is missing (or refused)."""
+        ...
 
     async def cache_get(self, key: str) -> bytes | None: ...
 
@@ -397,7 +400,7 @@ class Execution:
         if opts.secret_requests or opts.metadata:
             kwargs = dict(kwargs)
             if opts.secret_requests:
-                kwargs["secrets"] = await self.host.get_secrets(opts.secret_requests)
+                kwargs["secrets"] = await self.host.get_secrets(opts.secret_requests, call_id)
             if opts.metadata:
                 kwargs["metadata"] = TaskMetadata(
                     call_id, t.display_name(args, kwargs), self.ctx.execution_id, attempt + 1
