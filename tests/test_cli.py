@@ -104,6 +104,15 @@ def test_bad_input_and_unknown_workflow(cli):
     assert out.returncode == 1 and "several workflows" in out.stderr
     out = cli("executions", "show", "no-such-id")
     assert out.returncode == 1 and "no-such-id" in out.stderr
+    (cli.marks.parent / "broken.py").write_text("from flux import workflow\nasync def w(ctx)\n")
+    out = cli("run", "broken.py", "1")
+    assert out.returncode == 1
+    assert out.stderr.strip().endswith("broken.py at line 2: expected ':'")
+    assert "Traceback" not in out.stderr
+    (cli.marks.parent / "missing_dep.py").write_text("import no_such_module_here\n")
+    out = cli("run", "missing_dep.py", "1")
+    assert out.returncode == 1 and "ModuleNotFoundError" in out.stderr
+    assert "no_such_module_here" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_executions_list_and_show(cli, tmp_path):

@@ -45,6 +45,12 @@ def load_file(path: str) -> types.ModuleType:
         sys.path.insert(0, directory)
     try:
         spec.loader.exec_module(module)
+    except SyntaxError as e:
+        sys.modules.pop(module_name, None)
+        raise WorkflowError(f"syntax error in {path} at line {e.lineno}: {e.msg}") from None
+    except Exception as e:
+        sys.modules.pop(module_name, None)
+        raise WorkflowError(f"cannot load {path}: {type(e).__name__}: {e}") from e
     except BaseException:
         sys.modules.pop(module_name, None)
         raise
