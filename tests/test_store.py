@@ -612,3 +612,12 @@ async def test_cache_with_expiry(db_path):
         assert await store.cache_get("k", 150.0) == b"new"
         assert await store.cache_evict_expired(250.0) == 1
         assert await store.cache_get("forever", 1e12) == b"v"
+
+
+@pytest.mark.trio
+async def test_cancel_requested_lists_only_flagged_executions(db_path):
+    async with open_store(db_path) as store:
+        await store.commit(*(Write(f"e{i}", insert=record(f"e{i}")) for i in range(3)))
+        await store.commit(Write("e1", update={"cancel_requested": 1}))
+        assert await store.cancel_requested(["e0", "e1", "e2", "unknown"]) == ["e1"]
+        assert await store.cancel_requested([]) == []

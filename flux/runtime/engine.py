@@ -115,6 +115,7 @@ class Engine:
         self.secrets = secrets
         self._secret_values: list[str] = []
         self._running: dict[str, Execution] = {}
+        self._kick: anyio.Event | None = None  # set when a run starts (see watch)
 
     # -------------------------------------------------------------- Host services
 
@@ -214,43 +215,40 @@ class Engine:
             self._running.pop(ctx.execution_id, None)
 
     async def _run_watched(self, execution: Execution) -> ExecutionContext:
-        """Run ``execution`` while watching the store for a cancel request from another process
-        (``flux executions cancel ID``): polled with backoff, 0.25 s up to ``cancel_poll``.
-        The watcher also flushes queued events, so a long task's start is visible."""
-        if self.cancel_poll is None:
-            return await execution.run()
-        result: list[ExecutionContext] = []
+        """Run ``execution``; the engine's watcher (see :meth:`watch`) flushes what it queued
+        and passes on a cancel request made by another process."""
+        if self._kick is not None:
+            self._kick.set()
+        return await execution.run()
 
-        async def watch() -> None:
-            # what the run queued without waiting (its creation, a long task's TASK_STARTED)
-            # becomes visible to other processes shortly after, not only at the next outcome
-            await anyio.sleep(0.05)
-            await self.store.flush()
-            delay = 0.25
-            while True:
-                await anyio.sleep(delay)
-                await self.store.flush()
+    async def watch(self) -> None:
+        """While executions run in this engine: flush queued events (a run's creation and a long
+        task's TASK_STARTED become visible to other processes within 50 ms) and look for cancel
+        requests made by another process (``flux executions cancel ID``), with backoff from
+        0.25 s up to ``cancel_poll`` seconds. Runs for the engine's lifetime (``open_engine``
+        starts it)."""
+        assert self.cancel_poll is not None
+        self._kick = anyio.Event()
+        delay = self.cancel_poll
+        while True:
+            if not self._running or self._kick.is_set():
+                await self._kick.wait()
+                self._kick = anyio.Event()
+                await anyio.sleep(0.05)
+                delay = 0.25
+            else:
+                with anyio.move_on_after(delay):
+                    await self._kick.wait()
+                if self._kick.is_set():
+                    continue
                 delay = min(delay * 2, self.cancel_poll)
-                record = await self.store.get_execution(execution.ctx.execution_id)
-                if record is not None and record.cancel_requested:
-                    execution.request_cancel()
-                    return
-
-        async def main(scope: anyio.CancelScope) -> None:
-            try:
-                result.append(await execution.run())
-            finally:
-                scope.cancel()
-
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(watch)
-                await main(tg.cancel_scope)
-        except BaseExceptionGroup as group:
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
-        return result[0]
+            await self.store.flush()
+            ids = list(self._running)
+            if ids:
+                for execution_id in await self.store.cancel_requested(ids):
+                    running = self._running.get(execution_id)
+                    if running is not None:
+                        running.request_cancel()
 
     def _create(
         self, wf: workflow, input: Any, execution_id: str, parent_id: str | None
@@ -375,14 +373,33 @@ async def open_engine(
     clock: Callable[[], float] = time.time,
     cancel_poll: float | None = 2.0,
 ) -> AsyncIterator[Engine]:
-    """Open the store named by ``settings`` (or the environment) and yield an engine on it."""
+    """Open the store named by ``settings`` (or the environment) and yield an engine on it.
+
+    With ``cancel_poll`` (seconds, the longest wait between two looks), the engine watches the
+    store for cancel requests from other processes while it runs executions; None turns that
+    off (and with it the early flush of queued events)."""
     if settings is None:
         settings = Settings.from_env(db_path=db, durability=durability)
     store = open_store(settings.db_path, durability=settings.durability)
+    engine = Engine(
+        store, settings, SecretStore(store, settings), clock=clock, cancel_poll=cancel_poll
+    )
     try:
-        yield Engine(
-            store, settings, SecretStore(store, settings), clock=clock, cancel_poll=cancel_poll
-        )
+        if cancel_poll is None:
+            yield engine
+            return
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(engine.watch)
+                try:
+                    yield engine
+                finally:
+                    tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # the caller's own exception, not wrapped by the watcher's task group
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
     finally:
         with anyio.CancelScope(shield=True):
             await store.aclose()

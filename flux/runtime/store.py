@@ -673,6 +673,13 @@ class Store:
         """The events of an execution with ``seq > after_seq``, ordered by seq."""
         return await self._run(_load_events, execution_id, after_seq)
 
+    async def cancel_requested(self, execution_ids: Sequence[str]) -> list[str]:
+        """Which of ``execution_ids`` have a cancel request recorded."""
+        ids = list(execution_ids)
+        if not ids:
+            return []
+        return await self._run(_cancel_requested, ids)
+
     async def last_seq(self, execution_id: str) -> int:
         """The highest event seq of an execution, 0 if it has none."""
         return await self._run(_last_seq, execution_id)
@@ -859,6 +866,22 @@ def _get_workflow(
         sql = f"{_SQL_SELECT_WORKFLOW} WHERE name = ? AND version = ?"
         row = conn.execute(sql, (name, version)).fetchone()
     return None if row is None else WorkflowRecord(*row)
+
+
+def _cancel_requested(conn: sqlite3.Connection, ids: list[str]) -> list[str]:
+    out: list[str] = []
+    for start in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        out += [
+            row[0]
+            for row in conn.execute(
+                f"SELECT execution_id FROM executions WHERE cancel_requested = 1 "
+                f"AND execution_id IN ({marks})",
+                chunk,
+            )
+        ]
+    return out
 
 
 def _workflow_versions(conn: sqlite3.Connection, name: str) -> list[WorkflowRecord]:
