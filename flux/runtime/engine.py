@@ -229,6 +229,8 @@ class Engine:
         starts it)."""
         assert self.cancel_poll is not None
         self._kick = anyio.Event()
+        if self._running:  # a run started before this task did
+            self._kick.set()
         delay = self.cancel_poll
         while True:
             if not self._running or self._kick.is_set():
