@@ -140,20 +140,36 @@ async def executions() -> None:
     """Inspect and control executions in the local store."""
 
 
-def _when(ts: datetime | float | None) -> str:
+def _when(ts: datetime | float | str | None) -> str:
     if ts is None:
         return "-"
+    if isinstance(ts, str):
+        try:
+            ts = datetime.fromisoformat(ts)
+        except ValueError:
+            return ts
     if isinstance(ts, int | float):
         ts = datetime.fromtimestamp(ts, UTC)
     return ts.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def server_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--server-url`` and ``--token``: ask a Flux server instead of the local store."""
+    func = click.option("--token", envvar="FLUX_API_TOKEN", help="API token, with --server-url")(
+        func
+    )
+    return click.option(
+        "--server-url", help="ask this Flux server over HTTP instead of the local store"
+    )(func)
+
+
 @executions.command("list")
 @click.option("--workflow", "workflow_name", help="only this workflow")
 @click.option("--state", type=click.Choice([s.value for s in ExecutionState], case_sensitive=False))
-@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--offset", type=click.IntRange(0), default=0)
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
+@server_option
 @local_store_options
 @flux_errors
 async def executions_list(
@@ -162,42 +178,53 @@ async def executions_list(
     limit: int,
     offset: int,
     as_json: bool,
+    server_url: str | None,
+    token: str | None,
     settings: Settings,
 ) -> None:
     """List executions, newest first."""
-    from .runtime.engine import open_engine
+    state = state.upper() if state else None
+    if server_url:
+        async with _remote_client(server_url, token) as client:
+            found = await client.list_executions(workflow_name, state, limit, offset)
+        rows = [
+            {
+                k: r.get(k)
+                for k in ("execution_id", "workflow_name", "state", "created_at", "updated_at")
+            }
+            for r in found
+        ]
+    else:
+        from .runtime.engine import open_engine
 
-    async with open_engine(settings) as engine:
-        records = await engine.store.list_executions(
-            workflow_name=workflow_name,
-            state=ExecutionState(state.upper()) if state else None,
-            limit=limit,
-            offset=offset,
-        )
-    if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {
-                        "execution_id": r.execution_id,
-                        "workflow_name": r.workflow_name,
-                        "state": r.state.value,
-                        "created_at": r.created_at,
-                        "updated_at": r.updated_at,
-                    }
-                    for r in records
-                ]
+        async with open_engine(settings) as engine:
+            records = await engine.store.list_executions(
+                workflow_name=workflow_name,
+                state=ExecutionState(state) if state else None,
+                limit=limit,
+                offset=offset,
             )
-        )
+        rows = [
+            {
+                "execution_id": r.execution_id,
+                "workflow_name": r.workflow_name,
+                "state": r.state.value,
+                "created_at": r.created_at,
+                "updated_at": r.updated_at,
+            }
+            for r in records
+        ]
+    if as_json:
+        click.echo(json.dumps(rows))
         return
-    if not records:
+    if not rows:
         click.echo("no executions", err=True)
         return
     click.echo(f"{'EXECUTION ID':32}  {'WORKFLOW':24}  {'STATE':10}  UPDATED")
-    for r in records:
+    for r in rows:
         click.echo(
-            f"{r.execution_id:32}  {r.workflow_name[:24]:24}  {r.state.value:10}  "
-            f"{_when(r.updated_at)}"
+            f"{r['execution_id']:32}  {str(r['workflow_name'])[:24]:24}  {r['state']:10}  "
+            f"{_when(r['updated_at'])}"
         )
 
 
@@ -205,30 +232,41 @@ async def executions_list(
 @click.argument("execution_id")
 @click.option("--events", is_flag=True, help="list the history too")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
+@server_option
 @local_store_options
 @flux_errors
 async def executions_show(
-    execution_id: str, events: bool, as_json: bool, settings: Settings
+    execution_id: str,
+    events: bool,
+    as_json: bool,
+    server_url: str | None,
+    token: str | None,
+    settings: Settings,
 ) -> None:
     """Show one execution (and its events)."""
-    from .runtime.engine import open_engine
+    if server_url:
+        async with _remote_client(server_url, token) as client:
+            data = await client.get_execution(execution_id, detailed=events)
+        data = {k: v for k, v in data.items() if events or k != "events"}
+    else:
+        from .runtime.engine import open_engine
 
-    async with open_engine(settings) as engine:
-        ctx = await engine.get(execution_id)
+        async with open_engine(settings) as engine:
+            ctx = await engine.get(execution_id)
+        data = to_jsonable(ctx.to_dict() if events else ctx.summary())
     if as_json:
-        click.echo(ctx.to_json(events=events))
+        click.echo(json.dumps(data))
         return
-    click.echo(f"execution  {ctx.execution_id}")
-    click.echo(f"workflow   {ctx.workflow_name}")
-    click.echo(f"state      {ctx.state.value}")
-    click.echo(f"input      {_show(ctx.input)}")
-    click.echo(f"output     {_show(ctx.output)}")
-    if events:
-        for e in ctx.events:
-            click.echo(
-                f"  {e.id:>4}  {_when(e.time)}  {e.type.value:24}  {e.source_id:28}  "
-                f"{_show(e.value)}"
-            )
+    click.echo(f"execution  {data['execution_id']}")
+    click.echo(f"workflow   {data['workflow_name']}")
+    click.echo(f"state      {data['state']}")
+    click.echo(f"input      {_show(data.get('input'))}")
+    click.echo(f"output     {_show(data.get('output'))}")
+    for e in data.get("events") or []:
+        click.echo(
+            f"  {e['id']:>4}  {_when(e.get('time'))}  {e['type']:24}  {e['source_id']:28}  "
+            f"{_show(e.get('value'))}"
+        )
 
 
 @executions.command("cancel")

@@ -116,6 +116,24 @@ async def test_run_sync_async_and_status(real):
     no_input = ok(await flux("workflow", "run", "asker", *at(real)))  # no INPUT: null
     assert "PAUSED" in no_input.stderr
 
+    # the local inspection commands ask the server with --server-url
+    listed = json.loads(
+        ok(await flux("executions", "list", "--workflow", "hello", "--json", *at(real))).stdout
+    )
+    assert eid in [row["execution_id"] for row in listed]
+    assert all(row["workflow_name"] == "hello" for row in listed)
+    paused = json.loads(
+        ok(await flux("executions", "list", "--state", "paused", "--json", *at(real))).stdout
+    )
+    assert paused and all(row["state"] == "PAUSED" for row in paused)
+    table = ok(await flux("executions", "list", "--workflow", "hello", *at(real))).stdout
+    assert table.splitlines()[0].split() == ["EXECUTION", "ID", "WORKFLOW", "STATE", "UPDATED"]
+    shown = ok(await flux("executions", "show", eid, "--events", *at(real))).stdout.splitlines()
+    assert shown[2] == "state      COMPLETED" and "WORKFLOW_COMPLETED" in shown[-1]
+    as_json = json.loads(ok(await flux("executions", "show", eid, "--json", *at(real))).stdout)
+    assert as_json["output"] == {"doubled": 10} and "events" not in as_json
+    failed(await flux("executions", "show", "no-such-id", *at(real)), 1, "no-such-id")
+
 
 @pytest.mark.trio
 async def test_run_errors(real):
