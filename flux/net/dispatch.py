@@ -40,7 +40,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -68,7 +67,6 @@ __all__ = [
     "DispatcherStatistics",
     "ExecutionConflictError",
     "WorkerLink",
-    "wire_event",
 ]
 
 log = logging.getLogger("flux.dispatch")
@@ -84,7 +82,6 @@ _TERMINAL_EVENTS = frozenset(
 _OUTCOMES = frozenset(
     {E.TASK_COMPLETED.value, E.TASK_FAILED.value, E.TASK_CANCELLED.value, E.TASK_RESUMED.value}
 )
-_EVENT_TYPES = frozenset(t.value for t in E)
 
 
 class ExecutionConflictError(WorkflowError):
@@ -208,18 +205,6 @@ class EventListener:
         if self.events or self.overflowed:
             return
         await self._signal.wait()
-
-
-def wire_event(e: StoredEvent) -> dict[str, Any]:
-    """A stored event as it goes in a Lease's history: the value stays codec-encoded bytes."""
-    return {
-        "seq": e.seq,
-        "type": e.type,
-        "call_id": e.call_id,
-        "name": e.name,
-        "value": e.value,
-        "time": datetime.fromtimestamp(e.time, UTC),
-    }
 
 
 def _view(events: Iterable[StoredEvent]) -> list[ExecutionEvent]:
@@ -524,7 +509,7 @@ class Dispatcher:
             workflow_version=rec.workflow_version or 0,
             source=source,
             input=rec.input,
-            history=[wire_event(e) for e in (*events, *extra)],
+            history=[p.event_to_wire(e) for e in (*events, *extra)],
             state=S.RUNNING.value,
             resume=len(events) + len(extra) > 1,
         )
@@ -711,27 +696,10 @@ class Dispatcher:
         finally:
             lease.draining = False
 
-    def _stored(self, eid: str, e: dict[str, Any]) -> StoredEvent:
-        value = e["value"]
-        if value is not None and not isinstance(value, bytes):
-            value = codec.encode(value)  # a worker that sent the value itself
-        when = e["time"]
-        if e["type"] not in _EVENT_TYPES:
-            raise ValueError(f"unknown event type {e['type']!r}")
-        return StoredEvent(
-            eid,
-            e["seq"],
-            e["type"],
-            e["call_id"] or "",
-            e["name"] or "",
-            value,
-            when.timestamp() if when is not None else self.wall(),
-        )
-
     async def _apply_events(self, lease: _Lease, link: WorkerLink, msg: p.Events) -> None:
         eid = lease.execution_id
         try:
-            events = [self._stored(eid, e) for e in msg.events]
+            events = [p.event_from_wire(eid, e, self.wall()) for e in msg.events]
         except ValueError as exc:
             return self._broken(lease, link, msg.epoch, str(exc))
         for i, e in enumerate(events):

@@ -63,7 +63,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeAlias
 
@@ -71,7 +71,8 @@ import attrs
 
 from flux.runtime.codec import decode, encode
 from flux.runtime.errors import FluxError
-from flux.runtime.events import ExecutionState
+from flux.runtime.events import ExecutionEventType, ExecutionState
+from flux.runtime.store import StoredEvent
 
 __all__ = [
     "CLOSE_CODES",
@@ -749,6 +750,43 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
 
 # --------------------------------------------------------------------------------------------
 # Frames
+
+
+def event_to_wire(e: StoredEvent) -> dict[str, Any]:
+    """A stored event as it travels in ``lease.history`` and ``events.events``: its value stays
+    the codec-encoded bytes (opaque to the server), its time an aware UTC datetime."""
+    return {
+        "seq": e.seq,
+        "type": e.type,
+        "call_id": e.call_id,
+        "name": e.name,
+        "value": e.value,
+        "time": datetime.fromtimestamp(e.time, UTC),
+    }
+
+
+def event_from_wire(execution_id: str, e: Mapping[str, Any], now: float) -> StoredEvent:
+    """The inverse of :func:`event_to_wire` (``now`` stands in for a missing time). A value
+    sent as a plain value rather than encoded bytes is encoded here; an unknown event type
+    raises ValueError."""
+    if e["type"] not in _EVENT_TYPE_NAMES:
+        raise ValueError(f"unknown event type {e['type']!r}")
+    value = e["value"]
+    if value is not None and not isinstance(value, bytes):
+        value = encode(value)
+    when = e["time"]
+    return StoredEvent(
+        execution_id,
+        e["seq"],
+        e["type"],
+        e["call_id"] or "",
+        e["name"] or "",
+        value,
+        when.timestamp() if when is not None else now,
+    )
+
+
+_EVENT_TYPE_NAMES = frozenset(t.value for t in ExecutionEventType)
 
 
 def to_wire(msg: Message) -> dict[str, Any]:

@@ -28,7 +28,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import trio
@@ -38,13 +37,14 @@ from flux.net import protocol as p
 from flux.net.signal import Signal
 from flux.runtime import codec
 from flux.runtime.context import ExecutionContext
+from flux.runtime.engine import decode_event
 from flux.runtime.errors import (
     FluxError,
     NondeterminismError,
     SecretNotFoundError,
     WorkflowError,
 )
-from flux.runtime.events import ExecutionEvent, ExecutionEventType, ExecutionState
+from flux.runtime.events import ExecutionEventType, ExecutionState
 from flux.runtime.executor import Execution
 from flux.runtime.loader import load_source, workflows_in
 from flux.runtime.store import StaleWriteError, StoredEvent
@@ -100,26 +100,6 @@ class _Pending:
         await self.done.wait()
         if self.error is not None:
             raise self.error
-
-
-def _event_of(e: dict[str, Any]) -> ExecutionEvent:
-    value = e["value"]
-    if isinstance(value, bytes):
-        value = codec.decode(value)
-    return ExecutionEvent(
-        e["seq"], E(e["type"]), e["call_id"] or "", e["name"] or "", value, e["time"]
-    )
-
-
-def _wire(e: StoredEvent) -> dict[str, Any]:
-    return {
-        "seq": e.seq,
-        "type": e.type,
-        "call_id": e.call_id,
-        "name": e.name,
-        "value": e.value,
-        "time": datetime.fromtimestamp(e.time, UTC),
-    }
 
 
 class _Run:
@@ -209,7 +189,7 @@ class _Run:
                             execution_id=self.execution_id,
                             epoch=self.epoch,
                             batch=number,
-                            events=[_wire(e) for e in batch],
+                            events=[p.event_to_wire(e) for e in batch],
                             state=state,
                         )
                     )
@@ -560,7 +540,8 @@ class Worker:
     async def _execute(self, run: _Run, lease: p.Lease) -> None:
         try:
             wf = await self._workflow(lease)
-            events = [_event_of(e) for e in lease.history]
+            eid = lease.execution_id
+            events = [decode_event(p.event_from_wire(eid, e, 0.0)) for e in lease.history]
             data = lease.input
             value = codec.decode(data) if isinstance(data, bytes) else data
         except Exception as exc:
