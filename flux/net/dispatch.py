@@ -1026,24 +1026,11 @@ class Dispatcher:
         except FluxError as exc:
             log.error("cannot start subworkflow %s of %s: %s", name, parent.execution_id, exc)
             return
-        now = self.wall()
-        record = ExecutionRecord(
-            execution_id=child_id,
-            workflow_name=name,
-            workflow_version=version,
-            parent_id=parent.execution_id,
-            input=input_data,
-            state=S.SCHEDULED,
-            created_at=now,
-        )
-        first = StoredEvent(child_id, 1, E.WORKFLOW_STARTED.value, name, name, input_data, now)
         try:
-            await self._commit(Write(child_id, [first], insert=record))
+            await self._create(child_id, name, version, input_data, parent.execution_id)
         except StoreError as exc:
             if "already exists" not in str(exc):
                 log.error("cannot create subworkflow %s: %s", child_id, exc)
-            return
-        self.submit(child_id)
 
     async def _child_version(self, parent: ExecutionRecord, name: str) -> int:
         """The version of workflow ``name`` with the same source as the parent's pinned one
@@ -1066,19 +1053,30 @@ class Dispatcher:
         if wf is None:
             raise WorkflowNotFoundError(name)
         self._sources.setdefault((wf.name, wf.version), (wf.source.encode(), wf.source_hash))
-        eid = uuid.uuid4().hex
+        return await self._create(uuid.uuid4().hex, name, wf.version, input_data, None)
+
+    async def _create(
+        self,
+        execution_id: str,
+        name: str,
+        version: int,
+        input_data: bytes,
+        parent_id: str | None,
+    ) -> ExecutionRecord:
+        """Store a new execution (its row and WORKFLOW_STARTED) and queue it."""
         now = self.wall()
         record = ExecutionRecord(
-            execution_id=eid,
+            execution_id=execution_id,
             workflow_name=name,
-            workflow_version=wf.version,
+            workflow_version=version,
+            parent_id=parent_id,
             input=input_data,
             state=S.SCHEDULED,
             created_at=now,
         )
-        first = StoredEvent(eid, 1, E.WORKFLOW_STARTED.value, name, name, input_data, now)
-        await self._commit(Write(eid, [first], insert=record))
-        self.submit(eid)
+        first = StoredEvent(execution_id, 1, E.WORKFLOW_STARTED.value, name, name, input_data, now)
+        await self._commit(Write(execution_id, [first], insert=record))
+        self.submit(execution_id)
         return record
 
     def watch(self, execution_id: str) -> trio.Event:
