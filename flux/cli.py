@@ -395,6 +395,12 @@ async def secrets_remove(
 # ---------------------------------------------------------------------------- start
 
 
+def _log_to_stderr(level: str) -> None:
+    import logging
+
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(message)s")
+
+
 @cli.group("start")
 async def start() -> None:
     """Start a Flux server or worker (long-running; stop with Ctrl+C or SIGTERM)."""
@@ -472,11 +478,9 @@ async def start_server(
     settings: Settings,
 ) -> None:
     """Serve the HTTP API and the worker endpoint, owning the store (--db)."""
-    import logging
-
     from .net.server import ServerSettings, serve_server
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    _log_to_stderr(log_level)
     await serve_server(
         settings,
         ServerSettings(
@@ -535,11 +539,9 @@ async def start_worker(
     log_level: str,
 ) -> None:
     """Connect to a server and run the executions it leases to this worker."""
-    import logging
-
     from .net.worker import serve_worker
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    _log_to_stderr(log_level)
     await serve_worker(
         name,
         server_url,
