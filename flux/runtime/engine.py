@@ -365,15 +365,18 @@ class Engine:
                 lease = self._leases.get(execution_id)
                 raise _Busy(self.owner, lease.expires_at if lease else None)
             ctx, create = self._creation(wf, input, execution_id, parent_id, expires)
-            claim = await self.store.claim(
-                execution_id,
-                owner=self.owner,
-                expires_at=expires,
-                now=now,
-                create=create,
-                owner_gone=owners.owner_gone,
-                workflow_name=wf.name,
-            )
+            # shielded: a claim that took the lease is always followed by the run, which then
+            # sees a pending cancellation at once (and ends CANCELLED), never left half-taken
+            with anyio.CancelScope(shield=True):
+                claim = await self.store.claim(
+                    execution_id,
+                    owner=self.owner,
+                    expires_at=expires,
+                    now=now,
+                    create=create,
+                    owner_gone=owners.owner_gone,
+                    workflow_name=wf.name,
+                )
             if claim.outcome == "mismatch":
                 assert claim.record is not None
                 raise WorkflowError(
@@ -599,7 +602,12 @@ async def open_engine(
         settings = Settings.from_env(db_path=db, durability=durability, lease_ttl=lease_ttl)
     elif lease_ttl is not None:
         settings = attrs.evolve(settings, lease_ttl=lease_ttl)
-    store = open_store(settings.db_path, durability=settings.durability)
+    store = open_store(
+        settings.db_path,
+        durability=settings.durability,
+        busy_timeout=settings.busy_timeout,
+        retry_for=settings.store_retry_for,
+    )
     engine = Engine(
         store, settings, SecretStore(store, settings), clock=clock, cancel_poll=cancel_poll
     )

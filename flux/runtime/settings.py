@@ -8,7 +8,10 @@
   ``secret.key`` next to the database);
 - ``FLUX_LEASE_TTL``: seconds an embedded runner's lease on an execution lasts without a
   heartbeat (default 15); another process takes a running execution over only once its lease
-  has expired, or at once when its owner's process is gone.
+  has expired, or at once when its owner's process is gone;
+- ``FLUX_BUSY_TIMEOUT``: seconds SQLite waits for another connection's write lock (default 5);
+- ``FLUX_STORE_RETRY_FOR``: seconds a commit that failed as a whole (locked, disk full, I/O
+  error) is retried with backoff before the runs waiting on it stop (default 30).
 
 Keyword overrides given to ``from_env`` win over the environment when they are not ``None``.
 """
@@ -47,20 +50,20 @@ def _default_secret_key_file(settings: Settings) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(settings.db_path)), "secret.key")
 
 
-def _validate_ttl(_instance: object, _attribute: object, value: float) -> None:
+def _validate_ttl(_instance: object, attribute: attrs.Attribute, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"lease_ttl must be a positive number of seconds, got {value!r}")
+        raise ValueError(
+            f"{attribute.name} must be a positive number of seconds, got {value!r}"
+        )
 
 
-def _ttl(value: object) -> float:
+def _ttl(value: object) -> object:
     if isinstance(value, str):
         try:
             return float(value)
         except ValueError:
-            raise ValueError(
-                f"lease_ttl must be a positive number of seconds, got {value!r}"
-            ) from None
-    return value  # type: ignore[return-value]
+            return value  # the validator names it
+    return value
 
 
 @attrs.frozen
@@ -73,6 +76,11 @@ class Settings:
         default=attrs.Factory(_default_secret_key_file, takes_self=True)
     )
     lease_ttl: float = attrs.field(default=15.0, converter=_ttl, validator=_validate_ttl)
+    #: seconds SQLite waits for another connection's write lock (FLUX_BUSY_TIMEOUT)
+    busy_timeout: float = attrs.field(default=5.0, converter=_ttl, validator=_validate_ttl)
+    #: seconds a transaction that failed as a whole is retried before runs stop
+    #: (FLUX_STORE_RETRY_FOR)
+    store_retry_for: float = attrs.field(default=30.0, converter=_ttl, validator=_validate_ttl)
 
     @classmethod
     def from_env(
@@ -92,6 +100,8 @@ class Settings:
             ("durability", "FLUX_DURABILITY", durability),
             ("secret_key_file", "FLUX_SECRET_KEY_FILE", secret_key_file),
             ("lease_ttl", "FLUX_LEASE_TTL", lease_ttl),
+            ("busy_timeout", "FLUX_BUSY_TIMEOUT", None),
+            ("store_retry_for", "FLUX_STORE_RETRY_FOR", None),
         ):
             if override is not None:
                 values[field] = override

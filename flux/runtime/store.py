@@ -650,7 +650,7 @@ class Store:
                         f"store {self.path!r} kept failing for {self.retry_for:g}s: {exc}"
                     ) from exc
                 self._retries += 1
-                logger.warning("store %r: %s; retrying in %.2fs", self.path, exc, delay)
+                logger.warning("%s; retrying in %.2fs", exc, delay)
                 with anyio.CancelScope(shield=True):
                     await anyio.sleep(min(delay, left))
                 delay = min(delay * 2, 1.0)
