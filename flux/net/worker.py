@@ -579,8 +579,10 @@ class Worker:
         run.execution = execution
         try:
             result = await execution.run()
-        except (LeaseLostError, RuntimeLeaseLost):
+        except LeaseLostError:
             raise
+        except RuntimeLeaseLost as exc:
+            raise LeaseLostError(str(exc)) from None
         except NondeterminismError as exc:
             # the pinned source made other calls than its own history: it never will again
             log.error("execution %s: %s", lease.execution_id, exc)

@@ -26,10 +26,18 @@ from .errors import (
 )
 from .events import ExecutionEvent, ExecutionEventType, ExecutionState
 from .executor import Execution
-from .history import pending_pauses
+from .history import resume_targets
 from .secrets import SecretStore
 from .settings import Settings
-from .store import ExecutionRecord, Store, StoredEvent, Write, WriteTicket, open_store
+from .store import (
+    ExecutionRecord,
+    StaleWriteError,
+    Store,
+    StoredEvent,
+    Write,
+    WriteTicket,
+    open_store,
+)
 from .workflow import MISSING, workflow
 
 E = ExecutionEventType
@@ -538,16 +546,20 @@ class Engine:
         if running is not None:
             running.request_cancel()
             return running.ctx
-        record = await self.store.get_execution(execution_id)
-        if record is None:
-            raise ExecutionNotFoundError(execution_id)
-        if record.state.is_terminal:
-            return await self.get(execution_id)
-        if record.state in (ExecutionState.RUNNING, ExecutionState.CLAIMED):
-            await self.store.commit(Write(execution_id, update={"cancel_requested": 1}))
-            return await self.get(execution_id)
-        expect = {"lease_epoch": record.lease_epoch, "state": record.state.value}
-        return await self._finish_cancelled(await self.get(execution_id), expect)
+        while True:
+            record = await self.store.get_execution(execution_id)
+            if record is None:
+                raise ExecutionNotFoundError(execution_id)
+            if record.state.is_terminal:
+                return await self.get(execution_id)
+            if record.state in (ExecutionState.RUNNING, ExecutionState.CLAIMED):
+                await self.store.commit(Write(execution_id, update={"cancel_requested": 1}))
+                return await self.get(execution_id)
+            expect = {"lease_epoch": record.lease_epoch, "state": record.state.value}
+            try:
+                return await self._finish_cancelled(await self.get(execution_id), expect)
+            except StaleWriteError:
+                continue  # claimed (resumed) meanwhile: ask its runner instead
 
 
 def append_event(
@@ -574,10 +586,7 @@ def resume_events(ctx: ExecutionContext, value: Any) -> list[StoredEvent]:
     ``value`` for every pause point still waiting. Appended to ``ctx.events`` too."""
     data = codec.encode(value)
     now = time.time()
-    name = ctx.workflow_name
-    targets = [(E.WORKFLOW_RESUMED, name, name)] + [
-        (E.TASK_RESUMED, p.source_id, p.name) for p in pending_pauses(ctx.events)
-    ]
+    targets = resume_targets(ctx.workflow_name, ctx.events)
     return [append_event(ctx, t, source, label, value, now, data) for t, source, label in targets]
 
 

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from . import codec, frames
-from .errors import ExecutionCancelledError, FluxError, SerializationError, StoppedError
+from .errors import SerializationError, StoppedError
 from .events import ExecutionEventType as E
 from .events import ExecutionState
-from .history import PAUSE, SLEEP, CallRecord
+from .history import PAUSE, SLEEP, CallRecord, child_failure
 
 if TYPE_CHECKING:
     from .context import ExecutionContext
@@ -163,15 +163,10 @@ class Waits:
         state = result.state
         if state is ExecutionState.COMPLETED:
             return await self.commit(E.TASK_COMPLETED, call_id, name, result.output)
-        if state is ExecutionState.FAILED:
-            error = (
-                result.output
-                if isinstance(result.output, BaseException)
-                else FluxError(f"subworkflow {name!r} ({child_id}) failed: {result.output!r}")
-            )
-            raise await self.commit(E.TASK_FAILED, call_id, name, error)
-        if state is ExecutionState.CANCELLED:
-            error = ExecutionCancelledError(f"subworkflow {name!r} ({child_id}) was cancelled")
+        if state is ExecutionState.FAILED or state is ExecutionState.CANCELLED:
+            error = result.output
+            if state is ExecutionState.CANCELLED or not isinstance(error, BaseException):
+                error = child_failure(name, child_id, state is ExecutionState.CANCELLED)
             raise await self.commit(E.TASK_FAILED, call_id, name, error)
         # paused (or, on a worker, still running elsewhere): this execution waits for it
         await self._block(frame, call_id, "pause" if state is ExecutionState.PAUSED else "child")
