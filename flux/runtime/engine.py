@@ -358,6 +358,7 @@ class Engine:
     ) -> ExecutionContext:
         record: ExecutionRecord | None = None
         held: list[StoredEvent] = []
+        tickets: list[WriteTicket] = []
         now = self.clock()
         expires = now + self.lease_ttl
         began = time.monotonic()
@@ -365,7 +366,7 @@ class Engine:
             # a fresh random id: nobody else can know it, so the creation is only queued and
             # commits with the run's first outcome
             ctx, create = self._creation(wf, input, new_execution_id(), parent_id, expires)
-            self.store.enqueue(create)
+            tickets = self.store.enqueue(create)
             epoch = 1
         else:
             running = self._running.get(execution_id)
@@ -415,6 +416,7 @@ class Engine:
         if self._leased is not None:
             self._leased.set()
         journal = StoreJournal(self.store, eid, epoch, held)
+        journal.tickets.extend(tickets)  # a refused creation stops the run at its next write
         execution = Execution(wf, ctx, journal, self, clock=self.clock)
         execution.resume_value = resume_value
         self._running[eid] = execution
