@@ -34,6 +34,18 @@ import sqlite_utils
 
 from flux.runtime.errors import StoreError
 from flux.runtime.events import ExecutionState
+from flux.runtime.records import (
+    EVENT_COLUMNS,
+    EXECUTION_COLUMNS,
+    WORKFLOW_COLUMNS,
+    ExecutionRecord,
+    StaleWriteError,
+    StoredEvent,
+    StoreStatistics,
+    WorkflowRecord,
+    Write,
+)
+from flux.runtime.records import check_write as _check_write
 from flux.runtime.settings import check_durability
 
 __all__ = [
@@ -54,107 +66,9 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 
-class StaleWriteError(StoreError):
-    """A write's ``expect`` did not hold: the execution row no longer has the expected values
-    (typically another worker holds a newer lease epoch). Nothing of that write was stored."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Records
-
-
-@attrs.frozen
-class StoredEvent:
-    """One row of an execution history, its value still encoded."""
-
-    execution_id: str
-    seq: int
-    type: str
-    call_id: str
-    name: str
-    value: bytes | None
-    time: float
-
-
-def _updated_at_default(record: ExecutionRecord) -> float:
-    return record.created_at
-
-
-@attrs.frozen(kw_only=True)
-class ExecutionRecord:
-    """One row of the ``executions`` table (keyword-only, so optional columns may be left out)."""
-
-    execution_id: str
-    workflow_name: str
-    workflow_version: int | None = None
-    parent_id: str | None = None
-    input: bytes
-    output: bytes | None = None
-    state: ExecutionState = attrs.field(default=ExecutionState.CREATED, converter=ExecutionState)
-    created_at: float = attrs.field(factory=time.time)
-    updated_at: float = attrs.field(default=attrs.Factory(_updated_at_default, takes_self=True))
-    lease_owner: str | None = None
-    lease_epoch: int = 0
-    lease_expires_at: float | None = None
-    wake_at: float | None = None
-    cancel_requested: bool = attrs.field(default=False, converter=bool)
-
-
-@attrs.frozen
-class WorkflowRecord:
-    """One uploaded version of a workflow's source."""
-
-    name: str
-    version: int
-    source: str
-    source_hash: str
-    created_at: float
-
-
-def _tuple(events: Iterable[StoredEvent]) -> tuple[StoredEvent, ...]:
-    return tuple(events)
-
-
-@attrs.frozen
-class Write:
-    """What one caller wants stored about one execution, applied atomically.
-
-    In order: ``expect`` (column values the execution row must have, else
-    :class:`StaleWriteError`), ``insert`` (a new execution row), ``update`` (columns to set;
-    ``updated_at`` is set too unless given), ``events`` (appended to the history).
-    """
-
-    execution_id: str
-    events: tuple[StoredEvent, ...] = attrs.field(default=(), converter=_tuple)
-    insert: ExecutionRecord | None = None
-    update: dict[str, Any] | None = None
-    expect: dict[str, Any] | None = None
-
-
-@attrs.frozen
-class StoreStatistics:
-    """A snapshot of the group-commit writer (see :meth:`Store.statistics`)."""
-
-    #: Transactions run by the writer (one per batch).
-    commits: int
-    #: Writes stored.
-    writes_committed: int
-    #: Writes refused (their caller got a StoreError).
-    writes_failed: int
-    #: Most writes merged into one transaction.
-    largest_batch: int
-    #: Writes waiting for the next transaction.
-    queued: int
-
-
 # ---------------------------------------------------------------------------------------------
 # Schema
 
-EXECUTION_COLUMNS: tuple[str, ...] = tuple(a.name for a in attrs.fields(ExecutionRecord))
-_EXECUTION_COLUMN_SET = frozenset(EXECUTION_COLUMNS)
-_UPDATABLE_COLUMNS = _EXECUTION_COLUMN_SET - {"execution_id"}
-EVENT_COLUMNS: tuple[str, ...] = tuple(a.name for a in attrs.fields(StoredEvent))
-WORKFLOW_COLUMNS: tuple[str, ...] = tuple(a.name for a in attrs.fields(WorkflowRecord))
 
 
 def _migrate_1(db: sqlite_utils.Database) -> None:
@@ -954,33 +868,6 @@ def _events_error(
 
 # ---------------------------------------------------------------------------------------------
 # Helpers on the event loop
-
-
-def _check_write(write: Write) -> None:
-    if not isinstance(write, Write):
-        raise TypeError(f"expected a Write, got {type(write).__name__}")
-    eid = write.execution_id
-    for event in write.events:
-        if event.execution_id != eid:
-            raise StoreError(
-                f"event seq {event.seq} of execution {event.execution_id!r} "
-                f"is in a write to execution {eid!r}"
-            )
-    if write.insert is not None and write.insert.execution_id != eid:
-        raise StoreError(
-            f"insert of execution {write.insert.execution_id!r} is in a write to execution {eid!r}"
-        )
-    for what, columns, allowed in (
-        ("update", write.update, _UPDATABLE_COLUMNS),
-        ("expect", write.expect, _EXECUTION_COLUMN_SET),
-    ):
-        if columns:
-            unknown = columns.keys() - allowed
-            if unknown:
-                raise StoreError(
-                    f"{what} of execution {eid!r} names unknown or read-only column(s) "
-                    f"{', '.join(sorted(map(repr, unknown)))}"
-                )
 
 
 def _batch_error(exc: BaseException, size: int) -> StoreError:
