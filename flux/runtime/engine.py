@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import attrs
 
 from . import codec
 from .context import ExecutionContext
@@ -371,20 +372,26 @@ async def open_engine(
     settings: Settings | None = None,
     *,
     db: str | None = None,
+    store: str | None = None,
     durability: str | None = None,
     clock: Callable[[], float] = time.time,
     cancel_poll: float | None = 2.0,
 ) -> AsyncIterator[Engine]:
     """Open the store named by ``settings`` (or the environment) and yield an engine on it.
 
+    ``store`` names it directly (a path, ``sqlite:///path`` or ``postgresql://...``, winning over
+    ``settings`` and ``db``); ``db`` is the SQLite path, as before.
+
     With ``cancel_poll`` (seconds, the longest wait between two looks), the engine watches the
     store for cancel requests from other processes while it runs executions; None turns that
     off (and with it the early flush of queued events)."""
     if settings is None:
-        settings = Settings.from_env(db_path=db, durability=durability)
-    store = open_store(settings.db_path, durability=settings.durability)
+        settings = Settings.from_env(db_path=db, durability=durability, store=store)
+    elif store is not None:
+        settings = attrs.evolve(settings, store=store)
+    opened = open_store(settings.store, durability=settings.durability)
     engine = Engine(
-        store, settings, SecretStore(store, settings), clock=clock, cancel_poll=cancel_poll
+        opened, settings, SecretStore(opened, settings), clock=clock, cancel_poll=cancel_poll
     )
     try:
         if cancel_poll is None:
@@ -404,4 +411,4 @@ async def open_engine(
             raise
     finally:
         with anyio.CancelScope(shield=True):
-            await store.aclose()
+            await opened.aclose()

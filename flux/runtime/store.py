@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import attrs
@@ -46,7 +46,10 @@ from flux.runtime.records import (
     Write,
 )
 from flux.runtime.records import check_write as _check_write
-from flux.runtime.settings import check_durability
+from flux.runtime.settings import check_durability, parse_store
+
+if TYPE_CHECKING:
+    from flux.runtime.store_api import StoreAPI
 
 __all__ = [
     "MIGRATIONS",
@@ -246,15 +249,29 @@ class _SQLiteThread:
             self._thread = None
 
 
-def open_store(path: str | os.PathLike[str], *, durability: str = "full") -> Store:
-    """Return a :class:`Store` on the SQLite file ``path`` (created with its directory if need be).
+def open_store(location: str | os.PathLike[str], *, durability: str = "full") -> StoreAPI:
+    """Return the store at ``location``: a SQLite :class:`Store` for a path or a
+    ``sqlite:///path`` URL (the file is created with its directory if need be), a
+    :class:`~flux.runtime.store_pg.PostgresStore` for a ``postgresql://user:password@host:port/db``
+    URL (it needs the ``postgres`` extra: ``pip install 'flux-core[postgres]'``).
 
-    The file is opened lazily, in a worker thread, on first use (or on ``async with``).
-    ``durability="full"`` fsyncs each commit (survives power loss); ``"normal"`` may lose the last
-    commits on power loss, never on a process crash. Use as ``async with open_store(p) as store:``
-    or call ``await store.aclose()``.
+    Nothing is opened here: the store connects lazily, in a worker thread, on first use (or on
+    ``async with``), and a store that cannot be opened raises StoreError then.
+    ``durability="full"`` makes each commit durable before it returns (survives power loss);
+    ``"normal"`` may lose the last commits on power loss, never on a process crash. Use as
+    ``async with open_store(p) as store:`` or call ``await store.aclose()``. A location that is
+    neither a path nor a known URL raises StoreError naming it.
     """
-    return Store(path, durability=durability)
+    durability = check_durability(durability)
+    try:
+        where = parse_store(os.fspath(location))
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
+    if where.kind == "postgresql":
+        from flux.runtime.store_pg import PostgresStore
+
+        return PostgresStore(where.target, durability=durability)
+    return Store(where.target, durability=durability)
 
 
 class Store:
