@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from tests.conftest_pg import pg_cluster, pg_url  # noqa: F401 - fixtures for every test module
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -17,6 +19,7 @@ def flux_home(tmp_path, monkeypatch):
     monkeypatch.setenv("FLUX_SECRET_KEY_FILE", str(tmp_path / "secret.key"))
     monkeypatch.delenv("FLUX_SECRET_KEY", raising=False)
     monkeypatch.delenv("FLUX_DURABILITY", raising=False)
+    monkeypatch.delenv("FLUX_STORE", raising=False)
     return tmp_path
 
 
