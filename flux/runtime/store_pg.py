@@ -416,6 +416,7 @@ class PostgresStore:
             except psycopg.OperationalError as exc:
                 if retry and attempt == 0 and conn is not None and conn.broken:
                     logger.info("store %s: retrying on a new connection: %s", self.location, exc)
+                    pool.check()  # the others may be broken too (a server restart)
                     continue
                 raise self._error(exc) from exc
             except psycopg.Error as exc:
@@ -469,6 +470,7 @@ class PostgresStore:
                     ) from exc
                 if attempt == 0 and conn is not None and conn.broken:
                     logger.info("store %s: retrying a batch on a new connection", self.location)
+                    pool.check()  # the others may be broken too (a server restart)
                     continue
                 raise self._error(exc) from exc
             except psycopg.Error as exc:
