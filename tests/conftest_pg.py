@@ -50,7 +50,8 @@ def _free_port() -> int:
 class PgCluster:
     """One throwaway PostgreSQL cluster on 127.0.0.1 (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fsync: bool = False) -> None:
+        self.fsync = fsync  # off for tests (a throwaway cluster), on for benchmarks
         self.base = tempfile.mkdtemp(prefix="flux-pg-")
         self.data = os.path.join(self.base, "data")
         self.log = os.path.join(self.base, "server.log")
@@ -120,10 +121,10 @@ class PgCluster:
                 "-h 127.0.0.1",
                 f"-p {self.port}",
                 f"-k {self.base}",
-                "-F",  # no fsync: a throwaway cluster
                 "-c max_connections=300",
                 "-c shared_buffers=32MB",
             ]
+            + ([] if self.fsync else ["-F"])
         )
         pg_ctl = self._bin("pg_ctl")
         self._run(pg_ctl, "-D", self.data, "-l", self.log, "-w", "-o", options, "start")

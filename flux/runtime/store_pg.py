@@ -72,6 +72,7 @@ POOL_PARAMETERS = ("pool_min_size", "pool_max_size", "pool_timeout")
 
 _DEFAULT_POOL = {"pool_min_size": 1, "pool_max_size": 10, "pool_timeout": 30.0}
 _CONNECT_TIMEOUT = 10  # seconds, unless the URL sets connect_timeout
+_DEADLOCK_RETRIES = 3  # attempts at a batch PostgreSQL rolled back for a deadlock
 _MIGRATION_LOCK = 0x464C5558  # "FLUX": the advisory lock held while migrating
 
 
@@ -258,6 +259,7 @@ class PostgresStore:
         # prepared SQL per set of columns (built in worker threads: dict writes are atomic)
         self._update_sql: dict[tuple[str, ...], str] = {}
         self._expect_sql: dict[tuple[str, ...], str] = {}
+        self._fenced_sql: dict[tuple[str, ...], str] = {}
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._pool is not None else "unopened"
@@ -452,15 +454,23 @@ class PostgresStore:
         return await self._to_thread(self._write_batch, writes)
 
     def _write_batch(self, writes: list[Write]) -> list[StoreError | None]:
-        """One transaction for the whole batch (worker thread). A connection found broken
-        before COMMIT was sent is retried once on a fresh one: nothing of it was committed."""
+        """One transaction for the whole batch (worker thread). Retried on a fresh connection
+        when the one it got is found broken before COMMIT was sent (nothing of it was
+        committed), and when PostgreSQL rolled it back for a deadlock with another process."""
         pool = self._pool or self._open()
-        for attempt in range(2):
+        attempt = 0
+        while True:
+            attempt += 1
             sent: list[bool] = [False]  # COMMIT sent: from then on the outcome is unknown
             conn = None
             try:
                 with pool.connection() as conn:
                     return self._apply_writes(conn, writes, sent)
+            except (pg_errors.TransactionRollback, pg_errors.DeadlockDetected) as exc:
+                if attempt < _DEADLOCK_RETRIES and conn is not None and not conn.broken:
+                    logger.info("store %s: batch rolled back (%s), retrying", self.location, exc)
+                    continue
+                raise self._error(exc) from exc
             except psycopg.OperationalError as exc:
                 if sent[0]:
                     raise StoreError(
@@ -468,21 +478,26 @@ class PostgresStore:
                         f"{len(writes)} write(s), whose outcome is unknown: "
                         f"{_one_line(exc, self._password)}"
                     ) from exc
-                if attempt == 0 and conn is not None and conn.broken:
+                if attempt == 1 and conn is not None and conn.broken:
                     logger.info("store %s: retrying a batch on a new connection", self.location)
                     pool.check()  # the others may be broken too (a server restart)
                     continue
                 raise self._error(exc) from exc
             except psycopg.Error as exc:
                 raise self._error(exc) from exc
-        raise AssertionError("unreachable")
 
     def _apply_writes(
         self, conn: Any, writes: list[Write], sent: list[bool]
     ) -> list[StoreError | None]:
         execute = conn.execute
-        execute("BEGIN")
+        execute("BEGIN")  # its own round trip: proves the connection alive before COMMIT is sent
         try:
+            errors = self._apply_pipelined(conn, writes, sent)
+            if errors is not None:
+                return errors
+            # something in the batch was refused: again, one write at a time, each in its own
+            # savepoint, to tell the refused writes from the others
+            execute("BEGIN")
             if len(writes) == 1:  # no savepoint needed: a refusal rolls everything back
                 error = self._apply_one(conn, writes[0], savepoint=False)
                 if error is not None:
@@ -490,7 +505,7 @@ class PostgresStore:
                 sent[0] = True
                 execute("COMMIT")
                 return [None]
-            errors: list[StoreError | None] = []
+            errors = []
             for write in writes:
                 execute("SAVEPOINT flux_write")
                 errors.append(self._apply_one(conn, write, savepoint=True))
@@ -505,6 +520,76 @@ class PostgresStore:
                 except psycopg.Error:
                     pass
             raise
+
+    def _apply_pipelined(
+        self, conn: Any, writes: list[Write], sent: list[bool]
+    ) -> list[StoreError | None] | None:
+        """The whole batch and its COMMIT in one round trip (psycopg's pipeline mode), for when
+        every write goes through; None (rolled back) when the database refused something.
+
+        In a pipeline nothing waits for a statement's outcome, so an ``expect`` that does not
+        hold must fail by itself: its statement divides by the number of matching rows, and
+        the error skips every statement after it, the COMMIT included. An ``update`` of an
+        execution that does not exist matches no row; such a write holds nothing else that
+        could have been stored (an insert would have created the row, events would have
+        failed on the foreign key), so it is reported as refused after the commit.
+        """
+        if not psycopg.Pipeline.is_supported():  # a libpq older than 14
+            return None
+        updates: list[Any] = []
+        refused: BaseException | None = None
+        try:
+            with conn.pipeline():
+                try:
+                    for write in writes:
+                        updates.append(self._queue_write(conn, write))
+                    sent[0] = True
+                    conn.execute("COMMIT")
+                except (psycopg.Error, TypeError, ValueError, OverflowError) as exc:
+                    refused = exc  # the pipeline still ends cleanly (its Sync is sent)
+        except psycopg.Error as exc:
+            refused = exc
+        if refused is not None:
+            if conn.broken:
+                raise refused
+            sent[0] = False  # the error skipped the COMMIT: nothing was committed
+            if conn.info.transaction_status != _IDLE:
+                conn.execute("ROLLBACK")
+            return None
+        return [
+            StoreError(f"cannot update execution {write.execution_id!r}: no such execution")
+            if cursor is not None and cursor.rowcount == 0
+            else None
+            for write, cursor in zip(writes, updates, strict=True)
+        ]
+
+    def _queue_write(self, conn: Any, write: Write) -> Any:
+        """Queue one write's statements in the pipeline; the update's cursor (or None)."""
+        eid = write.execution_id
+        if write.expect:
+            keys = tuple(write.expect)
+            sql = self._fenced_sql.get(keys)
+            if sql is None:
+                conditions = "".join(f" AND {k} IS NOT DISTINCT FROM %s" for k in keys)
+                sql = (
+                    "SELECT 1 / count(*) FROM (SELECT 1 FROM executions "
+                    f"WHERE execution_id = %s{conditions} FOR UPDATE) AS locked"
+                )
+                self._fenced_sql[keys] = sql
+            values = [_column_value(k, v) for k, v in write.expect.items()]
+            conn.execute(sql, (eid, *values), prepare=False)
+        if write.insert is not None:
+            conn.execute(_SQL_INSERT_EXECUTION, _insert_values(write.insert), prepare=False)
+        cursor = None
+        if write.update:
+            sql, values = self._update_statement(write.update)
+            cursor = conn.execute(sql, (*values, eid), prepare=False)
+        if write.events:
+            params: list[Any] = []
+            for e in write.events:
+                params += (eid, e.seq, e.type, e.call_id, e.name, e.value, e.time)
+            conn.execute(_insert_events_sql(len(write.events)), params, prepare=False)
+        return cursor
 
     def _apply_one(self, conn: Any, write: Write, *, savepoint: bool) -> StoreError | None:
         try:
@@ -566,7 +651,7 @@ class PostgresStore:
         ) as exc:  # a value PostgreSQL cannot take
             raise StoreError(f"cannot store write to execution {eid!r}: {_one_line(exc)}") from exc
 
-    def _apply_update(self, conn: Any, eid: str, update: dict[str, Any]) -> None:
+    def _update_statement(self, update: dict[str, Any]) -> tuple[str, list[Any]]:
         keys = tuple(update)
         sql = self._update_sql.get(keys)
         if sql is None:
@@ -578,6 +663,10 @@ class PostgresStore:
         values = [_column_value(k, v) for k, v in update.items()]
         if "updated_at" not in update:
             values.append(time.time())
+        return sql, values
+
+    def _apply_update(self, conn: Any, eid: str, update: dict[str, Any]) -> None:
+        sql, values = self._update_statement(update)
         try:
             cursor = conn.execute(sql, (*values, eid))
         except psycopg.IntegrityError as exc:
@@ -736,6 +825,16 @@ class PostgresStore:
 # Helpers running in worker threads
 
 _IDLE = 0  # psycopg.pq.TransactionStatus.IDLE, without importing psycopg.pq at module level
+
+
+_ROW = f"({', '.join(['%s'] * len(EVENT_COLUMNS))})"
+
+
+def _insert_events_sql(rows: int) -> str:
+    """One INSERT of ``rows`` events. Statements in an aborted pipeline are not prepared
+    (psycopg would believe them prepared when the server skipped them), so they are sent whole;
+    one statement for the rows keeps that to one parse per write."""
+    return f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES {', '.join([_ROW] * rows)}"
 
 
 def _noop(conn: Any) -> None:
