@@ -1069,3 +1069,73 @@ async def test_postgres_reads_survive_a_server_side_disconnect(pg_url):
         )
         await store.commit(append("e1", 2))  # nothing was sent: retried on a fresh connection
         assert [e.seq for e in await store.load_events("e1")] == [1, 2]
+
+
+@pytest.mark.trio
+async def test_one_batch_applies_writes_in_order(location):
+    """Expectations see the writes queued before them in the same batch (on PostgreSQL, the
+    one-round-trip path and the savepoint path must agree)."""
+    async with open_store(location) as store:
+        store.enqueue(Write("e1", insert=record(), events=[event("e1", 1)]))
+        store.enqueue(Write("e1", events=[event("e1", 2)], expect={"lease_epoch": 0}))
+        store.enqueue(Write("e1", update={"lease_epoch": 1}, expect={"lease_epoch": 0}))
+        store.enqueue(Write("e1", events=[event("e1", 3)], expect={"lease_epoch": 1}))
+        store.enqueue(Write("e2", update={"state": "RUNNING"}))  # no such execution yet
+        await store.commit(Write("e2", insert=record("e2"), events=[event("e2", 1)]))
+        assert [e.seq for e in await store.load_events("e1")] == [1, 2, 3]
+        assert (await store.get_execution("e1")).lease_epoch == 1
+        assert (await store.get_execution("e2")).state is ExecutionState.CREATED
+        assert store.statistics().writes_failed == 1  # the update of e2 before its insert
+
+        outcomes = {}
+
+        async def commit(index, write):
+            try:
+                await store.commit(write)
+            except StoreError as exc:
+                outcomes[index] = type(exc).__name__
+            else:
+                outcomes[index] = "ok"
+
+        release = await _hold_writer(store)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(commit, 0, Write("e1", events=[event("e1", 4)]))
+            await trio.testing.wait_all_tasks_blocked()
+            for index, write in enumerate(
+                (
+                    Write("e1", events=[event("e1", 5)], expect={"lease_epoch": 1}),
+                    Write("e1", update={"lease_epoch": 2}, expect={"lease_epoch": 1}),
+                    Write("e1", events=[event("e1", 6)], expect={"lease_epoch": 1}),  # stale now
+                    Write("e1", events=[event("e1", 7)], expect={"lease_epoch": 2}),
+                ),
+                start=1,
+            ):
+                nursery.start_soon(commit, index, write)
+                await trio.testing.wait_all_tasks_blocked()
+            release()
+        assert [outcomes[i] for i in range(5)] == ["ok", "ok", "ok", "StaleWriteError", "ok"]
+        assert [e.seq for e in await store.load_events("e1")] == [1, 2, 3, 4, 5, 7]
+
+
+@pytest.mark.trio
+async def test_postgres_batches_that_go_through_take_one_pipeline(pg_url):
+    async with open_store(pg_url) as store:
+        careful = []
+        apply_one = store._apply_one
+
+        def spy(conn, write, *, savepoint):
+            careful.append(write.execution_id)
+            return apply_one(conn, write, savepoint=savepoint)
+
+        store._apply_one = spy
+        await store.commit(Write("e1", insert=record(), events=[event("e1", 1)]))
+        async with trio.open_nursery() as nursery:
+            for seq in range(2, 40):
+                nursery.start_soon(
+                    store.commit, Write("e1", events=[event("e1", seq)], expect={"lease_epoch": 0})
+                )
+        assert careful == []  # every batch went through in one round trip
+        with pytest.raises(StaleWriteError):
+            await store.commit(Write("e1", events=[event("e1", 99)], expect={"lease_epoch": 5}))
+        assert careful == ["e1"]
+        assert await store.last_seq("e1") == 39

@@ -340,6 +340,9 @@ class PostgresStore:
         return kwargs
 
     def _configure(self, conn: Any) -> None:
+        # No server-side prepared statements: psycopg believes a statement prepared when an
+        # aborted pipeline (a refused write) made the server skip its PREPARE.
+        conn.prepare_threshold = None
         synchronous = "on" if self.durability == "full" else "off"
         conn.execute(f"SET synchronous_commit TO {synchronous}")
 
@@ -541,8 +544,7 @@ class PostgresStore:
         try:
             with conn.pipeline():
                 try:
-                    for write in writes:
-                        updates.append(self._queue_write(conn, write))
+                    updates = self._queue_batch(conn, writes)
                     sent[0] = True
                     conn.execute("COMMIT")
                 except (psycopg.Error, TypeError, ValueError, OverflowError) as exc:
@@ -563,33 +565,52 @@ class PostgresStore:
             for write, cursor in zip(writes, updates, strict=True)
         ]
 
-    def _queue_write(self, conn: Any, write: Write) -> Any:
-        """Queue one write's statements in the pipeline; the update's cursor (or None)."""
-        eid = write.execution_id
-        if write.expect:
-            keys = tuple(write.expect)
-            sql = self._fenced_sql.get(keys)
-            if sql is None:
-                conditions = "".join(f" AND {k} IS NOT DISTINCT FROM %s" for k in keys)
-                sql = (
-                    "SELECT 1 / count(*) FROM (SELECT 1 FROM executions "
-                    f"WHERE execution_id = %s{conditions} FOR UPDATE) AS locked"
-                )
-                self._fenced_sql[keys] = sql
-            values = [_column_value(k, v) for k, v in write.expect.items()]
-            conn.execute(sql, (eid, *values), prepare=False)
-        if write.insert is not None:
-            conn.execute(_SQL_INSERT_EXECUTION, _insert_values(write.insert), prepare=False)
-        cursor = None
-        if write.update:
-            sql, values = self._update_statement(write.update)
-            cursor = conn.execute(sql, (*values, eid), prepare=False)
-        if write.events:
-            params: list[Any] = []
-            for e in write.events:
-                params += (eid, e.seq, e.type, e.call_id, e.name, e.value, e.time)
-            conn.execute(_insert_events_sql(len(write.events)), params, prepare=False)
-        return cursor
+    def _queue_batch(self, conn: Any, writes: list[Write]) -> list[Any]:
+        """Queue a batch's statements in the pipeline; each write's update cursor (or None).
+
+        Since any refusal sends the batch down the careful path, the fast path may merge: the
+        events of the whole batch go in the fewest INSERTs, after the writes' other statements
+        (nothing reads events meanwhile, and every execution they need exists by then), and an
+        ``expect`` already checked for the same execution, with no insert or update of it
+        since, is not checked again (its outcome cannot have changed).
+        """
+        updates: list[Any] = []
+        checked: dict[str, set[tuple[tuple[str, Any], ...]]] = {}
+        rows: list[tuple[Any, ...]] = []
+        for write in writes:
+            eid = write.execution_id
+            if write.expect:
+                signature = tuple(write.expect.items())
+                done = checked.setdefault(eid, set())
+                if signature not in done:
+                    self._queue_expect(conn, eid, write.expect)
+                    done.add(signature)
+            if write.insert is not None:
+                conn.execute(_SQL_INSERT_EXECUTION, _insert_values(write.insert))
+                checked.pop(eid, None)
+            cursor = None
+            if write.update:
+                sql, values = self._update_statement(write.update)
+                cursor = conn.execute(sql, (*values, eid))
+                checked.pop(eid, None)
+            updates.append(cursor)
+            rows += [(eid, e.seq, e.type, e.call_id, e.name, e.value, e.time) for e in write.events]
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[start : start + _ROWS_PER_INSERT]
+            conn.execute(_insert_events_sql(len(chunk)), [v for row in chunk for v in row])
+        return updates
+
+    def _queue_expect(self, conn: Any, eid: str, expect: dict[str, Any]) -> None:
+        keys = tuple(expect)
+        sql = self._fenced_sql.get(keys)
+        if sql is None:
+            conditions = "".join(f" AND {k} IS NOT DISTINCT FROM %s" for k in keys)
+            sql = (
+                "SELECT 1 / count(*) FROM (SELECT 1 FROM executions "
+                f"WHERE execution_id = %s{conditions} FOR UPDATE) AS locked"
+            )
+            self._fenced_sql[keys] = sql
+        conn.execute(sql, (eid, *(_column_value(k, v) for k, v in expect.items())))
 
     def _apply_one(self, conn: Any, write: Write, *, savepoint: bool) -> StoreError | None:
         try:
@@ -828,12 +849,11 @@ _IDLE = 0  # psycopg.pq.TransactionStatus.IDLE, without importing psycopg.pq at 
 
 
 _ROW = f"({', '.join(['%s'] * len(EVENT_COLUMNS))})"
+_ROWS_PER_INSERT = 60_000 // len(EVENT_COLUMNS)  # PostgreSQL takes at most 65,535 parameters
 
 
 def _insert_events_sql(rows: int) -> str:
-    """One INSERT of ``rows`` events. Statements in an aborted pipeline are not prepared
-    (psycopg would believe them prepared when the server skipped them), so they are sent whole;
-    one statement for the rows keeps that to one parse per write."""
+    """One INSERT of ``rows`` events."""
     return f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES {', '.join([_ROW] * rows)}"
 
 
