@@ -1139,3 +1139,13 @@ async def test_postgres_batches_that_go_through_take_one_pipeline(pg_url):
             await store.commit(Write("e1", events=[event("e1", 99)], expect={"lease_epoch": 5}))
         assert careful == ["e1"]
         assert await store.last_seq("e1") == 39
+
+
+@pytest.mark.trio
+async def test_postgres_tables_in_a_schema_of_their_own(pg_url):
+    pg_query(pg_url, "CREATE SCHEMA flux")
+    async with open_store(pg_url + "?options=-csearch_path%3Dflux&pool_max_size=2") as store:
+        await store.commit(Write("e1", insert=record()))
+        assert (await store.get_execution("e1")).execution_id == "e1"
+    tables = pg_query(pg_url, "SELECT schemaname FROM pg_tables WHERE tablename = 'executions'")
+    assert tables == [("flux",)]
