@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 import threading
 
 import anyio
@@ -1149,3 +1150,34 @@ async def test_postgres_tables_in_a_schema_of_their_own(pg_url):
         assert (await store.get_execution("e1")).execution_id == "e1"
     tables = pg_query(pg_url, "SELECT schemaname FROM pg_tables WHERE tablename = 'executions'")
     assert tables == [("flux",)]
+
+
+def test_postgres_example_runs(pg_url, tmp_path):
+    from tests.conftest import PYTHON, ROOT, subprocess_env
+
+    env = subprocess_env(tmp_path)
+    env["FLUX_STORE"] = pg_url
+    out = subprocess.run(
+        [PYTHON, os.path.join(ROOT, "examples", "postgres_store.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "first engine: PAUSED",
+        "second engine: COMPLETED reserved a book, approved by Grace",
+        "first engine reads it back: COMPLETED True",
+    ]
+    assert not os.path.exists(tmp_path / "flux.db")  # nothing went to SQLite
+    env.pop("FLUX_STORE")
+    out = subprocess.run(
+        [PYTHON, os.path.join(ROOT, "examples", "postgres_store.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1 and "set FLUX_STORE=postgresql://" in out.stderr
