@@ -116,18 +116,26 @@ class PgCluster:
             "--locale=C",
             "--no-sync",
         )
-        options = " ".join(
-            [
-                "-h 127.0.0.1",
-                f"-p {self.port}",
-                f"-k {self.base}",
-                "-c max_connections=300",
-                "-c shared_buffers=32MB",
-            ]
-            + ([] if self.fsync else ["-F"])
-        )
         pg_ctl = self._bin("pg_ctl")
-        self._run(pg_ctl, "-D", self.data, "-l", self.log, "-w", "-o", options, "start")
+        self._run(pg_ctl, "-D", self.data, "-l", self.log, "-w", "-o", self._options(), "start")
+        self.started = True
+
+    def _options(self) -> str:
+        options = [
+            "-h 127.0.0.1",
+            f"-p {self.port}",
+            f"-k {self.base}",
+            "-c max_connections=300",
+            "-c shared_buffers=32MB",
+        ]
+        return " ".join(options + ([] if self.fsync else ["-F"]))
+
+    def restart(self) -> None:
+        """Stop the server (fast: every session is cut) and start it again on the same port."""
+        pg_ctl = self._bin("pg_ctl")
+        self._run(pg_ctl, "-D", self.data, "-m", "fast", "-w", "stop")
+        self.started = False
+        self._run(pg_ctl, "-D", self.data, "-l", self.log, "-w", "-o", self._options(), "start")
         self.started = True
 
     def stop(self) -> None:

@@ -1181,3 +1181,45 @@ def test_postgres_example_runs(pg_url, tmp_path):
         timeout=60,
     )
     assert out.returncode == 1 and "set FLUX_STORE=postgresql://" in out.stderr
+
+
+@pytest.mark.trio
+async def test_postgres_store_survives_a_server_restart(pg_cluster, pg_url):
+    """Every pooled connection dies with the server; once it is back, the first commit and the
+    first read find their connection dead before anything was sent, and are retried."""
+    async with open_store(pg_url + "?pool_min_size=3&pool_max_size=3") as store:
+        await store.commit(Write("e1", insert=record(), events=[event("e1", 1)]))
+        async with trio.open_nursery() as nursery:  # check out all three connections once
+            for _ in range(6):
+                nursery.start_soon(store.load_events, "e1")
+        await trio.to_thread.run_sync(pg_cluster.restart)
+        await store.commit(append("e1", 2))  # on a dead connection first: checked, retried
+        await trio.to_thread.run_sync(pg_cluster.restart)
+        assert [e.seq for e in await store.load_events("e1")] == [1, 2]
+        await store.commit(append("e1", 3))
+        assert await store.last_seq("e1") == 3
+
+
+@pytest.mark.trio
+async def test_postgres_unencodable_text_is_a_store_error(pg_url):
+    async with open_store(pg_url) as store:
+        with pytest.raises(StoreError, match="store 'postgresql://"):
+            await store.get_execution("lone \ud800 surrogate")
+        with pytest.raises(StoreError, match="cannot store write"):
+            await store.commit(Write("e\ud800", insert=record("e\ud800")))
+        assert await store.count_executions() == 0
+
+
+def test_postgres_store_reused_across_event_loops(pg_url):
+    store = open_store(pg_url)
+
+    async def write():
+        await store.commit(Write("e1", insert=record(), events=[event("e1", 1)]))
+
+    async def read():
+        return await store.load_events("e1")
+
+    anyio.run(write, backend="trio")
+    assert anyio.run(read, backend="asyncio") == [event("e1", 1)]
+    assert anyio.run(read, backend="trio") == [event("e1", 1)]
+    anyio.run(store.aclose, backend="trio")

@@ -254,6 +254,7 @@ class PostgresStore:
         self._lock = threading.Lock()  # guards opening and closing the pool
         self._pool: psycopg_pool.ConnectionPool | None = None
         self._limiter: anyio.CapacityLimiter | None = None
+        self._limiter_loop: object = None
         self._closed = False
         self._writer = GroupCommit(self._apply_batch, f"store {self.location!r} is closed")
         # prepared SQL per set of columns (built in worker threads: dict writes are atomic)
@@ -401,8 +402,10 @@ class PostgresStore:
     async def _to_thread(self, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
             raise StoreError(f"store {self.location!r} is closed")
-        if self._limiter is None:
+        loop = anyio.lowlevel.current_token()
+        if self._limiter is None or self._limiter_loop is not loop:  # one limiter per loop
             self._limiter = anyio.CapacityLimiter(self._pool_settings["pool_max_size"])
+            self._limiter_loop = loop
         # not abandoned on cancellation: a cancelled caller waits for its call to finish
         return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
@@ -424,7 +427,7 @@ class PostgresStore:
                     pool.check()  # the others may be broken too (a server restart)
                     continue
                 raise self._error(exc) from exc
-            except psycopg.Error as exc:
+            except (psycopg.Error, UnicodeError) as exc:  # e.g. a lone surrogate in an id
                 raise self._error(exc) from exc
         raise AssertionError("unreachable")
 
