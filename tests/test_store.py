@@ -18,7 +18,7 @@ import trio
 import trio.testing
 
 from flux.runtime import store as store_module
-from flux.runtime import store_pg
+from flux.runtime import store_pg, store_pg_schema
 from flux.runtime.errors import StoreError
 from flux.runtime.events import ExecutionState
 from flux.runtime.settings import Settings, parse_store
@@ -792,7 +792,7 @@ async def test_postgres_older_schema_is_migrated_and_recorded(pg_url, monkeypatc
         """executions.priority"""
         conn.execute("ALTER TABLE executions ADD COLUMN priority INTEGER")
 
-    monkeypatch.setattr(store_pg, "MIGRATIONS", (*store_pg.MIGRATIONS, add_priority))
+    monkeypatch.setattr(store_pg_schema, "MIGRATIONS", (*store_pg_schema.MIGRATIONS, add_priority))
     async with open_store(pg_url) as store:
         assert (await store.get_execution("e1")).execution_id == "e1"
     assert pg_query(pg_url, "SELECT value FROM flux_meta") == [("2",)]
@@ -810,7 +810,7 @@ async def test_postgres_failing_migration_leaves_database_as_it_was(pg_url, monk
         conn.execute("CREATE TABLE half (x INTEGER)")
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(store_pg, "MIGRATIONS", (*store_pg.MIGRATIONS, half_done))
+    monkeypatch.setattr(store_pg_schema, "MIGRATIONS", (*store_pg_schema.MIGRATIONS, half_done))
     store = open_store(pg_url)
     with pytest.raises(StoreError, match="schema version 2 failed: boom"):
         await store.list_executions()
@@ -1122,13 +1122,13 @@ async def test_one_batch_applies_writes_in_order(location):
 async def test_postgres_batches_that_go_through_take_one_pipeline(pg_url):
     async with open_store(pg_url) as store:
         careful = []
-        apply_one = store._apply_one
+        apply_one = store._batches.apply_one
 
         def spy(conn, write, *, savepoint):
             careful.append(write.execution_id)
             return apply_one(conn, write, savepoint=savepoint)
 
-        store._apply_one = spy
+        store._batches.apply_one = spy
         await store.commit(Write("e1", insert=record(), events=[event("e1", 1)]))
         async with trio.open_nursery() as nursery:
             for seq in range(2, 40):
@@ -1223,3 +1223,14 @@ def test_postgres_store_reused_across_event_loops(pg_url):
     assert anyio.run(read, backend="asyncio") == [event("e1", 1)]
     assert anyio.run(read, backend="trio") == [event("e1", 1)]
     anyio.run(store.aclose, backend="trio")
+
+
+@pytest.mark.trio
+async def test_postgres_without_pipeline_mode_takes_the_careful_path(pg_url, monkeypatch):
+    monkeypatch.setattr(psycopg.Pipeline, "is_supported", classmethod(lambda cls: False))
+    async with open_store(pg_url) as store:
+        await store.commit(Write("e1", insert=record()), append("e1", 1, 2))
+        with pytest.raises(StaleWriteError):
+            await store.commit(Write("e1", events=[event("e1", 3)], expect={"lease_epoch": 9}))
+        await store.commit(Write("e1", events=[event("e1", 3)], expect={"lease_epoch": 0}))
+        assert [e.seq for e in await store.load_events("e1")] == [1, 2, 3]

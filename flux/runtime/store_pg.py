@@ -26,27 +26,33 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
-from enum import Enum
 from typing import Any, TypeVar
 
 import anyio
-import attrs
 
 from flux.runtime.errors import StoreError
 from flux.runtime.events import ExecutionState
 from flux.runtime.group_commit import GroupCommit
 from flux.runtime.records import (
-    EVENT_COLUMNS,
     EXECUTION_COLUMNS,
     WORKFLOW_COLUMNS,
     ExecutionRecord,
-    StaleWriteError,
     StoredEvent,
     StoreStatistics,
     WorkflowRecord,
     Write,
 )
 from flux.runtime.settings import check_durability, redact_url
+from flux.runtime.store_pg_schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SQL_SELECT_EVENTS,
+    SQL_SELECT_EXECUTION,
+    SQL_SELECT_WORKFLOW,
+    migrate,
+    one_line,
+)
+from flux.runtime.store_pg_write import BatchWriter
 
 try:
     import psycopg
@@ -73,101 +79,6 @@ POOL_PARAMETERS = ("pool_min_size", "pool_max_size", "pool_timeout")
 _DEFAULT_POOL = {"pool_min_size": 1, "pool_max_size": 10, "pool_timeout": 30.0}
 _CONNECT_TIMEOUT = 10  # seconds, unless the URL sets connect_timeout
 _DEADLOCK_RETRIES = 3  # attempts at a batch PostgreSQL rolled back for a deadlock
-_MIGRATION_LOCK = 0x464C5558  # "FLUX": the advisory lock held while migrating
-
-
-# ---------------------------------------------------------------------------------------------
-# Schema
-
-
-def _migrate_1(conn: Any) -> None:
-    """initial schema"""
-    conn.execute(
-        """
-        CREATE TABLE flux_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        CREATE TABLE flux_migrations (
-            version BIGINT PRIMARY KEY,
-            name TEXT NOT NULL,
-            applied_at DOUBLE PRECISION NOT NULL
-        );
-        CREATE TABLE workflows (
-            name TEXT NOT NULL,
-            version BIGINT NOT NULL,
-            source TEXT NOT NULL,
-            source_hash TEXT NOT NULL,
-            created_at DOUBLE PRECISION NOT NULL,
-            PRIMARY KEY (name, version)
-        );
-        CREATE TABLE executions (
-            execution_id TEXT PRIMARY KEY,
-            workflow_name TEXT NOT NULL,
-            workflow_version BIGINT,
-            parent_id TEXT,
-            input BYTEA NOT NULL,
-            output BYTEA,
-            state TEXT NOT NULL,
-            created_at DOUBLE PRECISION NOT NULL,
-            updated_at DOUBLE PRECISION NOT NULL,
-            lease_owner TEXT,
-            lease_epoch BIGINT NOT NULL DEFAULT 0,
-            lease_expires_at DOUBLE PRECISION,
-            wake_at DOUBLE PRECISION,
-            cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
-            -- insertion order, the tie-break of listings (SQLite's rowid)
-            row_id BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE
-        );
-        CREATE INDEX executions_created_at ON executions (created_at DESC, row_id DESC);
-        CREATE INDEX executions_state ON executions (state, created_at DESC, row_id DESC);
-        CREATE INDEX executions_workflow_name
-            ON executions (workflow_name, created_at DESC, row_id DESC);
-        CREATE INDEX executions_parent_id ON executions (parent_id, created_at DESC, row_id DESC);
-        CREATE TABLE events (
-            execution_id TEXT NOT NULL REFERENCES executions (execution_id),
-            seq BIGINT NOT NULL,
-            type TEXT NOT NULL,
-            call_id TEXT NOT NULL,
-            name TEXT NOT NULL,
-            value BYTEA,
-            time DOUBLE PRECISION NOT NULL,
-            PRIMARY KEY (execution_id, seq)
-        );
-        CREATE TABLE secrets (
-            name TEXT PRIMARY KEY,
-            ciphertext BYTEA NOT NULL,
-            updated_at DOUBLE PRECISION NOT NULL
-        );
-        CREATE TABLE cache (
-            key TEXT PRIMARY KEY,
-            value BYTEA,
-            created_at DOUBLE PRECISION NOT NULL,
-            expires_at DOUBLE PRECISION
-        );
-        """
-    )
-
-
-#: Migration ``i`` (0-based) brings a database from schema version ``i`` to ``i + 1``; version 0
-#: is an empty database. Append, never edit: all that are due run in the opening transaction,
-#: and each is recorded in ``flux_migrations`` (its docstring's first line is its name).
-MIGRATIONS: tuple[Callable[[Any], None], ...] = (_migrate_1,)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-_VERSION_KEY = "schema_version"
-
-_SQL_INSERT_EVENTS = (
-    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
-    f"VALUES ({', '.join(['%s'] * len(EVENT_COLUMNS))})"
-)
-_SQL_INSERT_EXECUTION = (
-    f"INSERT INTO executions ({', '.join(EXECUTION_COLUMNS)}) "
-    f"VALUES ({', '.join(['%s'] * len(EXECUTION_COLUMNS))})"
-)
-_SQL_SELECT_EXECUTION = f"SELECT {', '.join(EXECUTION_COLUMNS)} FROM executions"
-_SQL_SELECT_EVENTS = (
-    f"SELECT {', '.join(EVENT_COLUMNS)} FROM events "
-    "WHERE execution_id = %s AND seq > %s ORDER BY seq"
-)
-_SQL_SELECT_WORKFLOW = f"SELECT {', '.join(WORKFLOW_COLUMNS)} FROM workflows"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,24 +125,6 @@ def split_pool_parameters(url: str) -> tuple[str, dict[str, Any]]:
     return urllib.parse.urlunsplit(rest), pool
 
 
-def _one_line(exc: BaseException, *secrets: str) -> str:
-    """An error's message on one line, with every secret given replaced by ``***``."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
-class _Refused(Exception):
-    """A write refused by the database; ``explain`` builds its StoreError once the transaction
-    (or savepoint) is rolled back, since PostgreSQL answers no query in a failed transaction."""
-
-    def __init__(self, explain: Callable[[Any], StoreError]):
-        super().__init__("refused")
-        self.explain = explain
-
-
 class PostgresStore:
     """The writer and reader of a Flux database on a PostgreSQL server; see the module docstring.
 
@@ -257,10 +150,7 @@ class PostgresStore:
         self._limiter_loop: object = None
         self._closed = False
         self._writer = GroupCommit(self._apply_batch, f"store {self.location!r} is closed")
-        # prepared SQL per set of columns (built in worker threads: dict writes are atomic)
-        self._update_sql: dict[tuple[str, ...], str] = {}
-        self._expect_sql: dict[tuple[str, ...], str] = {}
-        self._fenced_sql: dict[tuple[str, ...], str] = {}
+        self._batches = BatchWriter()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._pool is not None else "unopened"
@@ -303,10 +193,10 @@ class PostgresStore:
             except psycopg.Error as exc:
                 raise StoreError(
                     f"cannot connect to the PostgreSQL store {self.location}: "
-                    f"{_one_line(exc, self._password)}"
+                    f"{one_line(exc, self._password)}"
                 ) from None
             try:
-                self._migrate(conn)
+                migrate(conn, self.location, self._password)
             finally:
                 conn.close()
             settings = self._pool_settings
@@ -326,7 +216,7 @@ class PostgresStore:
                 pool.close(timeout=1.0)
                 raise StoreError(
                     f"cannot open connections to the PostgreSQL store {self.location}: "
-                    f"{_one_line(exc, self._password)}"
+                    f"{one_line(exc, self._password)}"
                 ) from None
             self._pool = pool
             return pool
@@ -346,44 +236,6 @@ class PostgresStore:
         conn.prepare_threshold = None
         synchronous = "on" if self.durability == "full" else "off"
         conn.execute(f"SET synchronous_commit TO {synchronous}")
-
-    def _migrate(self, conn: Any) -> None:
-        where = self.location
-        latest = len(MIGRATIONS)  # not SCHEMA_VERSION: tests substitute MIGRATIONS
-        try:
-            with conn.transaction():
-                # two processes opening a new database at once: the second waits, then sees
-                # the schema the first created
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-                version = _schema_version(conn)
-                if version > latest:
-                    raise StoreError(
-                        f"database {where!r} has schema version {version}, newer than version "
-                        f"{latest} that this Flux knows; upgrade Flux to open it"
-                    )
-                for target, migrate in enumerate(MIGRATIONS[version:], start=version + 1):
-                    try:
-                        with conn.transaction():
-                            migrate(conn)
-                    except Exception as exc:
-                        raise StoreError(
-                            f"migrating database {where!r} to schema version {target} failed: "
-                            f"{_one_line(exc, self._password)}"
-                        ) from exc
-                    name = (migrate.__doc__ or migrate.__name__).strip().splitlines()[0]
-                    conn.execute(
-                        "INSERT INTO flux_migrations (version, name, applied_at) "
-                        "VALUES (%s, %s, %s)",
-                        (target, name, time.time()),
-                    )
-                if version < latest:
-                    conn.execute(
-                        "INSERT INTO flux_meta (key, value) VALUES (%s, %s) "
-                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                        (_VERSION_KEY, str(latest)),
-                    )
-        except psycopg.Error as exc:
-            raise StoreError(f"store {where!r}: {_one_line(exc, self._password)}") from exc
 
     # -- running SQL in worker threads ----------------------------------------------------------
 
@@ -432,7 +284,7 @@ class PostgresStore:
         raise AssertionError("unreachable")
 
     def _error(self, exc: BaseException) -> StoreError:
-        return StoreError(f"store {self.location!r}: {_one_line(exc, self._password)}")
+        return StoreError(f"store {self.location!r}: {one_line(exc, self._password)}")
 
     # -- group commit ---------------------------------------------------------------------------
 
@@ -471,7 +323,7 @@ class PostgresStore:
             conn = None
             try:
                 with pool.connection() as conn:
-                    return self._apply_writes(conn, writes, sent)
+                    return self._batches.apply(conn, writes, sent)
             except (pg_errors.TransactionRollback, pg_errors.DeadlockDetected) as exc:
                 if attempt < _DEADLOCK_RETRIES and conn is not None and not conn.broken:
                     logger.info("store %s: batch rolled back (%s), retrying", self.location, exc)
@@ -482,7 +334,7 @@ class PostgresStore:
                     raise StoreError(
                         f"store {self.location!r}: the connection failed while committing "
                         f"{len(writes)} write(s), whose outcome is unknown: "
-                        f"{_one_line(exc, self._password)}"
+                        f"{one_line(exc, self._password)}"
                     ) from exc
                 if attempt == 1 and conn is not None and conn.broken:
                     logger.info("store %s: retrying a batch on a new connection", self.location)
@@ -491,212 +343,6 @@ class PostgresStore:
                 raise self._error(exc) from exc
             except psycopg.Error as exc:
                 raise self._error(exc) from exc
-
-    def _apply_writes(
-        self, conn: Any, writes: list[Write], sent: list[bool]
-    ) -> list[StoreError | None]:
-        execute = conn.execute
-        execute("BEGIN")  # its own round trip: proves the connection alive before COMMIT is sent
-        try:
-            errors = self._apply_pipelined(conn, writes, sent)
-            if errors is not None:
-                return errors
-            # something in the batch was refused: again, one write at a time, each in its own
-            # savepoint, to tell the refused writes from the others
-            execute("BEGIN")
-            if len(writes) == 1:  # no savepoint needed: a refusal rolls everything back
-                error = self._apply_one(conn, writes[0], savepoint=False)
-                if error is not None:
-                    return [error]
-                sent[0] = True
-                execute("COMMIT")
-                return [None]
-            errors = []
-            for write in writes:
-                execute("SAVEPOINT flux_write")
-                errors.append(self._apply_one(conn, write, savepoint=True))
-                execute("RELEASE SAVEPOINT flux_write")
-            sent[0] = True
-            execute("COMMIT")
-            return errors
-        except BaseException:
-            if not conn.broken and conn.info.transaction_status != _IDLE:
-                try:
-                    execute("ROLLBACK")
-                except psycopg.Error:
-                    pass
-            raise
-
-    def _apply_pipelined(
-        self, conn: Any, writes: list[Write], sent: list[bool]
-    ) -> list[StoreError | None] | None:
-        """The whole batch and its COMMIT in one round trip (psycopg's pipeline mode), for when
-        every write goes through; None (rolled back) when the database refused something.
-
-        In a pipeline nothing waits for a statement's outcome, so an ``expect`` that does not
-        hold must fail by itself: its statement divides by the number of matching rows, and
-        the error skips every statement after it, the COMMIT included. An ``update`` of an
-        execution that does not exist matches no row; such a write holds nothing else that
-        could have been stored (an insert would have created the row, events would have
-        failed on the foreign key), so it is reported as refused after the commit.
-        """
-        if not psycopg.Pipeline.is_supported():  # a libpq older than 14
-            return None
-        updates: list[Any] = []
-        refused: BaseException | None = None
-        try:
-            with conn.pipeline():
-                try:
-                    updates = self._queue_batch(conn, writes)
-                    sent[0] = True
-                    conn.execute("COMMIT")
-                except (psycopg.Error, TypeError, ValueError, OverflowError) as exc:
-                    refused = exc  # the pipeline still ends cleanly (its Sync is sent)
-        except psycopg.Error as exc:
-            refused = exc
-        if refused is not None:
-            if conn.broken:
-                raise refused
-            sent[0] = False  # the error skipped the COMMIT: nothing was committed
-            if conn.info.transaction_status != _IDLE:
-                conn.execute("ROLLBACK")
-            return None
-        return [
-            StoreError(f"cannot update execution {write.execution_id!r}: no such execution")
-            if cursor is not None and cursor.rowcount == 0
-            else None
-            for write, cursor in zip(writes, updates, strict=True)
-        ]
-
-    def _queue_batch(self, conn: Any, writes: list[Write]) -> list[Any]:
-        """Queue a batch's statements in the pipeline; each write's update cursor (or None).
-
-        Since any refusal sends the batch down the careful path, the fast path may merge: the
-        events of the whole batch go in the fewest INSERTs, after the writes' other statements
-        (nothing reads events meanwhile, and every execution they need exists by then), and an
-        ``expect`` already checked for the same execution, with no insert or update of it
-        since, is not checked again (its outcome cannot have changed).
-        """
-        updates: list[Any] = []
-        checked: dict[str, set[tuple[tuple[str, Any], ...]]] = {}
-        rows: list[tuple[Any, ...]] = []
-        for write in writes:
-            eid = write.execution_id
-            if write.expect:
-                signature = tuple(write.expect.items())
-                done = checked.setdefault(eid, set())
-                if signature not in done:
-                    self._queue_expect(conn, eid, write.expect)
-                    done.add(signature)
-            if write.insert is not None:
-                conn.execute(_SQL_INSERT_EXECUTION, _insert_values(write.insert))
-                checked.pop(eid, None)
-            cursor = None
-            if write.update:
-                sql, values = self._update_statement(write.update)
-                cursor = conn.execute(sql, (*values, eid))
-                checked.pop(eid, None)
-            updates.append(cursor)
-            rows += [(eid, e.seq, e.type, e.call_id, e.name, e.value, e.time) for e in write.events]
-        for start in range(0, len(rows), _ROWS_PER_INSERT):
-            chunk = rows[start : start + _ROWS_PER_INSERT]
-            conn.execute(_insert_events_sql(len(chunk)), [v for row in chunk for v in row])
-        return updates
-
-    def _queue_expect(self, conn: Any, eid: str, expect: dict[str, Any]) -> None:
-        keys = tuple(expect)
-        sql = self._fenced_sql.get(keys)
-        if sql is None:
-            conditions = "".join(f" AND {k} IS NOT DISTINCT FROM %s" for k in keys)
-            sql = (
-                "SELECT 1 / count(*) FROM (SELECT 1 FROM executions "
-                f"WHERE execution_id = %s{conditions} FOR UPDATE) AS locked"
-            )
-            self._fenced_sql[keys] = sql
-        conn.execute(sql, (eid, *(_column_value(k, v) for k, v in expect.items())))
-
-    def _apply_one(self, conn: Any, write: Write, *, savepoint: bool) -> StoreError | None:
-        try:
-            self._apply_write(conn, write)
-        except (StoreError, _Refused) as exc:
-            conn.execute("ROLLBACK TO SAVEPOINT flux_write" if savepoint else "ROLLBACK")
-            return exc.explain(conn) if isinstance(exc, _Refused) else exc
-        return None
-
-    def _apply_write(self, conn: Any, write: Write) -> None:
-        """Apply one write, raising StoreError (or _Refused) for anything the caller did wrong."""
-        eid = write.execution_id
-        execute = conn.execute
-        try:
-            if write.expect:
-                keys = tuple(write.expect)
-                sql = self._expect_sql.get(keys)
-                if sql is None:
-                    conditions = "".join(f" AND {k} IS NOT DISTINCT FROM %s" for k in keys)
-                    sql = (
-                        f"SELECT 1 FROM executions WHERE execution_id = %s{conditions} FOR UPDATE"
-                    )
-                    self._expect_sql[keys] = sql
-                values = [_column_value(k, v) for k, v in write.expect.items()]
-                if execute(sql, (eid, *values)).fetchone() is None:
-                    raise _stale_error(conn, write)
-            if write.insert is not None:
-                try:
-                    execute(_SQL_INSERT_EXECUTION, _insert_values(write.insert))
-                except pg_errors.UniqueViolation as exc:
-                    raise StoreError(f"execution {eid!r} already exists") from exc
-                except psycopg.IntegrityError as exc:
-                    raise StoreError(f"cannot insert execution {eid!r}: {_one_line(exc)}") from exc
-            if write.update:
-                self._apply_update(conn, eid, write.update)
-            if write.events:
-                try:
-                    conn.cursor().executemany(
-                        _SQL_INSERT_EVENTS,
-                        [
-                            (eid, e.seq, e.type, e.call_id, e.name, e.value, e.time)
-                            for e in write.events
-                        ],
-                    )
-                except pg_errors.ForeignKeyViolation as exc:
-                    raise StoreError(f"cannot append events: no execution {eid!r}") from exc
-                except pg_errors.UniqueViolation as exc:
-                    raise _Refused(lambda c: _events_clash(c, write)) from exc
-                except psycopg.IntegrityError as exc:
-                    raise StoreError(
-                        f"cannot append events to execution {eid!r}: {_one_line(exc)}"
-                    ) from exc
-        except (
-            psycopg.DataError,
-            psycopg.ProgrammingError,
-            TypeError,
-            OverflowError,
-            ValueError,
-        ) as exc:  # a value PostgreSQL cannot take
-            raise StoreError(f"cannot store write to execution {eid!r}: {_one_line(exc)}") from exc
-
-    def _update_statement(self, update: dict[str, Any]) -> tuple[str, list[Any]]:
-        keys = tuple(update)
-        sql = self._update_sql.get(keys)
-        if sql is None:
-            assignments = [f"{k} = %s" for k in keys]
-            if "updated_at" not in update:
-                assignments.append("updated_at = %s")
-            sql = f"UPDATE executions SET {', '.join(assignments)} WHERE execution_id = %s"
-            self._update_sql[keys] = sql
-        values = [_column_value(k, v) for k, v in update.items()]
-        if "updated_at" not in update:
-            values.append(time.time())
-        return sql, values
-
-    def _apply_update(self, conn: Any, eid: str, update: dict[str, Any]) -> None:
-        sql, values = self._update_statement(update)
-        try:
-            cursor = conn.execute(sql, (*values, eid))
-        except psycopg.IntegrityError as exc:
-            raise StoreError(f"cannot update execution {eid!r}: {_one_line(exc)}") from exc
-        if cursor.rowcount == 0:
-            raise StoreError(f"cannot update execution {eid!r}: no such execution")
 
     # -- executions and events ------------------------------------------------------------------
 
@@ -742,7 +388,7 @@ class PostgresStore:
         """Executions matching every filter given, newest first. ``state`` may be several."""
         where, params = _execution_filters(workflow_name, state, parent_id)
         sql = (
-            f"{_SQL_SELECT_EXECUTION}{where} ORDER BY created_at DESC, row_id DESC "
+            f"{SQL_SELECT_EXECUTION}{where} ORDER BY created_at DESC, row_id DESC "
             "LIMIT %s OFFSET %s"
         )
         params.extend((None if limit is None or limit < 0 else limit, max(offset, 0)))
@@ -848,45 +494,8 @@ class PostgresStore:
 # ---------------------------------------------------------------------------------------------
 # Helpers running in worker threads
 
-_IDLE = 0  # psycopg.pq.TransactionStatus.IDLE, without importing psycopg.pq at module level
-
-
-_ROW = f"({', '.join(['%s'] * len(EVENT_COLUMNS))})"
-_ROWS_PER_INSERT = 60_000 // len(EVENT_COLUMNS)  # PostgreSQL takes at most 65,535 parameters
-
-
-def _insert_events_sql(rows: int) -> str:
-    """One INSERT of ``rows`` events."""
-    return f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES {', '.join([_ROW] * rows)}"
-
-
 def _noop(conn: Any) -> None:
     pass
-
-
-def _schema_version(conn: Any) -> int:
-    if conn.execute("SELECT to_regclass('flux_meta')").fetchone()[0] is None:
-        return 0
-    row = conn.execute("SELECT value FROM flux_meta WHERE key = %s", (_VERSION_KEY,)).fetchone()
-    return 0 if row is None else int(row[0])
-
-
-def _column_value(column: str, value: Any) -> Any:
-    """A Python value as the column's PostgreSQL type wants it (SQLite takes either form)."""
-    if isinstance(value, Enum):
-        return value.value
-    if column == "cancel_requested" and isinstance(value, int):
-        return bool(value)
-    return value
-
-
-def _insert_values(record: ExecutionRecord) -> tuple[Any, ...]:
-    return tuple(
-        _column_value(name, value)
-        for name, value in zip(
-            EXECUTION_COLUMNS, attrs.astuple(record, recurse=False), strict=True
-        )
-    )
 
 
 def _execute(conn: Any, sql: str, params: Sequence[Any]) -> int:
@@ -908,7 +517,7 @@ def _execution(row: Sequence[Any]) -> ExecutionRecord:
 
 def _get_execution(conn: Any, execution_id: str) -> ExecutionRecord | None:
     row = conn.execute(
-        f"{_SQL_SELECT_EXECUTION} WHERE execution_id = %s", (execution_id,), binary=True
+        f"{SQL_SELECT_EXECUTION} WHERE execution_id = %s", (execution_id,), binary=True
     ).fetchone()
     return None if row is None else _execution(row)
 
@@ -918,7 +527,7 @@ def _list_executions(conn: Any, sql: str, params: Sequence[Any]) -> list[Executi
 
 
 def _load_events(conn: Any, execution_id: str, after_seq: int) -> list[StoredEvent]:
-    rows = conn.execute(_SQL_SELECT_EVENTS, (execution_id, after_seq), binary=True)
+    rows = conn.execute(SQL_SELECT_EVENTS, (execution_id, after_seq), binary=True)
     return [StoredEvent(*row) for row in rows]
 
 
@@ -939,10 +548,10 @@ def _save_workflow(
 
 def _get_workflow(conn: Any, name: str, version: int | None) -> WorkflowRecord | None:
     if version is None:
-        sql = f"{_SQL_SELECT_WORKFLOW} WHERE name = %s ORDER BY version DESC LIMIT 1"
+        sql = f"{SQL_SELECT_WORKFLOW} WHERE name = %s ORDER BY version DESC LIMIT 1"
         row = conn.execute(sql, (name,)).fetchone()
     else:
-        sql = f"{_SQL_SELECT_WORKFLOW} WHERE name = %s AND version = %s"
+        sql = f"{SQL_SELECT_WORKFLOW} WHERE name = %s AND version = %s"
         row = conn.execute(sql, (name, version)).fetchone()
     return None if row is None else WorkflowRecord(*row)
 
@@ -962,41 +571,6 @@ def _list_workflows(conn: Any) -> list[WorkflowRecord]:
         "ORDER BY name COLLATE \"C\", version DESC"
     )
     return [WorkflowRecord(*row) for row in conn.execute(sql)]
-
-
-def _stale_error(conn: Any, write: Write) -> StaleWriteError:
-    eid = write.execution_id
-    expect = write.expect or {}
-    row = conn.execute(
-        f"SELECT {', '.join(expect)} FROM executions WHERE execution_id = %s", (eid,)
-    ).fetchone()
-    expected = ", ".join(f"{k}={v!r}" for k, v in expect.items())
-    if row is None:
-        return StaleWriteError(
-            f"stale write to execution {eid!r} refused: expected {expected}, "
-            "but there is no such execution"
-        )
-    found = ", ".join(f"{k}={v!r}" for k, v in zip(expect, row, strict=True))
-    return StaleWriteError(
-        f"stale write to execution {eid!r} refused: expected {expected}, found {found}"
-    )
-
-
-def _events_clash(conn: Any, write: Write) -> StoreError:
-    """The message for a write whose event seqs are already stored (after the rollback)."""
-    eid = write.execution_id
-    seqs = [e.seq for e in write.events]
-    stored = {
-        row[0]
-        for row in conn.execute(
-            "SELECT seq FROM events WHERE execution_id = %s AND seq = ANY(%s)", (eid, seqs)
-        )
-    }
-    repeated = {s for s in seqs if seqs.count(s) > 1}
-    clashes = sorted(stored | repeated)
-    return StoreError(
-        f"event seq {', '.join(map(str, clashes))} of execution {eid!r} already stored"
-    )
 
 
 # ---------------------------------------------------------------------------------------------
