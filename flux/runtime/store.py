@@ -565,6 +565,7 @@ class Store:
                 if cursor.rowcount == 0:
                     raise StoreError(f"cannot update execution {eid!r}: no such execution")
             if write.events:
+                changes = conn.total_changes
                 try:
                     conn.executemany(
                         _SQL_INSERT_EVENTS,
@@ -574,7 +575,8 @@ class Store:
                         ],
                     )
                 except sqlite3.IntegrityError as exc:
-                    raise _events_error(conn, write, exc) from exc
+                    inserted = conn.total_changes - changes
+                    raise _events_error(conn, write, exc, inserted) from exc
         except (
             sqlite3.ProgrammingError,
             sqlite3.InterfaceError,
@@ -859,8 +861,10 @@ def _stale_error(conn: sqlite3.Connection, write: Write) -> StaleWriteError:
 
 
 def _events_error(
-    conn: sqlite3.Connection, write: Write, exc: sqlite3.IntegrityError
+    conn: sqlite3.Connection, write: Write, exc: sqlite3.IntegrityError, inserted: int = 0
 ) -> StoreError:
+    """The message for a refused append; ``inserted``: how many of its rows executemany had
+    inserted (still in the transaction) before the one that failed."""
     eid = write.execution_id
     message = str(exc)
     if "FOREIGN KEY" in message:
@@ -875,8 +879,9 @@ def _events_error(
                 (eid, *seqs),
             )
         }
+        mine = set(seqs[:inserted])  # stored by this very write: not clashes
         repeated = {s for s in seqs if seqs.count(s) > 1}
-        clashes = sorted(stored | repeated)
+        clashes = sorted((stored - mine) | repeated)
         return StoreError(
             f"event seq {', '.join(map(str, clashes))} of execution {eid!r} already stored"
         )

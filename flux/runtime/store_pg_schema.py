@@ -22,7 +22,6 @@ except ImportError:  # the extra is not installed: PostgresStore() says so
 __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
-    "SQL_INSERT_EVENTS",
     "SQL_INSERT_EXECUTION",
     "SQL_SELECT_EVENTS",
     "SQL_SELECT_EXECUTION",
@@ -108,10 +107,6 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 _VERSION_KEY = "schema_version"
 
-SQL_INSERT_EVENTS = (
-    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
-    f"VALUES ({', '.join(['%s'] * len(EVENT_COLUMNS))})"
-)
 SQL_INSERT_EXECUTION = (
     f"INSERT INTO executions ({', '.join(EXECUTION_COLUMNS)}) "
     f"VALUES ({', '.join(['%s'] * len(EXECUTION_COLUMNS))})"

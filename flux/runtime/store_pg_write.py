@@ -22,7 +22,6 @@ from flux.runtime.records import (
     Write,
 )
 from flux.runtime.store_pg_schema import (
-    SQL_INSERT_EVENTS,
     SQL_INSERT_EXECUTION,
     one_line,
 )
@@ -45,6 +44,17 @@ _ROWS_PER_INSERT = 60_000 // len(EVENT_COLUMNS)  # PostgreSQL takes at most 65,5
 def _insert_events_sql(rows: int) -> str:
     """One INSERT of ``rows`` events."""
     return f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES {', '.join([_ROW] * rows)}"
+
+
+def _event_rows(write: Write) -> list[tuple[Any, ...]]:
+    eid = write.execution_id
+    return [(eid, e.seq, e.type, e.call_id, e.name, e.value, e.time) for e in write.events]
+
+
+def _insert_events(conn: Any, rows: list[tuple[Any, ...]]) -> None:
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[start : start + _ROWS_PER_INSERT]
+        conn.execute(_insert_events_sql(len(chunk)), [v for row in chunk for v in row])
 
 
 class _Refused(Exception):
@@ -174,10 +184,8 @@ class BatchWriter:
                 cursor = conn.execute(sql, (*values, eid))
                 checked.pop(eid, None)
             updates.append(cursor)
-            rows += [(eid, e.seq, e.type, e.call_id, e.name, e.value, e.time) for e in write.events]
-        for start in range(0, len(rows), _ROWS_PER_INSERT):
-            chunk = rows[start : start + _ROWS_PER_INSERT]
-            conn.execute(_insert_events_sql(len(chunk)), [v for row in chunk for v in row])
+            rows += _event_rows(write)
+        _insert_events(conn, rows)
         return updates
 
     def _queue_expect(self, conn: Any, eid: str, expect: dict[str, Any]) -> None:
@@ -227,14 +235,8 @@ class BatchWriter:
             if write.update:
                 self._apply_update(conn, eid, write.update)
             if write.events:
-                try:
-                    conn.cursor().executemany(
-                        SQL_INSERT_EVENTS,
-                        [
-                            (eid, e.seq, e.type, e.call_id, e.name, e.value, e.time)
-                            for e in write.events
-                        ],
-                    )
+                try:  # multi-row INSERTs, not executemany (whose own pipeline logs refusals)
+                    _insert_events(conn, _event_rows(write))
                 except pg_errors.ForeignKeyViolation as exc:
                     raise StoreError(f"cannot append events: no execution {eid!r}") from exc
                 except pg_errors.UniqueViolation as exc:
