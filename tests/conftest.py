@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from tests.conftest_pg import pg_cluster, pg_url  # noqa: F401 - fixtures for every test module
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -17,6 +19,7 @@ def flux_home(tmp_path, monkeypatch):
     monkeypatch.setenv("FLUX_SECRET_KEY_FILE", str(tmp_path / "secret.key"))
     monkeypatch.delenv("FLUX_SECRET_KEY", raising=False)
     monkeypatch.delenv("FLUX_DURABILITY", raising=False)
+    monkeypatch.delenv("FLUX_STORE", raising=False)
     return tmp_path
 
 
@@ -40,7 +43,7 @@ PYTHON = sys.executable
 
 @pytest.fixture
 def settled_clock():
-    """A virtual clock that jumps only after the loop has been idle for 50 ms of real time.
+    """A virtual clock that jumps only after the loop has been idle for 200 ms of real time.
 
     pytest-trio's ``autojump_clock`` jumps as soon as every task is blocked, which includes a
     task waiting for a store commit in a worker thread: virtual time can then run ahead of a
@@ -48,4 +51,4 @@ def settled_clock():
     """
     import trio.testing
 
-    return trio.testing.MockClock(autojump_threshold=0.05)
+    return trio.testing.MockClock(autojump_threshold=0.2)

@@ -597,6 +597,7 @@ async def open_engine(
     settings: Settings | None = None,
     *,
     db: str | None = None,
+    store: str | None = None,
     durability: str | None = None,
     clock: Callable[[], float] = time.time,
     cancel_poll: float | None = 2.0,
@@ -604,23 +605,31 @@ async def open_engine(
 ) -> AsyncIterator[Engine]:
     """Open the store named by ``settings`` (or the environment) and yield an engine on it.
 
+    ``store`` names it directly (a path, ``sqlite:///path`` or ``postgresql://...``, winning over
+    ``settings`` and ``db``); ``db`` is the SQLite path, as before.
+
     With ``cancel_poll`` (seconds, the longest wait between two looks), the engine watches the
     store for cancel requests from other processes while it runs executions, and renews the
     leases of its runs every ``lease_ttl / 3`` seconds; None turns both off (and with them the
     early flush of queued events): leases are then renewed only before user code starts, so a
     task running longer than the lease ttl can be taken over. Meant for tests in virtual time."""
     if settings is None:
-        settings = Settings.from_env(db_path=db, durability=durability, lease_ttl=lease_ttl)
-    elif lease_ttl is not None:
-        settings = attrs.evolve(settings, lease_ttl=lease_ttl)
-    store = open_store(
-        settings.db_path,
+        settings = Settings.from_env(
+            db_path=db, durability=durability, lease_ttl=lease_ttl, store=store
+        )
+    else:
+        if store is not None:
+            settings = attrs.evolve(settings, store=store)
+        if lease_ttl is not None:
+            settings = attrs.evolve(settings, lease_ttl=lease_ttl)
+    opened = open_store(
+        settings.store,
         durability=settings.durability,
         busy_timeout=settings.busy_timeout,
         retry_for=settings.store_retry_for,
     )
     engine = Engine(
-        store, settings, SecretStore(store, settings), clock=clock, cancel_poll=cancel_poll
+        opened, settings, SecretStore(opened, settings), clock=clock, cancel_poll=cancel_poll
     )
     try:
         if cancel_poll is None:
@@ -641,4 +650,4 @@ async def open_engine(
             raise
     finally:
         with anyio.CancelScope(shield=True):
-            await store.aclose()
+            await opened.aclose()

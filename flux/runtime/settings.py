@@ -2,6 +2,9 @@
 
 ``Settings.from_env()`` reads:
 
+- ``FLUX_STORE``: where the store lives: a path or ``sqlite:///path`` for SQLite,
+  ``postgresql://user:password@host:port/database`` for PostgreSQL (see :func:`parse_store`);
+  default: the SQLite file ``FLUX_DB`` names;
 - ``FLUX_DB``: path of the SQLite database (default ``.flux/flux.db`` under the current directory);
 - ``FLUX_DURABILITY``: ``full`` (default: fsync at each commit, survives power loss) or ``normal``;
 - ``FLUX_SECRET_KEY_FILE``: file holding the key that encrypts secrets at rest (default
@@ -13,12 +16,14 @@
 - ``FLUX_STORE_RETRY_FOR``: seconds a commit that failed as a whole (locked, disk full, I/O
   error) is retried with backoff before the runs waiting on it stop (default 30).
 
-Keyword overrides given to ``from_env`` win over the environment when they are not ``None``.
+Keyword overrides given to ``from_env`` win over the environment when they are not ``None``; an
+explicit ``db_path`` wins over ``FLUX_STORE``, and ``FLUX_STORE`` over ``FLUX_DB``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 
 import attrs
@@ -36,6 +41,69 @@ def check_durability(value: str) -> str:
             f"unknown durability {value!r}: expected one of {', '.join(map(repr, DURABILITIES))}"
         )
     return value
+
+
+#: URL schemes naming a PostgreSQL store (both are libpq's).
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+@attrs.frozen
+class StoreLocation:
+    """Which kind of store a location names, and where: a file path for ``"sqlite"``, the URL
+    (handed to libpq as it is) for ``"postgresql"``."""
+
+    kind: str
+    target: str
+
+
+def parse_store(location: str) -> StoreLocation:
+    """Tell a SQLite location from a PostgreSQL one, or raise ``ValueError`` naming what is wrong.
+
+    - a plain path (``flux.db``, ``/var/lib/flux/flux.db``): SQLite;
+    - ``sqlite:///`` followed by the path, as in SQLAlchemy: ``sqlite:///flux.db`` is relative
+      to the current directory, ``sqlite:////var/lib/flux.db`` (four slashes) is absolute;
+    - ``postgresql://user:password@host:port/database`` (or ``postgres://``, and any libpq URL
+      parameter after ``?``): PostgreSQL.
+    """
+    if not isinstance(location, str) or not location.strip():
+        raise ValueError(f"empty store location {location!r}: give a path or a URL")
+    match = _SCHEME.match(location)
+    if match is None:
+        return StoreLocation("sqlite", location)
+    scheme = match.group(1).lower()
+    if scheme in POSTGRES_SCHEMES:
+        return StoreLocation("postgresql", location)
+    if scheme == "sqlite":
+        rest = location[match.end() :]
+        if not rest.startswith("/") or len(rest) < 2:
+            raise ValueError(
+                f"store URL {location!r} names no file: write sqlite:///relative/path.db "
+                "or sqlite:////absolute/path.db"
+            )
+        if "?" in rest or "#" in rest:
+            raise ValueError(f"store URL {location!r}: SQLite URLs take no parameters")
+        return StoreLocation("sqlite", rest[1:])
+    raise ValueError(
+        f"unknown store URL scheme {scheme!r} in {redact_url(location)!r}: expected a "
+        "path, sqlite:///path or postgresql://user:password@host:port/database"
+    )
+
+
+def redact_url(location: str) -> str:
+    """``location`` with its password (``user:password@`` or a ``password=`` parameter) shown as
+    ``***``, fit for messages and logs."""
+    hidden = re.sub(r"^([^:/]+://[^:/@]*):[^@/]*@", r"\1:***@", location)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", hidden, flags=re.IGNORECASE)
+
+
+def _validate_store(_instance: object, _attribute: object, value: str) -> None:
+    parse_store(value)
+
+
+def _default_store(settings: Settings) -> str:
+    return settings.db_path
 
 
 def _validate_durability(_instance: object, _attribute: object, value: str) -> None:
@@ -68,12 +136,22 @@ def _ttl(value: object) -> object:
 
 @attrs.frozen
 class Settings:
-    """Where the store lives, how hard it commits, and how long a runner's lease lasts."""
+    """Where the store lives, how hard it commits, and how long a runner's lease lasts.
+
+    ``store`` is the location the store is opened from (a path or a URL, see
+    :func:`parse_store`); it defaults to ``db_path``, which stays the SQLite file's path (and
+    places the default secret key file) for the code and the commands that predate ``store``.
+    """
 
     db_path: str = attrs.field(factory=_default_db_path)
     durability: str = attrs.field(default="full", validator=_validate_durability)
     secret_key_file: str | None = attrs.field(
         default=attrs.Factory(_default_secret_key_file, takes_self=True)
+    )
+    store: str = attrs.field(
+        default=attrs.Factory(_default_store, takes_self=True),
+        validator=_validate_store,
+        repr=lambda value: repr(redact_url(value)),
     )
     lease_ttl: float = attrs.field(default=15.0, converter=_ttl, validator=_validate_ttl)
     #: seconds SQLite waits for another connection's write lock (FLUX_BUSY_TIMEOUT)
@@ -91,10 +169,15 @@ class Settings:
         durability: str | None = None,
         secret_key_file: str | None = None,
         lease_ttl: float | None = None,
+        store: str | None = None,
     ) -> Settings:
         """Build settings from ``environ`` (default ``os.environ``); non-``None`` overrides win."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
+        if store is not None:
+            values["store"] = store
+        elif db_path is None and env.get("FLUX_STORE"):
+            values["store"] = env["FLUX_STORE"]
         for field, var, override in (
             ("db_path", "FLUX_DB", db_path),
             ("durability", "FLUX_DURABILITY", durability),
@@ -111,4 +194,8 @@ class Settings:
             normalized = values["durability"].strip().lower()  # type: ignore[union-attr]
             if normalized in DURABILITIES:  # else the validator names the value as given
                 values["durability"] = normalized
+        if "store" in values and db_path is None:
+            location = parse_store(values["store"])
+            if location.kind == "sqlite":  # FLUX_DB's role: the secret key file goes next to it
+                values["db_path"] = location.target
         return cls(**values)

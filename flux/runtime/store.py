@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import attrs
@@ -34,7 +34,23 @@ import sqlite_utils
 
 from flux.runtime.errors import StoreError, StoreUnavailableError
 from flux.runtime.events import ExecutionState
-from flux.runtime.settings import check_durability
+from flux.runtime.records import (
+    EVENT_COLUMNS,
+    EXECUTION_COLUMNS,
+    WORKFLOW_COLUMNS,
+    Claim,
+    ExecutionRecord,
+    StaleWriteError,
+    StoredEvent,
+    StoreStatistics,
+    WorkflowRecord,
+    Write,
+)
+from flux.runtime.records import check_write as _check_write
+from flux.runtime.settings import check_durability, parse_store
+
+if TYPE_CHECKING:
+    from flux.runtime.store_api import StoreAPI
 
 __all__ = [
     "MIGRATIONS",
@@ -60,133 +76,9 @@ class _TransientStoreError(StoreError):
     locked past the busy timeout, disk full, I/O error); retried by the store."""
 
 
-class StaleWriteError(StoreError):
-    """A write's ``expect`` did not hold: the execution row no longer has the expected values
-    (typically another worker holds a newer lease epoch). Nothing of that write was stored."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Records
-
-
-@attrs.frozen
-class StoredEvent:
-    """One row of an execution history, its value still encoded."""
-
-    execution_id: str
-    seq: int
-    type: str
-    call_id: str
-    name: str
-    value: bytes | None
-    time: float
-
-
-def _updated_at_default(record: ExecutionRecord) -> float:
-    return record.created_at
-
-
-@attrs.frozen(kw_only=True)
-class ExecutionRecord:
-    """One row of the ``executions`` table (keyword-only, so optional columns may be left out)."""
-
-    execution_id: str
-    workflow_name: str
-    workflow_version: int | None = None
-    parent_id: str | None = None
-    input: bytes
-    output: bytes | None = None
-    state: ExecutionState = attrs.field(default=ExecutionState.CREATED, converter=ExecutionState)
-    created_at: float = attrs.field(factory=time.time)
-    updated_at: float = attrs.field(default=attrs.Factory(_updated_at_default, takes_self=True))
-    lease_owner: str | None = None
-    lease_epoch: int = 0
-    lease_expires_at: float | None = None
-    wake_at: float | None = None
-    cancel_requested: bool = attrs.field(default=False, converter=bool)
-
-
-@attrs.frozen
-class WorkflowRecord:
-    """One uploaded version of a workflow's source."""
-
-    name: str
-    version: int
-    source: str
-    source_hash: str
-    created_at: float
-
-
-def _tuple(events: Iterable[StoredEvent]) -> tuple[StoredEvent, ...]:
-    return tuple(events)
-
-
-@attrs.frozen
-class Write:
-    """What one caller wants stored about one execution, applied atomically.
-
-    In order: ``expect`` (column values the execution row must have, else
-    :class:`StaleWriteError`), ``insert`` (a new execution row), ``update`` (columns to set;
-    ``updated_at`` is set too unless given), ``events`` (appended to the history).
-    """
-
-    execution_id: str
-    events: tuple[StoredEvent, ...] = attrs.field(default=(), converter=_tuple)
-    insert: ExecutionRecord | None = None
-    update: dict[str, Any] | None = None
-    expect: dict[str, Any] | None = None
-
-
-@attrs.frozen
-class Claim:
-    """What :meth:`Store.claim` found and did, in one transaction.
-
-    ``outcome`` is one of:
-
-    - ``"created"``: there was no such execution; ``create`` was inserted, epoch 1;
-    - ``"claimed"``: the lease is now ours with ``epoch``; ``record`` is the row as it was
-      before the claim (its ``state`` tells a paused execution from a crashed one) and
-      ``events`` its whole history, read in the same transaction;
-    - ``"finished"``: the execution is terminal; ``events`` is its history; nothing changed;
-    - ``"leased"``: another live runner holds the lease (``record.lease_owner``,
-      ``record.lease_expires_at``); nothing changed;
-    - ``"missing"``: no such execution and nothing to create;
-    - ``"mismatch"``: the execution belongs to another workflow than the one named; nothing
-      changed.
-    """
-
-    outcome: str
-    record: ExecutionRecord | None = None
-    events: tuple[StoredEvent, ...] = attrs.field(default=(), converter=_tuple)
-    epoch: int = 0
-
-
-@attrs.frozen
-class StoreStatistics:
-    """A snapshot of the group-commit writer (see :meth:`Store.statistics`)."""
-
-    #: Transactions run by the writer (one per batch).
-    commits: int
-    #: Writes stored.
-    writes_committed: int
-    #: Writes refused (their caller got a StoreError).
-    writes_failed: int
-    #: Most writes merged into one transaction.
-    largest_batch: int
-    #: Writes waiting for the next transaction.
-    queued: int
-    #: Transactions retried after failing as a whole (locked, busy, I/O).
-    retries: int = 0
-
-
 # ---------------------------------------------------------------------------------------------
 # Schema
 
-EXECUTION_COLUMNS: tuple[str, ...] = tuple(a.name for a in attrs.fields(ExecutionRecord))
-_EXECUTION_COLUMN_SET = frozenset(EXECUTION_COLUMNS)
-_UPDATABLE_COLUMNS = _EXECUTION_COLUMN_SET - {"execution_id"}
-EVENT_COLUMNS: tuple[str, ...] = tuple(a.name for a in attrs.fields(StoredEvent))
-WORKFLOW_COLUMNS: tuple[str, ...] = tuple(a.name for a in attrs.fields(WorkflowRecord))
 
 
 def _migrate_1(db: sqlite_utils.Database) -> None:
@@ -370,25 +262,41 @@ class _SQLiteThread:
 
 
 def open_store(
-    path: str | os.PathLike[str],
+    location: str | os.PathLike[str],
     *,
     durability: str = "full",
     busy_timeout: float = 5.0,
     retry_for: float = 30.0,
-) -> Store:
-    """Return a :class:`Store` on the SQLite file ``path`` (created with its directory if need be).
+) -> StoreAPI:
+    """Return the store at ``location``: a SQLite :class:`Store` for a path or a
+    ``sqlite:///path`` URL (the file is created with its directory if need be), a
+    :class:`~flux.runtime.store_pg.PostgresStore` for a ``postgresql://user:password@host:port/db``
+    URL (it needs the ``postgres`` extra: ``pip install 'flux-core[postgres]'``).
 
-    The file is opened lazily, in a worker thread, on first use (or on ``async with``).
-    ``durability="full"`` fsyncs each commit (survives power loss); ``"normal"`` may lose the last
-    commits on power loss, never on a process crash. Use as ``async with open_store(p) as store:``
-    or call ``await store.aclose()``.
+    Nothing is opened here: the store connects lazily, in a worker thread, on first use (or on
+    ``async with``), and a store that cannot be opened raises StoreError then.
+    ``durability="full"`` makes each commit durable before it returns (survives power loss);
+    ``"normal"`` may lose the last commits on power loss, never on a process crash. Use as
+    ``async with open_store(p) as store:`` or call ``await store.aclose()``. A location that is
+    neither a path nor a known URL raises StoreError naming it.
 
-    ``busy_timeout`` (seconds) is how long SQLite waits for another connection's write lock;
-    ``retry_for`` (seconds) is how long a transaction that failed as a whole (database locked
-    past the busy timeout, disk full, I/O error) is retried, with backoff, before its writers
-    get :class:`~flux.runtime.errors.StoreUnavailableError`.
+    SQLite only: ``busy_timeout`` (seconds) is how long SQLite waits for another connection's
+    write lock; ``retry_for`` (seconds) is how long a transaction that failed as a whole
+    (database locked past the busy timeout, disk full, I/O error) is retried, with backoff,
+    before its writers get :class:`~flux.runtime.errors.StoreUnavailableError`.
     """
-    return Store(path, durability=durability, busy_timeout=busy_timeout, retry_for=retry_for)
+    durability = check_durability(durability)
+    try:
+        where = parse_store(os.fspath(location))
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
+    if where.kind == "postgresql":
+        from flux.runtime.store_pg import PostgresStore
+
+        return PostgresStore(where.target, durability=durability)
+    return Store(
+        where.target, durability=durability, busy_timeout=busy_timeout, retry_for=retry_for
+    )
 
 
 class Store:
@@ -745,6 +653,7 @@ class Store:
                 if cursor.rowcount == 0:
                     raise StoreError(f"cannot update execution {eid!r}: no such execution")
             if write.events:
+                changes = conn.total_changes
                 try:
                     conn.executemany(
                         _SQL_INSERT_EVENTS,
@@ -754,7 +663,8 @@ class Store:
                         ],
                     )
                 except sqlite3.IntegrityError as exc:
-                    raise _events_error(conn, write, exc) from exc
+                    inserted = conn.total_changes - changes
+                    raise _events_error(conn, write, exc, inserted) from exc
         except (
             sqlite3.ProgrammingError,
             sqlite3.InterfaceError,
@@ -1155,8 +1065,10 @@ def _stale_error(conn: sqlite3.Connection, write: Write) -> StaleWriteError:
 
 
 def _events_error(
-    conn: sqlite3.Connection, write: Write, exc: sqlite3.IntegrityError
+    conn: sqlite3.Connection, write: Write, exc: sqlite3.IntegrityError, inserted: int = 0
 ) -> StoreError:
+    """The message for a refused append; ``inserted``: how many of its rows executemany had
+    inserted (still in the transaction) before the one that failed."""
     eid = write.execution_id
     message = str(exc)
     if "FOREIGN KEY" in message:
@@ -1171,8 +1083,9 @@ def _events_error(
                 (eid, *seqs),
             )
         }
+        mine = set(seqs[:inserted])  # stored by this very write: not clashes
         repeated = {s for s in seqs if seqs.count(s) > 1}
-        clashes = sorted(stored | repeated)
+        clashes = sorted((stored - mine) | repeated)
         return StoreError(
             f"event seq {', '.join(map(str, clashes))} of execution {eid!r} already stored"
         )
@@ -1181,33 +1094,6 @@ def _events_error(
 
 # ---------------------------------------------------------------------------------------------
 # Helpers on the event loop
-
-
-def _check_write(write: Write) -> None:
-    if not isinstance(write, Write):
-        raise TypeError(f"expected a Write, got {type(write).__name__}")
-    eid = write.execution_id
-    for event in write.events:
-        if event.execution_id != eid:
-            raise StoreError(
-                f"event seq {event.seq} of execution {event.execution_id!r} "
-                f"is in a write to execution {eid!r}"
-            )
-    if write.insert is not None and write.insert.execution_id != eid:
-        raise StoreError(
-            f"insert of execution {write.insert.execution_id!r} is in a write to execution {eid!r}"
-        )
-    for what, columns, allowed in (
-        ("update", write.update, _UPDATABLE_COLUMNS),
-        ("expect", write.expect, _EXECUTION_COLUMN_SET),
-    ):
-        if columns:
-            unknown = columns.keys() - allowed
-            if unknown:
-                raise StoreError(
-                    f"{what} of execution {eid!r} names unknown or read-only column(s) "
-                    f"{', '.join(sorted(map(repr, unknown)))}"
-                )
 
 
 def _batch_error(exc: BaseException, size: int, kind: StoreError | None = None) -> StoreError:
