@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 import asyncclick as click
 
 from .runtime.context import ExecutionContext, to_jsonable
@@ -88,42 +89,107 @@ async def cli() -> None:
 @click.argument("target", metavar="FILE[:WORKFLOW]")
 @click.argument("input_json", metavar="[INPUT_JSON]", required=False)
 @click.option("--execution-id", help="resume (paused), recover (crashed) or show (finished)")
+@click.option("-q", "--quiet", is_flag=True, help="print the output alone (errors still shown)")
 @local_store_options
 @flux_errors
 async def run_command(
-    target: str, input_json: str | None, execution_id: str | None, settings: Settings
+    target: str,
+    input_json: str | None,
+    execution_id: str | None,
+    quiet: bool,
+    settings: Settings,
 ) -> None:
-    """Run a workflow embedded (no server) and print its output.
+    """Run a workflow embedded (no server): its id first, a line per task outcome as it
+    goes (on stderr), its output last (on stdout).
 
     With --execution-id of a paused execution, INPUT_JSON is the value its pause returns.
+    Ctrl-C stops the run and prints the command that resumes it.
     """
-    from .runtime.engine import open_engine
+    from .runtime.engine import new_execution_id, open_engine
     from .runtime.loader import load_workflow
 
     wf = load_workflow(target)
     value = _json_arg(input_json, "INPUT_JSON")
+    eid = execution_id or new_execution_id()
+    resume = _resume_command(target, eid, settings)
     async with open_engine(settings) as engine:
-        if execution_id:
-            ctx = await engine.run(wf, None, execution_id=execution_id, resume_value=value)
-        else:
-            ctx = await engine.run(wf, None if value is MISSING else value)
-    _finish(ctx, resume_hint=f"flux run {target} --execution-id {ctx.execution_id} [VALUE]")
+        record = await engine.store.get_execution(eid) if execution_id else None
+        seen = await engine.store.load_events(eid) if record is not None else []
+        if not quiet and not (record is not None and record.state.is_terminal):
+            doing = {None: "running", "PAUSED": "resuming", "RUNNING": "recovering"}
+            verb = doing.get(record.state.value if record else None, "running")
+            click.echo(f"execution {eid}: {verb} workflow {wf.name}", err=True)
+        follower = _follower(engine.store, eid, seen, quiet)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(follower.follow)
+                if execution_id:
+                    ctx = await engine.run(wf, None, execution_id=eid, resume_value=value)
+                else:
+                    start = None if value is MISSING else value
+                    ctx = await engine.run(wf, start, execution_id=eid)
+                tg.cancel_scope.cancel()
+            await follower.poll()
+        except BaseException as e:
+            if not _interrupted(e):
+                raise
+            _stopped_by_interrupt(eid, resume)
+    _finish(ctx, resume_hint=f"{resume} [VALUE]", quiet=quiet)
 
 
-def _finish(ctx: ExecutionContext, resume_hint: str | None = None) -> None:
-    click.echo(f"execution {ctx.execution_id}: {ctx.state.value}", err=True)
+def _resume_command(target: str, execution_id: str, settings: Settings) -> str:
+    """The exact command that continues this execution, with --db when it is not the
+    default one."""
+    import os
+    import shlex
+
+    from .runtime.settings import Settings as Defaults
+
+    words = ["flux", "run", target, "--execution-id", execution_id]
+    if os.path.abspath(settings.db_path) != os.path.abspath(Defaults().db_path):
+        words += ["--db", settings.db_path]
+    return shlex.join(words)
+
+
+def _follower(store: Any, execution_id: str, seen: list[Any], quiet: bool) -> Any:
+    from .runtime.engine import decode_event
+    from .runtime.progress import StoreFollower, outcome_line
+
+    def emit(stored: Any) -> None:
+        if quiet:
+            return
+        line = outcome_line(to_jsonable(decode_event(stored).to_dict()))
+        if line is not None:
+            click.echo(line, err=True)
+
+    after = max((e.seq for e in seen), default=0)
+    return StoreFollower(store, execution_id, emit, after_seq=after)
+
+
+def _interrupted(error: BaseException) -> bool:
+    """Ctrl-C, alone or inside an exception group."""
+    if isinstance(error, KeyboardInterrupt):
+        return True
+    if isinstance(error, BaseExceptionGroup):
+        return error.subgroup(KeyboardInterrupt) is not None
+    return False
+
+
+def _stopped_by_interrupt(execution_id: str, resume: str) -> None:
+    click.echo(f"interrupted: execution {execution_id} stopped where it was", err=True)
+    click.echo(f"resume with: {resume}", err=True)
+    sys.exit(130)
+
+
+def _finish(ctx: ExecutionContext, resume_hint: str | None = None, quiet: bool = False) -> None:
+    if not quiet:
+        click.echo(f"execution {ctx.execution_id}: {ctx.state.value}", err=True)
     if ctx.state is ExecutionState.COMPLETED:
         click.echo(_show(ctx.output))
         return
     if ctx.state is ExecutionState.FAILED:
-        error = ctx.output
-        if isinstance(error, BaseException):
-            type_name = getattr(error, "type_name", None) or type(error).__name__
-            message = getattr(error, "message", None)
-            if not isinstance(message, str):
-                message = str(error)
-            _fail(f"workflow {ctx.workflow_name} failed: {type_name}: {message}")
-        _fail(f"workflow {ctx.workflow_name} failed: {_show(error)}")
+        data = to_jsonable(ctx.to_dict())
+        _fail_with_traceback(ctx.workflow_name, data["output"], data["events"])
     if ctx.state is ExecutionState.PAUSED:
         if resume_hint:
             click.echo(f"paused; resume with: {resume_hint}", err=True)
@@ -132,12 +198,30 @@ def _finish(ctx: ExecutionContext, resume_hint: str | None = None) -> None:
         _fail(f"workflow {ctx.workflow_name} was cancelled", 2)
 
 
+def _failure_lines(error: Any, events: Any) -> tuple[list[str], str]:
+    """The traceback lines (user frames) and the one-line headline of a failed execution."""
+    from .runtime.failures import describe_failure
+
+    failure = describe_failure(error, events or ())
+    where = f" at task {failure.call_id}" if failure.call_id else ""
+    lines = failure.traceback.splitlines() if failure.traceback else []
+    return lines, f"failed{where}: {failure.headline}"
+
+
+def _fail_with_traceback(workflow_name: str, error: Any, events: Any) -> None:
+    lines, headline = _failure_lines(error, events)
+    for line in lines:
+        click.echo(line, err=True)
+    _fail(f"workflow {workflow_name} {headline}")
+
+
 # ---------------------------------------------------------------------------- executions
 
 
 @cli.group("executions")
 async def executions() -> None:
-    """Inspect and control executions in the local store."""
+    """Inspect and control executions: a server's with --server-url (or FLUX_SERVER_URL),
+    else the local store's."""
 
 
 def _when(ts: datetime | float | str | None) -> str:
@@ -153,14 +237,60 @@ def _when(ts: datetime | float | str | None) -> str:
     return ts.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _timestamp(ts: datetime | float | str | None) -> float | None:
+    if isinstance(ts, str):
+        try:
+            ts = datetime.fromisoformat(ts)
+        except ValueError:
+            return None
+    if isinstance(ts, datetime):
+        return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
+    return float(ts) if isinstance(ts, int | float) else None
+
+
+FINISHED_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+
+
+def _duration(row: dict[str, Any]) -> str:
+    """How long a finished execution took (created to last update); ``-`` while it is not
+    finished."""
+    start, end = _timestamp(row.get("created_at")), _timestamp(row.get("updated_at"))
+    if row.get("state") not in FINISHED_STATES or start is None or end is None:
+        return "-"
+    seconds = max(end - start, 0.0)
+    if seconds < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
 def server_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``--server-url`` and ``--token``: ask a Flux server instead of the local store."""
+    """``--server-url`` (or ``FLUX_SERVER_URL``) and ``--token``: ask a Flux server instead of
+    the local store."""
     func = click.option("--token", envvar="FLUX_API_TOKEN", help="API token, with --server-url")(
         func
     )
     return click.option(
-        "--server-url", help="ask this Flux server over HTTP instead of the local store"
+        "--server-url",
+        envvar="FLUX_SERVER_URL",
+        help="ask this Flux server over HTTP instead of the local store (env FLUX_SERVER_URL)",
     )(func)
+
+
+def _existing_store(settings: Settings, execution_id: str | None = None) -> None:
+    """Commands on existing executions never create a database: a missing file is an error
+    naming it (and the execution asked for)."""
+    import os
+
+    if not os.path.isfile(settings.db_path):
+        what = f"no execution with id {execution_id!r}: " if execution_id else ""
+        _fail(
+            f"{what}no Flux database at {settings.db_path} (nothing has run with this store "
+            "yet; --db or FLUX_DB names another, --server-url asks a server)"
+        )
 
 
 @executions.command("list")
@@ -184,20 +314,16 @@ async def executions_list(
 ) -> None:
     """List executions, newest first."""
     state = state.upper() if state else None
+    keys = ("execution_id", "workflow_name", "state", "created_at", "updated_at")
     if server_url:
         async with _remote_client(server_url, token) as client:
             found = await client.list_executions(workflow_name, state, limit, offset)
-        rows = [
-            {
-                k: r.get(k)
-                for k in ("execution_id", "workflow_name", "state", "created_at", "updated_at")
-            }
-            for r in found
-        ]
+        rows = [{k: r.get(k) for k in keys} for r in found]
     else:
         from .runtime.engine import open_engine
 
-        async with open_engine(settings) as engine:
+        _existing_store(settings)
+        async with open_engine(settings, cancel_poll=None) as engine:
             records = await engine.store.list_executions(
                 workflow_name=workflow_name,
                 state=ExecutionState(state) if state else None,
@@ -220,12 +346,27 @@ async def executions_list(
     if not rows:
         click.echo("no executions", err=True)
         return
-    click.echo(f"{'EXECUTION ID':32}  {'WORKFLOW':24}  {'STATE':10}  UPDATED")
+    click.echo(f"{'EXECUTION ID':32}  {'WORKFLOW':24}  {'STATE':10}  {'DURATION':>8}  UPDATED")
     for r in rows:
         click.echo(
             f"{r['execution_id']:32}  {str(r['workflow_name'])[:24]:24}  {r['state']:10}  "
-            f"{_when(r['updated_at'])}"
+            f"{_duration(r):>8}  {_when(r['updated_at'])}"
         )
+
+
+async def _execution_data(
+    execution_id: str, server_url: str | None, token: str | None, settings: Settings
+) -> dict[str, Any]:
+    """An execution with its events, as JSON: from the server, else from the local store."""
+    if server_url:
+        async with _remote_client(server_url, token) as client:
+            return await client.get_execution(execution_id, detailed=True)
+    from .runtime.engine import open_engine
+
+    _existing_store(settings, execution_id)
+    async with open_engine(settings, cancel_poll=None) as engine:
+        ctx = await engine.get(execution_id)
+    return to_jsonable(ctx.to_dict())
 
 
 @executions.command("show")
@@ -243,48 +384,158 @@ async def executions_show(
     token: str | None,
     settings: Settings,
 ) -> None:
-    """Show one execution (and its events)."""
-    if server_url:
-        async with _remote_client(server_url, token) as client:
-            data = await client.get_execution(execution_id, detailed=events)
-        data = {k: v for k, v in data.items() if events or k != "events"}
-    else:
-        from .runtime.engine import open_engine
-
-        async with open_engine(settings) as engine:
-            ctx = await engine.get(execution_id)
-        data = to_jsonable(ctx.to_dict() if events else ctx.summary())
+    """Show one execution (and its events); a failed one with its traceback."""
+    data = await _execution_data(execution_id, server_url, token, settings)
     if as_json:
-        click.echo(json.dumps(data))
+        click.echo(json.dumps({k: v for k, v in data.items() if events or k != "events"}))
         return
-    click.echo(f"execution  {data['execution_id']}")
-    click.echo(f"workflow   {data['workflow_name']}")
-    click.echo(f"state      {data['state']}")
+    _echo_execution(data, events)
+
+
+def _event_text(event: dict[str, Any]) -> str:
+    from .runtime.failures import error_summary
+
+    value = event.get("value")
+    if str(event.get("type", "")).endswith("_FAILED"):
+        summary = error_summary(value)
+        if summary is not None:
+            return summary
+    return _show(value)
+
+
+def _local_event_line(e: dict[str, Any]) -> str:
+    return (
+        f"  {e['id']:>4}  {_when(e.get('time'))}  {e['type']:24}  {e['source_id']:28}  "
+        f"{_event_text(e)}"
+    )
+
+
+def _echo_execution(
+    data: dict[str, Any],
+    with_events: bool,
+    event_line: Callable[[dict[str, Any]], str] = _local_event_line,
+) -> None:
+    """The execution's fields, its events (``with_events``) and, when it failed, the failing
+    call and the traceback."""
+    from .runtime.failures import describe_failure
+
+    failed = data.get("state") == "FAILED"
+    failure = describe_failure(data.get("output"), data.get("events") or ()) if failed else None
+    click.echo(f"execution  {data.get('execution_id')}")
+    click.echo(f"workflow   {data.get('workflow_name')}")
+    click.echo(f"state      {data.get('state')}")
     click.echo(f"input      {_show(data.get('input'))}")
-    click.echo(f"output     {_show(data.get('output'))}")
-    for e in data.get("events") or []:
-        click.echo(
-            f"  {e['id']:>4}  {_when(e.get('time'))}  {e['type']:24}  {e['source_id']:28}  "
-            f"{_show(e.get('value'))}"
-        )
+    if failure is None:
+        click.echo(f"output     {_show(data.get('output'))}")
+    else:
+        click.echo(f"error      {failure.headline}")
+        click.echo(f"failed at  {failure.call_id or 'the workflow body'}")
+    for e in data.get("events") or [] if with_events else []:
+        click.echo(event_line(e))
+    if failure is not None and failure.traceback:
+        click.echo(failure.traceback)
 
 
 @executions.command("cancel")
 @click.argument("execution_id")
+@click.option("--wait", is_flag=True, help="(with --server-url) wait until it has stopped")
+@server_option
 @local_store_options
 @flux_errors
-async def executions_cancel(execution_id: str, settings: Settings) -> None:
+async def executions_cancel(
+    execution_id: str, wait: bool, server_url: str | None, token: str | None, settings: Settings
+) -> None:
     """Cancel a paused, queued or running execution (a running one stops at its next step)."""
-    from .runtime.engine import open_engine
-
-    async with open_engine(settings) as engine:
-        ctx = await engine.cancel(execution_id)
-    if ctx.state is ExecutionState.CANCELLED:
-        click.echo(f"execution {execution_id}: CANCELLED")
-    elif ctx.has_finished:
-        _fail(f"execution {execution_id} already finished ({ctx.state.value}): nothing to cancel")
+    if server_url:
+        async with _remote_client(server_url, token) as client:
+            summary = await client.cancel(execution_id, wait=wait)
+        state = str(summary.get("state"))
     else:
-        click.echo(f"execution {execution_id}: cancel requested (state {ctx.state.value})")
+        from .runtime.engine import open_engine
+
+        _existing_store(settings, execution_id)
+        async with open_engine(settings, cancel_poll=None) as engine:
+            state = (await engine.cancel(execution_id)).state.value
+    if state == "CANCELLED":
+        click.echo(f"execution {execution_id}: CANCELLED")
+    elif state in ("COMPLETED", "FAILED"):
+        _fail(f"execution {execution_id} already finished ({state}): nothing to cancel")
+    else:
+        click.echo(f"execution {execution_id}: cancel requested (state {state})")
+
+
+@executions.command("follow")
+@click.argument("execution_id")
+@click.option(
+    "--from",
+    "from_offset",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="skip the first N events",
+)
+@server_option
+@local_store_options
+@flux_errors
+async def executions_follow(
+    execution_id: str,
+    from_offset: int,
+    server_url: str | None,
+    token: str | None,
+    settings: Settings,
+) -> None:
+    """Print an execution's events as they happen (a line each), then its output."""
+    if server_url:
+        async with _remote_client(server_url, token) as client:
+            await _follow_remote(client, execution_id, from_offset)
+        return
+    await _follow_local(execution_id, from_offset, settings)
+
+
+async def _follow_remote(client: Any, execution_id: str, from_offset: int) -> None:
+    from contextlib import aclosing
+
+    from .net.client import Progress, event_line
+
+    progress = Progress(execution_id=execution_id)
+    seen: list[dict[str, Any]] = []
+    async with aclosing(client.follow(execution_id, from_offset)) as events:
+        async for event in events:
+            progress.update(event)
+            seen.append(event)
+            click.echo(event_line(event))
+    summary = progress.summary
+    if not progress.settled or summary.get("state") == "FAILED":  # ask where it stands
+        summary = await client.get_execution(execution_id, detailed=True)
+    _finish_remote(summary)
+
+
+async def _follow_local(execution_id: str, from_offset: int, settings: Settings) -> None:
+    """Follow an execution in the local store: print its events after the first
+    ``from_offset`` until it is finished or paused (another process runs it)."""
+    from .net.client import event_line
+    from .runtime.engine import decode_event, open_engine
+    from .runtime.progress import StoreFollower
+
+    _existing_store(settings, execution_id)
+    async with open_engine(settings, cancel_poll=None) as engine:
+        if await engine.store.get_execution(execution_id) is None:
+            _fail(f"no execution with id {execution_id!r}")
+        follower = StoreFollower(
+            engine.store,
+            execution_id,
+            lambda e: click.echo(event_line(to_jsonable(decode_event(e).to_dict()))),
+            after_seq=from_offset,
+        )
+        while True:
+            await follower.poll()
+            record = await engine.store.get_execution(execution_id)
+            if record is None or record.state.value in FINISHED_STATES | {"PAUSED"}:
+                break
+            await anyio.sleep(0.2)
+        await follower.poll()
+        ctx = await engine.get(execution_id)
+    _finish_remote(to_jsonable(ctx.to_dict()))
 
 
 # ---------------------------------------------------------------------------- secrets (local)
@@ -609,13 +860,6 @@ def _input_arg(text: str | None, what: str) -> Any:
     return None if value is MISSING else value
 
 
-def _error_text(error: Any) -> str:
-    if isinstance(error, dict) and "message" in error:
-        type_name = str(error.get("type") or "Error").rsplit(".", 1)[-1]
-        return f"{type_name}: {error['message']}"
-    return _show(error)
-
-
 def _finish_remote(summary: dict[str, Any]) -> None:
     """Print where an execution stands: its output (stdout) once it completed, a hint when
     paused or still running; a failure or cancellation exits non-zero as ``flux run`` does."""
@@ -626,25 +870,13 @@ def _finish_remote(summary: dict[str, Any]) -> None:
     if state == "COMPLETED":
         click.echo(_show(summary.get("output")))
     elif state == "FAILED":
-        _fail(f"workflow {name} failed: {_error_text(summary.get('output'))}")
+        _fail_with_traceback(name, summary.get("output"), summary.get("events"))
     elif state == "CANCELLED":
         _fail(f"workflow {name} was cancelled", 2)
     elif state == "PAUSED":
         click.echo(f"paused; resume with: flux workflow resume {name} {eid} [VALUE]", err=True)
     elif eid:
         click.echo(f"not finished yet; check with: flux workflow status {name} {eid}", err=True)
-
-
-def _echo_summary(summary: dict[str, Any]) -> None:
-    from .net.client import event_line
-
-    click.echo(f"execution  {summary.get('execution_id')}")
-    click.echo(f"workflow   {summary.get('workflow_name')}")
-    click.echo(f"state      {summary.get('state')}")
-    click.echo(f"input      {_show(summary.get('input'))}")
-    click.echo(f"output     {_show(summary.get('output'))}")
-    for event in summary.get("events") or ():
-        click.echo(event_line(event))
 
 
 @cli.group("workflow")
@@ -723,6 +955,7 @@ async def workflow_run(
     from .net.client import Progress, event_line
 
     value = _input_arg(input_json, "INPUT")
+    await _say_if_no_worker(client)
     if mode == "async":
         summary = await client.run(name, value, "async")
         eid = summary["execution_id"]
@@ -731,21 +964,41 @@ async def workflow_run(
         click.echo(f"follow with: flux executions follow {eid}", err=True)
         return
     if mode == "sync":
-        summary = await client.run(name, value, "sync", detailed=detailed)
-        for event in summary.get("events") or ():
+        summary = await client.run(name, value, "sync", detailed=True)  # events: what failed
+        for event in (summary.get("events") or ()) if detailed else ():
             click.echo(event_line(event), err=True)
         _finish_remote(summary)
         return
     progress = Progress(workflow_name=name)
+    seen: list[Any] = []
     async with aclosing(client.stream(name, value)) as messages:
         async for message in messages:
             progress.update(message)
+            if isinstance(message, dict) and "source_id" in message:
+                seen.append(message)
             if not (progress.settled and "type" not in message):  # the end is printed below
                 click.echo(event_line(message), err=True)
-    summary = progress.summary
+    summary = {**progress.summary, "events": seen}
     if not progress.settled and progress.execution_id:
-        summary = await client.status(name, progress.execution_id)
+        summary = await client.status(name, progress.execution_id, detailed=True)
     _finish_remote(summary)
+
+
+async def _say_if_no_worker(client: Any) -> None:
+    """Say once, before waiting, that no worker is connected, so the run will wait in the
+    queue."""
+    from .net.client import FluxClientError
+
+    try:
+        workers = await client.workers()
+    except FluxClientError:  # unreachable (the run request says so) or no /workers route
+        return
+    if not workers:
+        click.echo(
+            "no worker is connected: the run is queued and starts when a worker connects "
+            "(flux start worker)",
+            err=True,
+        )
 
 
 @workflow_group.command("status")
@@ -759,11 +1012,13 @@ async def workflow_status(
     name: str, execution_id: str, detailed: bool, as_json: bool, client: Any
 ) -> None:
     """Show an execution of workflow NAME."""
-    summary = await client.status(name, execution_id, detailed=detailed)
+    summary = await client.status(name, execution_id, detailed=True)
     if as_json:
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps({k: v for k, v in summary.items() if detailed or k != "events"}))
     else:
-        _echo_summary(summary)
+        from .net.client import event_line
+
+        _echo_execution(summary, detailed, event_line)
 
 
 @workflow_group.command("resume")
@@ -805,35 +1060,6 @@ async def workflow_cancel(execution_id: str, wait: bool, client: Any) -> None:
         _fail(f"execution {execution_id} already finished ({state}): nothing to cancel")
     else:
         click.echo(f"execution {execution_id}: cancel requested (state {state})")
-
-
-@executions.command("follow")
-@click.argument("execution_id")
-@click.option(
-    "--from",
-    "from_offset",
-    type=click.IntRange(0),
-    default=0,
-    show_default=True,
-    help="skip the first N events",
-)
-@client_options
-@client_errors
-async def executions_follow(execution_id: str, from_offset: int, client: Any) -> None:
-    """Print an execution's events from a server as they happen (a line each), then its output."""
-    from contextlib import aclosing
-
-    from .net.client import Progress, event_line
-
-    progress = Progress(execution_id=execution_id)
-    async with aclosing(client.follow(execution_id, from_offset)) as events:
-        async for event in events:
-            progress.update(event)
-            click.echo(event_line(event))
-    summary = progress.summary
-    if not progress.settled:  # the stream ended early (e.g. --from past the end): ask
-        summary = await client.get_execution(execution_id)
-    _finish_remote(summary)
 
 
 def main() -> None:

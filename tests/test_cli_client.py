@@ -127,7 +127,8 @@ async def test_run_sync_async_and_status(real):
     )
     assert paused and all(row["state"] == "PAUSED" for row in paused)
     table = ok(await flux("executions", "list", "--workflow", "hello", *at(real))).stdout
-    assert table.splitlines()[0].split() == ["EXECUTION", "ID", "WORKFLOW", "STATE", "UPDATED"]
+    header = ["EXECUTION", "ID", "WORKFLOW", "STATE", "DURATION", "UPDATED"]
+    assert table.splitlines()[0].split() == header
     shown = ok(await flux("executions", "show", eid, "--events", *at(real))).stdout.splitlines()
     assert shown[2] == "state      COMPLETED" and "WORKFLOW_COMPLETED" in shown[-1]
     as_json = json.loads(ok(await flux("executions", "show", eid, "--json", *at(real))).stdout)
@@ -150,7 +151,7 @@ async def test_run_errors(real):
     failed(
         await flux("workflow", "run", "failing", *at(real)),
         1,
-        "error: workflow failing failed: Boom: kaboom",
+        "error: workflow failing failed at task explode#0: Boom: kaboom",
     )
     failed(
         await flux("workflow", "status", "hello", "nope", *at(real)),

@@ -130,7 +130,8 @@ class ExecutionContext(Generic[T]):
 def to_jsonable(value: Any) -> Any:
     """Turn any value the codec carries into plain JSON types (for APIs and ``to_json``).
 
-    Exceptions become ``{"type", "message"}``; bytes become base64 text; sets become lists.
+    Exceptions become ``{"type", "message", "traceback"}`` (the traceback text recorded where
+    the error was raised, ``""`` if none); bytes become base64 text; sets become lists.
     """
     if value is None or isinstance(value, bool | int | str):
         return value
@@ -171,7 +172,9 @@ def to_jsonable(value: Any) -> Any:
         message = getattr(value, "message", None)
         if not isinstance(message, str):
             message = str(value)
-        return {"type": type_name, "message": message}
+        from .failures import traceback_text
+
+        return {"type": type_name, "message": message, "traceback": traceback_text(value)}
     if isinstance(value, ExecutionEvent):
         return to_jsonable(value.to_dict())
     if attrs.has(type(value)):
