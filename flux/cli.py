@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -652,6 +653,64 @@ def _log_to_stderr(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(message)s")
 
 
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for e in error.exceptions for leaf in _leaves(e)]
+    return [error]
+
+
+def _from_bind(error: BaseException) -> bool:
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    return any("bind" in (f.line or "") or "create_sockets" in f.name for f in frames)
+
+
+def _startup_message(error: BaseException, where: str | None) -> str:
+    import errno
+    import os
+
+    if isinstance(error, OSError) and where and _from_bind(error):
+        reason = {
+            errno.EADDRINUSE: "address already in use",
+            errno.EADDRNOTAVAIL: "address not available on this machine",
+            errno.EACCES: "permission denied (ports below 1024 need privileges)",
+        }.get(error.errno or 0)
+        if reason is None:
+            reason = os.strerror(error.errno) if error.errno else str(error)
+        return f"cannot listen on {where}: {reason}"
+    text = str(error) or type(error).__name__
+    if isinstance(error, FluxError | ValueError):
+        return text
+    return f"{type(error).__name__}: {text}"
+
+
+def startup_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A server or worker that cannot start (or stops on an error) prints one line, exit 1;
+    the traceback goes to the log at DEBUG level."""
+
+    @functools.wraps(func)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import logging
+
+        try:
+            return await func(*args, **kwargs)
+        except (KeyboardInterrupt, SystemExit, click.exceptions.Exit, click.ClickException):
+            raise
+        except BaseException as e:
+            leaves = [x for x in _leaves(e) if not isinstance(x, anyio.get_cancelled_exc_class())]
+            if not leaves or any(isinstance(x, KeyboardInterrupt | SystemExit) for x in leaves):
+                raise
+            logging.getLogger("flux.cli").debug("stopped by", exc_info=e)
+            where = None
+            if "port" in kwargs:
+                host = str(kwargs.get("host"))
+                where = f"[{host}]:{kwargs['port']}" if ":" in host else f"{host}:{kwargs['port']}"
+            _fail(_startup_message(leaves[0], where))
+
+    return wrapper
+
+
 @cli.group("start")
 async def start() -> None:
     """Start a Flux server or worker (long-running; stop with Ctrl+C or SIGTERM)."""
@@ -714,7 +773,7 @@ async def start() -> None:
 )
 @click.option("--log-level", default="INFO", show_default=True)
 @local_store_options
-@flux_errors
+@startup_errors
 async def start_server(
     host: str,
     port: int,
@@ -730,8 +789,14 @@ async def start_server(
 ) -> None:
     """Serve the HTTP API and the worker endpoint, owning the store (--db)."""
     from .net.server import ServerSettings, serve_server
+    from .runtime.store import open_store
 
     _log_to_stderr(log_level)
+    try:  # a store that cannot be opened is one line, before anything is served
+        async with open_store(settings.db_path, durability=settings.durability):
+            pass
+    except (OSError, FluxError) as e:
+        _fail(f"cannot open the store {settings.db_path}: {e}")
     await serve_server(
         settings,
         ServerSettings(
@@ -780,7 +845,7 @@ async def start_server(
     help="give an execution back during durable sleeps longer than this (seconds)",
 )
 @click.option("--log-level", default="INFO", show_default=True)
-@flux_errors
+@startup_errors
 async def start_worker(
     name: str | None,
     server_url: str,
@@ -1062,7 +1127,22 @@ async def workflow_cancel(execution_id: str, wait: bool, client: Any) -> None:
         click.echo(f"execution {execution_id}: cancel requested (state {state})")
 
 
+def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """Flux's own warnings as one ``warning: ...`` line; others as Python prints them."""
+    from .runtime.loader import RunWhileLoadingWarning
+    from .runtime.secrets import ShortSecretWarning
+
+    if issubclass(category, RunWhileLoadingWarning | ShortSecretWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _python_show_warning(message, category, *args, **kwargs)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main() -> None:
+    warnings.showwarning = _show_warning
     cli(_anyio_backend="trio")
 
 

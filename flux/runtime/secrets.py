@@ -9,7 +9,6 @@ data, so a ciphertext copied under another name does not decrypt.
 from __future__ import annotations
 
 import base64
-import logging
 import os
 import re
 import warnings
@@ -31,8 +30,6 @@ MAX_VALUE = 64 * 1024
 #: :func:`mask_secrets`), so setting one gives a :class:`ShortSecretWarning`.
 MIN_SECRET_LENGTH = 8
 MASK = "***"
-
-log = logging.getLogger("flux.secrets")
 
 
 class ShortSecretWarning(UserWarning):
@@ -100,7 +97,6 @@ def check_value(name: str, value: object) -> str:
             f"long: values shorter than {MIN_SECRET_LENGTH} are masked in errors and logs only "
             "where they stand as a whole word"
         )
-        log.warning("%s", text)
         warnings.warn(text, ShortSecretWarning, stacklevel=3)
     return value
 
