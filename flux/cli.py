@@ -31,7 +31,9 @@ def _json_arg(text: str | None, what: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        _fail(f"{what} is not valid JSON ({e.msg} at column {e.colno}): {text!r}", 2)
+        # some messages end with "at" already ("Unterminated string starting at")
+        where = "column" if e.msg.endswith(" at") else "at column"
+        _fail(f"{what} is not valid JSON ({e.msg} {where} {e.colno}): {text!r}", 2)
 
 
 def _show(value: Any) -> str:
