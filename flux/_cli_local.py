@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from typing import Any
 
@@ -51,7 +52,7 @@ async def run_command(
     goes (on stderr), its output last (on stdout).
 
     With --execution-id of a paused execution, INPUT_JSON is the value its pause returns.
-    Ctrl-C stops the run and prints the command that resumes it.
+    Ctrl-C stops the run where it is and prints the command that resumes it.
     """
     from .runtime.engine import new_execution_id, open_engine
     from .runtime.loader import load_workflow
@@ -68,21 +69,47 @@ async def run_command(
             verb = doing.get(record.state.value if record else None, "running")
             click.echo(f"execution {eid}: {verb} workflow {wf.name}", err=True)
         follower = _follower(engine.store, eid, seen, quiet)
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(follower.follow)
-                if execution_id:
-                    ctx = await engine.run(wf, None, execution_id=eid, resume_value=value)
-                else:
-                    start = None if value is MISSING else value
-                    ctx = await engine.run(wf, start, execution_id=eid)
-                tg.cancel_scope.cancel()
-            await follower.poll()
-        except BaseException as e:
-            if not _interrupted(e):
-                raise
-            _stopped_by_interrupt(eid, resume)
+        # Ctrl-C (SIGINT) is handled here, not raised as KeyboardInterrupt into whichever task
+        # runs: an interrupt reaching a task would cancel the run and record it CANCELLED
+        with anyio.open_signal_receiver(signal.SIGINT) as interrupts:
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(follower.follow)
+                    tg.start_soon(_stop_on_interrupt, interrupts, follower, resume)
+                    if record is not None:  # resume, recover or show: the value is for pause
+                        ctx = await engine.run(wf, None, execution_id=eid, resume_value=value)
+                    else:  # a new execution (with the id given, or a fresh one)
+                        start = None if value is MISSING else value
+                        ctx = await engine.run(wf, start, execution_id=eid)
+                    tg.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                raise _single(group) from None
+        await follower.poll()
     _finish(ctx, resume_hint=f"{resume} [VALUE]", quiet=quiet)
+
+
+def _single(group: BaseExceptionGroup) -> BaseException:
+    """The one exception inside nested groups (what the command raised), else the group."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
+async def _stop_on_interrupt(interrupts: Any, follower: Any, resume: str) -> None:
+    """On Ctrl-C: show the outcomes committed so far, say how to resume, and stop this process
+    at once, like a crash: every outcome the workflow acted on is committed, nothing else is
+    written (no cancellation is recorded), so the execution is left as it was, resumable."""
+    import os
+
+    async for _ in interrupts:
+        with anyio.move_on_after(1):
+            await follower.poll()
+        click.echo(f"interrupted: execution {follower.execution_id} stopped where it was", err=True)
+        click.echo(f"resume with: {resume}", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
 
 
 def _resume_command(target: str, execution_id: str, settings: Settings) -> str:
@@ -112,21 +139,6 @@ def _follower(store: Any, execution_id: str, seen: list[Any], quiet: bool) -> An
 
     after = max((e.seq for e in seen), default=0)
     return StoreFollower(store, execution_id, emit, after_seq=after)
-
-
-def _interrupted(error: BaseException) -> bool:
-    """Ctrl-C, alone or inside an exception group."""
-    if isinstance(error, KeyboardInterrupt):
-        return True
-    if isinstance(error, BaseExceptionGroup):
-        return error.subgroup(KeyboardInterrupt) is not None
-    return False
-
-
-def _stopped_by_interrupt(execution_id: str, resume: str) -> None:
-    click.echo(f"interrupted: execution {execution_id} stopped where it was", err=True)
-    click.echo(f"resume with: {resume}", err=True)
-    sys.exit(130)
 
 
 def _finish(ctx: ExecutionContext, resume_hint: str | None = None, quiet: bool = False) -> None:

@@ -34,15 +34,16 @@ def markdown(text: str | None) -> str:
     `inline code`, **bold** and [links](http... or /path). Everything else is escaped."""
     if not text:
         return ""
-    paragraphs = []
-    for block in re.split(r"\n\s*\n", text.strip()):
-        parts = _CODE.split(block)  # odd indexes are code spans
-        rendered = "".join(
-            f"<code>{html.escape(part)}</code>" if i % 2 else _inline(part)
-            for i, part in enumerate(parts)
-        )
-        paragraphs.append(f"<p>{rendered}</p>")
-    return "".join(paragraphs)
+    return "".join(f"<p>{_span(block)}</p>" for block in re.split(r"\n\s*\n", text.strip()))
+
+
+def _span(text: str) -> str:
+    """One line or paragraph of Markdown as HTML (no ``<p>``): code spans, bold, links."""
+    parts = _CODE.split(text)  # odd indexes are code spans
+    return "".join(
+        f"<code>{html.escape(part)}</code>" if i % 2 else _inline(part)
+        for i, part in enumerate(parts)
+    )
 
 
 def _resolve(doc: dict[str, Any], schema: Any) -> Any:
@@ -123,7 +124,7 @@ def _operation(doc: dict[str, Any], path: str, method: str, op: dict[str, Any]) 
         f'<details class=op id="op-{html.escape(op.get("operationId", ""))}"><summary>'
         f'<span class="m {html.escape(method)}">{html.escape(method.upper())}</span>'
         f"<span class=path>{html.escape(path)}</span>"
-        f"<span class=sum>{_inline(op.get('summary', ''))}</span></summary>"
+        f"<span class=sum>{_span(op.get('summary', ''))}</span></summary>"
         f"<div class=body>{''.join(body)}</div></details>"
     )
 
@@ -140,7 +141,7 @@ def render_docs(doc: dict[str, Any]) -> str:
         ops.append(
             "<details class=op><summary><span class='m ws'>WS</span>"
             f"<span class=path>{html.escape(path)}</span>"
-            f"<span class=sum>{_inline(ws.get('summary', ''))}</span></summary>"
+            f"<span class=sum>{_span(ws.get('summary', ''))}</span></summary>"
             f"<div class=body>{markdown(ws.get('summary'))}{params}</div></details>"
         )
     schemas = "".join(

@@ -73,12 +73,16 @@ class StoreFollower:
         self.execution_id = execution_id
         self.emit = emit
         self.last_seq = after_seq
+        self._lock = anyio.Lock()
 
     async def poll(self) -> None:
-        """Emit every event committed since the last poll."""
-        for event in await self.store.load_events(self.execution_id, self.last_seq):
-            self.last_seq = max(self.last_seq, event.seq)
-            self.emit(event)
+        """Emit every event committed since the last poll (each once, even when two tasks
+        poll at the same time)."""
+        async with self._lock:
+            for event in await self.store.load_events(self.execution_id, self.last_seq):
+                if event.seq > self.last_seq:
+                    self.last_seq = event.seq
+                    self.emit(event)
 
     async def follow(self, interval: float = 0.2) -> None:
         """Poll every ``interval`` seconds until cancelled."""
