@@ -19,7 +19,10 @@ import attrs
 _TASK_FAILED = "TASK_FAILED"
 _FRAME = re.compile(r'^  File "(?P<path>[^"]*)", line \d+')
 #: Frames of these packages are Flux's machinery (or its async libraries), not the user's code.
-_INTERNAL = re.compile(r"[/\\](flux[/\\](runtime|net)|trio|anyio|outcome)[/\\][^/\\]*$")
+_INTERNAL = re.compile(
+    r"[/\\]flux[/\\](runtime|net)[/\\][^/\\]+\.py$"
+    r"|[/\\](site|dist)-packages[/\\](trio|anyio|outcome|sniffio)[/\\]"
+)
 _FLUX_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
