@@ -329,7 +329,7 @@ async def workflow_run(
         eid = summary["execution_id"]
         click.echo(f"execution {eid}: {summary['state']}", err=True)
         click.echo(eid)
-        click.echo(f"follow with: flux executions follow {eid}", err=True)
+        click.echo(f"follow with: {_follow_command(eid, client.server_url)}", err=True)
         return
     if mode == "sync":
         summary = await client.run(name, value, "sync", detailed=True)  # events: what failed
@@ -350,6 +350,18 @@ async def workflow_run(
     if not progress.settled and progress.execution_id:
         summary = await client.status(name, progress.execution_id, detailed=True)
     _finish_remote(summary)
+
+
+def _follow_command(execution_id: str, server_url: str) -> str:
+    """``flux executions follow ID``, with --server-url unless FLUX_SERVER_URL names it (the
+    executions commands read the local store without one)."""
+    import os
+    import shlex
+
+    words = ["flux", "executions", "follow", execution_id]
+    if (os.environ.get("FLUX_SERVER_URL") or "").strip().rstrip("/") != server_url:
+        words += ["--server-url", server_url]
+    return shlex.join(words)
 
 
 async def _say_if_no_worker(client: Any) -> None:
