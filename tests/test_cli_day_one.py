@@ -679,3 +679,36 @@ async def test_the_python_client_snippet_of_the_cli_docs_runs_as_written(nursery
         "WORKFLOW_STARTED", "TASK_STARTED", "TASK_COMPLETED", "WORKFLOW_COMPLETED"
     ]
     assert re.fullmatch(r"execution \w+: COMPLETED", lines[-1])
+
+
+# ---------------------------------------------------------------------------- 9. a 0.2.7 file
+
+
+def test_the_0_2_7_example_runs_as_a_script_and_with_flux_run(local):
+    example = os.path.join(ROOT, "examples", "from_0_2_7.py")
+    direct = subprocess.run(
+        [sys.executable, example], cwd=local.work, env=local.env, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert direct.returncode == 0, direct.stderr
+    assert direct.stdout.splitlines() == [
+        "store True, serializer msgpack",
+        "Hello, World (default, caught empty name)",
+        "FAILED TaskTimeoutError is an ExecutionError: True, inner_exception: None",
+    ]
+    out = local("run", f"{example}:compat", '"Ann"', "--execution-id", "c1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "store True, serializer msgpack",
+        "None",  # the skipped top-level run's output
+        "Hello, Ann (default, caught empty name)",
+    ]
+    err = out.stderr.splitlines()
+    assert err[0].startswith("warning: compat.run() was called at the top level of ")
+    assert err[1] == "execution c1: running workflow compat"
+    assert [line.split()[1:3] for line in err[2:5]] == [
+        ["slow_lookup#0", "failed"],
+        ["check#1", "failed"],
+        ["greet#2", "completed"],
+    ]
+    assert err[5:] == ["execution c1: COMPLETED"]
