@@ -167,10 +167,12 @@ async def start_server(
     settings: Settings,
 ) -> None:
     """Serve the HTTP API and the worker endpoint, owning the store (--db)."""
+    from .net.security import check_bind
     from .net.server import ServerSettings, serve_server
     from .runtime.store import open_store
 
     _log_to_stderr(log_level)
+    check_bind(host, api_token or None, worker_token or None)  # refused: before the store
     try:  # a store that cannot be opened is one line, before anything is served
         async with open_store(settings.db_path, durability=settings.durability):
             pass
