@@ -78,12 +78,19 @@ def flux_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _failure_lines(error: Any, events: Any) -> tuple[list[str], str]:
-    """The traceback lines (user frames) and the one-line headline of a failed execution."""
+    """The traceback lines (user frames) and the one-line headline of a failed execution; for
+    an exception group, each failure with its call and traceback."""
     from .runtime.failures import describe_failure
 
     failure = describe_failure(error, events or ())
     where = f" at task {failure.call_id}" if failure.call_id else ""
-    lines = failure.traceback.splitlines() if failure.traceback else []
+    lines: list[str] = []
+    for n, part in enumerate(failure.parts, 1):
+        at = f" at task {part.call_id}" if part.call_id else ""
+        lines.append(f"failure {n} of {len(failure.parts)}{at}: {part.headline}")
+        lines.extend(f"  {line}" for line in part.traceback.splitlines())
+    if not failure.parts and failure.traceback:
+        lines = failure.traceback.splitlines()
     return lines, f"failed{where}: {failure.headline}"
 
 
@@ -199,12 +206,14 @@ def _echo_execution(
     if failure is None:
         click.echo(f"output     {_show(data.get('output'))}")
     else:
+        calls = [p.call_id for p in failure.parts if p.call_id] or [failure.call_id]
         click.echo(f"error      {failure.headline}")
-        click.echo(f"failed at  {failure.call_id or 'the workflow body'}")
+        click.echo(f"failed at  {', '.join(c for c in calls if c) or 'the workflow body'}")
     for e in data.get("events") or [] if with_events else []:
         click.echo(event_line(e))
-    if failure is not None and failure.traceback:
-        click.echo(failure.traceback)
+    if failure is not None:
+        for line in _failure_lines(data.get("output"), data.get("events"))[0]:
+            click.echo(line)
 
 
 # ---------------------------------------------------------------------------- client (over HTTP)

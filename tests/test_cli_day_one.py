@@ -712,3 +712,63 @@ def test_the_0_2_7_example_runs_as_a_script_and_with_flux_run(local):
         ["greet#2", "completed"],
     ]
     assert err[5:] == ["execution c1: COMPLETED"]
+
+
+GROUP = textwrap.dedent(
+    """
+    from flux import ExecutionContext, task, workflow
+    from flux.tasks import parallel
+
+
+    @task
+    async def bad(i):
+        raise ValueError(f"bad {i}")
+
+
+    @workflow
+    async def group(ctx: ExecutionContext):
+        return await parallel(bad(1), bad(2))
+
+
+    @workflow
+    async def body(ctx: ExecutionContext):
+        raise RuntimeError("first line\\nsecond line")
+    """
+)
+
+
+def test_several_failures_at_once_and_a_failing_workflow_body(local):
+    (local.work / "group.py").write_text(GROUP)
+    path = local.work / "group.py"
+    out = local("run", "group.py:group", "--execution-id", "g1", "--quiet")
+    assert out.returncode == 1 and out.stdout == ""
+    expected = []
+    for n in (1, 2):
+        expected += [
+            f"failure {n} of 2 at task parallel#0/bad#{n - 1}: ValueError: bad {n}",
+            "  Traceback (most recent call last):",
+            f'    File "{path}", line 8, in bad',
+            '      raise ValueError(f"bad {i}")',
+            f"  ValueError: bad {n}",
+        ]
+    expected.append(
+        "error: workflow group failed: ExceptionGroup: parallel: 2 calls failed (2 sub-exceptions)"
+    )
+    assert out.stderr.splitlines() == expected
+    shown = local("executions", "show", "g1").stdout.splitlines()
+    assert shown[4:6] == [
+        "error      ExceptionGroup: parallel: 2 calls failed (2 sub-exceptions)",
+        "failed at  parallel#0/bad#0, parallel#0/bad#1",
+    ]
+    assert shown[6:] == expected[:-1]
+
+    body = local("run", "group.py:body", "-q")
+    assert body.returncode == 1
+    assert body.stderr.splitlines() == [
+        "Traceback (most recent call last):",
+        f'  File "{path}", line 18, in body',
+        '    raise RuntimeError("first line\\nsecond line")',
+        "RuntimeError: first line",
+        "second line",
+        "error: workflow body failed: RuntimeError: first line ...",  # one line
+    ]

@@ -160,9 +160,12 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, Enum):
         return to_jsonable(value.value)
     if isinstance(value, BaseExceptionGroup):
+        from .failures import traceback_text
+
         return {
             "type": f"{type(value).__module__}.{type(value).__qualname__}",
             "message": str(value),
+            "traceback": traceback_text(value),
             "exceptions": [to_jsonable(e) for e in value.exceptions],
         }
     if isinstance(value, BaseException):

@@ -69,16 +69,22 @@ def trim_traceback(text: str) -> str:
 @attrs.frozen
 class Failure:
     """What failed: ``call_id`` of the task whose error ended the execution (``None`` when the
-    workflow body raised it), the error's short type name and message, and its traceback."""
+    workflow body raised it), the error's short type name and message, and its traceback; for
+    an exception group (several calls failed at once), ``parts`` describes each one."""
 
     call_id: str | None
     type_name: str
     message: str
     traceback: str
+    parts: tuple[Failure, ...] = ()
 
     @property
     def headline(self) -> str:
-        return f"{self.type_name}: {self.message}" if self.message else self.type_name
+        """``Type: message`` on one line (a message of several lines is cut after the first;
+        the traceback holds it whole)."""
+        first, _, rest = self.message.partition("\n")
+        text = first + (" ..." if rest.strip() else "")
+        return f"{self.type_name}: {text}" if text else self.type_name
 
 
 def _same_error(a: Any, b: Any) -> bool:
@@ -96,8 +102,14 @@ def describe_failure(error: Any, events: Iterable[Mapping[str, Any]] = ()) -> Fa
     if not isinstance(error, Mapping):
         text = "" if error is None else str(error)
         return Failure(None, "error", text, "")
+    events = list(events)
     type_name = str(error.get("type") or "Error").rsplit(".", 1)[-1]
     message = error.get("message")
+    parts = tuple(
+        describe_failure(part, events)
+        for part in error.get("exceptions") or ()
+        if isinstance(part, Mapping)
+    )
     call_id = None
     for event in events:
         if event.get("type") == _TASK_FAILED and _same_error(event.get("value"), error):
@@ -111,7 +123,7 @@ def describe_failure(error: Any, events: Iterable[Mapping[str, Any]] = ()) -> Fa
                 value = event.get("value")
                 text = value.get("traceback") or "" if isinstance(value, Mapping) else ""
     return Failure(
-        call_id, type_name, "" if message is None else str(message), trim_traceback(text)
+        call_id, type_name, "" if message is None else str(message), trim_traceback(text), parts
     )
 
 
