@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from typing import Any
@@ -100,8 +101,6 @@ async def _stop_on_interrupt(interrupts: Any, follower: Any, resume: str) -> Non
     """On Ctrl-C: show the outcomes committed so far, say how to resume, and stop this process
     at once, like a crash: every outcome the workflow acted on is committed, nothing else is
     written (no cancellation is recorded), so the execution is left as it was, resumable."""
-    import os
-
     async for _ in interrupts:
         with anyio.move_on_after(1):
             await follower.poll()
@@ -115,7 +114,6 @@ async def _stop_on_interrupt(interrupts: Any, follower: Any, resume: str) -> Non
 def _resume_command(target: str, execution_id: str, settings: Settings) -> str:
     """The exact command that continues this execution, with --db when it is not the
     default one."""
-    import os
     import shlex
 
     from .runtime.settings import Settings as Defaults
@@ -365,7 +363,7 @@ async def _follow_local(execution_id: str, from_offset: int, settings: Settings)
             await anyio.sleep(0.2)
         await follower.poll()
         ctx = await engine.get(execution_id)
-    _finish_remote(to_jsonable(ctx.to_dict()))
+    _finish(ctx, resume_hint=f"flux run FILE --execution-id {execution_id} [VALUE]")
 
 
 # ---------------------------------------------------------------------------- secrets (local)
@@ -392,7 +390,8 @@ async def secrets_list(settings: Settings, server_url: str | None, token: str | 
         async with _remote_client(server_url, token) as client:
             names = await client.secrets_list()
     else:
-        async with open_engine(settings) as engine:
+        _existing_store(settings)  # reading never creates a store
+        async with open_engine(settings, cancel_poll=None) as engine:
             names = await engine.secrets.names()
     for name in names:
         click.echo(name)
@@ -442,7 +441,9 @@ async def secrets_get(
         async with _remote_client(server_url, token) as client:
             click.echo(await client.secrets_get(name))
         return
-    async with open_engine(settings) as engine:
+    if not os.path.isfile(settings.db_path):  # reading never creates a store
+        _fail(f"secret {name!r} is not set: no Flux database at {settings.db_path}")
+    async with open_engine(settings, cancel_poll=None) as engine:
         click.echo(await engine.secrets.get(name))
 
 

@@ -772,3 +772,35 @@ def test_several_failures_at_once_and_a_failing_workflow_body(local):
         "second line",
         "error: workflow body failed: RuntimeError: first line ...",  # one line
     ]
+
+
+def test_secrets_reading_commands_never_create_a_store(local, tmp_path):
+    db = tmp_path / "none" / "flux.db"
+    listed = local("secrets", "list", "--db", str(db))
+    assert listed.returncode == 1 and listed.stderr == (
+        f"error: no Flux database at {db} (nothing has run with this store yet; --db or "
+        "FLUX_DB names another, --server-url asks a server)\n"
+    )
+    got = local("secrets", "get", "API_KEY", "--db", str(db))
+    assert got.returncode == 1
+    assert got.stderr == f"error: secret 'API_KEY' is not set: no Flux database at {db}\n"
+    assert not (tmp_path / "none").exists()
+
+
+def test_following_a_paused_local_execution_says_how_to_resume_it(local):
+    (local.work / "ask.py").write_text(
+        "from flux import workflow\nfrom flux.tasks import pause\n\n"
+        "@workflow\nasync def ask(ctx):\n    return await pause('approve')\n"
+    )
+    assert local("run", "ask.py", "--execution-id", "a1").returncode == 0
+    followed = local("executions", "follow", "a1")
+    assert followed.returncode == 0
+    assert [line.split()[2] for line in followed.stdout.splitlines()] == [
+        "WORKFLOW_STARTED",
+        "TASK_PAUSED",
+        "WORKFLOW_PAUSED",
+    ]
+    assert followed.stderr.splitlines() == [
+        "execution a1: PAUSED",
+        "paused; resume with: flux run FILE --execution-id a1 [VALUE]",
+    ]
