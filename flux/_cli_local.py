@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 from typing import Any
@@ -131,11 +132,12 @@ def _follower(store: Any, execution_id: str, seen: list[Any], quiet: bool) -> An
     def emit(stored: Any) -> None:
         if quiet:
             return
-        line = outcome_line(to_jsonable(decode_event(stored).to_dict()))
+        line = outcome_line(to_jsonable(decode_event(stored).to_dict()), width)
         if line is not None:
             click.echo(line, err=True)
 
     after = max((e.seq for e in seen), default=0)
+    width = max(shutil.get_terminal_size((160, 24)).columns, 80)
     return StoreFollower(store, execution_id, emit, after_seq=after)
 
 

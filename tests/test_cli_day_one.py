@@ -804,3 +804,30 @@ def test_following_a_paused_local_execution_says_how_to_resume_it(local):
         "execution a1: PAUSED",
         "paused; resume with: flux run FILE --execution-id a1 [VALUE]",
     ]
+
+
+def test_retries_and_fallbacks_read_as_sentences(local):
+    (local.work / "flaky.py").write_text(
+        textwrap.dedent(
+            """
+            from flux import task, workflow
+
+            @task.with_options(retry_max_attempts=1, retry_delay=0.01, fallback=lambda: "plan b")
+            async def flaky():
+                raise ConnectionError("down")
+
+            @workflow
+            async def w(ctx):
+                return await flaky()
+            """
+        )
+    )
+    out = local("run", "flaky.py", "--execution-id", "r1")
+    assert out.returncode == 0 and out.stdout == "plan b\n"
+    shown = [re.sub(rf"^  {CLOCK}  ", "", line) for line in out.stderr.splitlines()[1:-1]]
+    assert [re.sub(r"\s{2,}", " | ", line) for line in shown] == [
+        "flaky#0 | retrying | retry 1 after 0.01s (ConnectionError: down)",
+        "flaky#0 | retry failed | ConnectionError: down",
+        "flaky#0 | falling back | ConnectionError: down",
+        "flaky#0 | completed | plan b",
+    ]

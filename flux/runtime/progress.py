@@ -49,13 +49,25 @@ def outcome_line(event: dict[str, Any], width: int = 120) -> str | None:
         clock = datetime.fromisoformat(when).astimezone(UTC).strftime("%H:%M:%S")
     except (TypeError, ValueError):
         clock = "--:--:--"
-    value = event.get("value")
-    if event.get("type") in _ERROR_EVENTS:
-        value = error_summary(value) or value
+    value = _value_text(str(event.get("type")), event.get("value"))
     head = f"  {clock}  {str(event.get('source_id')):28}  {label:15}"
     if value is None:
         return head.rstrip()
     return f"{head}  {_shown(value, max(width - len(head) - 2, 20))}"
+
+
+def _value_text(kind: str, value: Any) -> Any:
+    """What a line shows of an event's value: errors as ``Type: message``, a retry as which
+    one, after how long and why."""
+    if kind in _ERROR_EVENTS or kind == "TASK_FALLBACK_STARTED":
+        summary = error_summary(value)
+        return value if summary is None else summary
+    if kind == "TASK_RETRY_STARTED" and isinstance(value, dict) and "attempt" in value:
+        why = error_summary(value.get("error"))
+        delay = value.get("delay")
+        after = f" after {delay:g}s" if isinstance(delay, int | float) else ""
+        return f"retry {value['attempt']}{after}" + (f" ({why})" if why else "")
+    return value
 
 
 class StoreFollower:
