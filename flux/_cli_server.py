@@ -66,7 +66,7 @@ def _startup_message(error: BaseException, where: str | None) -> str:
 
 def startup_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """A server or worker that cannot start (or stops on an error) prints one line, exit 1;
-    the traceback goes to the log at DEBUG level."""
+    the traceback goes to the log (at DEBUG level for the expected failures)."""
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -80,7 +80,12 @@ def startup_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             leaves = [x for x in _leaves(e) if not isinstance(x, anyio.get_cancelled_exc_class())]
             if not leaves or any(isinstance(x, KeyboardInterrupt | SystemExit) for x in leaves):
                 raise
-            logging.getLogger("flux.cli").debug("stopped by", exc_info=e)
+            expected = isinstance(leaves[0], OSError | FluxError | ValueError)
+            # an expected failure (port, store, token, bad setting) is the line below; anything
+            # else is a bug, whose traceback is logged too
+            logging.getLogger("flux.cli").log(
+                logging.DEBUG if expected else logging.ERROR, "stopped by", exc_info=e
+            )
             where = None
             if "port" in kwargs:
                 host = str(kwargs.get("host"))
