@@ -329,3 +329,24 @@ def test_describe_failure_finds_the_first_task_that_failed_with_that_error():
         "tb",
     )
     assert describe_failure(error, []).call_id is None
+
+
+def test_the_failures_of_a_group_are_described_in_program_order():
+    def err(message):
+        return {"type": "builtins.ValueError", "message": message, "traceback": ""}
+
+    group = {
+        "type": "builtins.ExceptionGroup",
+        "message": "parallel: 3 calls failed",
+        "exceptions": [err("ten"), err("two"), err("body")],
+    }
+    events = [
+        {"type": "TASK_FAILED", "source_id": "parallel#0/b#2", "value": err("two")},
+        {"type": "TASK_FAILED", "source_id": "parallel#0/a#10", "value": err("ten")},
+    ]
+    parts = describe_failure(group, events).parts
+    assert [(p.call_id, p.message) for p in parts] == [
+        ("parallel#0/b#2", "two"),
+        ("parallel#0/a#10", "ten"),
+        (None, "body"),
+    ]

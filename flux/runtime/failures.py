@@ -106,9 +106,14 @@ def describe_failure(error: Any, events: Iterable[Mapping[str, Any]] = ()) -> Fa
     type_name = str(error.get("type") or "Error").rsplit(".", 1)[-1]
     message = error.get("message")
     parts = tuple(
-        describe_failure(part, events)
-        for part in error.get("exceptions") or ()
-        if isinstance(part, Mapping)
+        sorted(  # in program order (a group holds them in completion order, which varies)
+            (
+                describe_failure(part, events)
+                for part in error.get("exceptions") or ()
+                if isinstance(part, Mapping)
+            ),
+            key=lambda f: _call_order(f.call_id),
+        )
     )
     call_id = None
     for event in events:
@@ -125,6 +130,18 @@ def describe_failure(error: Any, events: Iterable[Mapping[str, Any]] = ()) -> Fa
     return Failure(
         call_id, type_name, "" if message is None else str(message), trim_traceback(text), parts
     )
+
+
+def _call_order(call_id: str | None) -> tuple[int, list[tuple[int, str]]]:
+    """Sort key of a call id in program order (the ordinal of each segment counts the
+    parent's calls of every name): ``b#2`` before ``a#10``; no id last."""
+    if call_id is None:
+        return (1, [])
+    parts = []
+    for segment in call_id.split("/"):
+        name, _, ordinal = segment.rpartition("#")
+        parts.append((int(ordinal) if ordinal.isdigit() else -1, name))
+    return (0, parts)
 
 
 def error_summary(value: Any) -> str | None:
