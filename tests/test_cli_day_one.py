@@ -107,12 +107,11 @@ def state_of(db: str, execution_id: str) -> str:
 
 
 def traceback_lines(lines: list[str], path: Path) -> None:
-    """The user frames of calc -> divide(ZeroDivisionError), Flux's own frames left out."""
-    assert lines[0] == "Traceback (most recent call last):"
-    assert lines[1] == f'  File "{path}", line 14, in calc'
-    assert lines[2] == "    return await divide(ctx.input, 0)"
-    rest = [line for line in lines[3:] if not re.fullmatch(r"\s*[\^~]+\s*", line)]  # carets
-    assert rest == [
+    """The traceback recorded where divide raised ZeroDivisionError, Flux's frames left out
+    (the workflow receives the recorded error, so its traceback is the task's)."""
+    shown = [line for line in lines if not re.fullmatch(r"\s*[\^~]+\s*", line)]  # carets
+    assert shown == [
+        "Traceback (most recent call last):",
         f'  File "{path}", line 9, in divide',
         "    return a / b",
         "ZeroDivisionError: division by zero",
@@ -220,12 +219,9 @@ async def test_remote_failures_carry_the_traceback(nursery, tmp_path):
     eid = err[0].split()[1].rstrip(":")
     assert err[1:] == [
         "Traceback (most recent call last):",
-        f'  File "<{_module_of(err)}>", line 16, in failing',
-        "    return await explode(ctx.input)",
-        *_carets(err, 4),
         f'  File "<{_module_of(err)}>", line 11, in explode',
-        '    raise Boom(f"kaboom {x}")',
-        *_carets(err, 7 + len(_carets(err, 4))),
+        '    raise Boom(f"kaboom {x}")',  # uploaded source shows its lines
+        *_carets(err, 4),
         f"{_module_of(err)}.Boom: kaboom x",
         "error: workflow failing failed at task explode#0: Boom: kaboom x",
     ]

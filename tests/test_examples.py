@@ -27,6 +27,7 @@ EXPECTED = {
     "cancellation.py": "CANCELLED True",
     "state_inspection.py": "COMPLETED 2.5 / FAILED ZeroDivisionError",
     "secret_management.py": "value in the history: False | in the database files: False",
+    "ownership.py": "COMPLETED ['reserved', 'paid']",
 }
 
 SCRIPTS = sorted(

@@ -388,13 +388,16 @@ def test_bad_workflow_definitions_are_refused():
 
 
 @pytest.mark.trio
-async def test_two_runs_of_one_execution_are_fenced():
-    """A second runner takes over with a new epoch; the first one's writes are refused."""
-    from flux.runtime.errors import StoreError
+async def test_a_live_lease_is_refused_and_an_expired_one_taken_over_and_fenced():
+    """A second runner is refused while the first one's lease is live; once it expired (the
+    first runner stalled in a task body, renewing nothing), the second takes over with a new
+    epoch, and the first one's late outcome is refused: it stops, uncatchable, writing nothing."""
+    from flux.runtime.errors import ExecutionLeasedError, LeaseLostError
 
     gate = anyio.Event()
     entered = anyio.Event()
     calls = []
+    caught = []
 
     @task
     async def slow() -> str:
@@ -407,28 +410,42 @@ async def test_two_runs_of_one_execution_are_fenced():
     @workflow
     async def contested(ctx: ExecutionContext):
         await say_hello("x")
-        return await slow()
+        try:
+            return await slow()
+        except Exception as e:  # a stop must never land here
+            caught.append(e)
+            return "compensated"
 
     results = {}
-    async with open_engine() as engine, open_engine() as other:
+    # no heartbeat task (cancel_poll=None): a body that runs past the ttl lets the lease expire
+    async with (
+        open_engine(cancel_poll=None, lease_ttl=0.5) as engine,
+        open_engine(lease_ttl=0.5) as other,
+    ):
 
         async def first():
             try:
                 results["first"] = await contested.arun(execution_id="contested-1", engine=engine)
-            except StoreError as e:
+            except LeaseLostError as e:
                 results["first"] = e
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(first)
             await entered.wait()
-            # meanwhile "another process" recovers the same execution and finishes it
-            second = await contested.arun(execution_id="contested-1", engine=other)
+            with pytest.raises(ExecutionLeasedError, match="embedded runner pid"):
+                await contested.arun(execution_id="contested-1", engine=other)
+            # once the stalled runner's lease expired, "another process" takes it over
+            second = await contested.arun(execution_id="contested-1", engine=other, wait=5)
+            before = await engine.store.load_events("contested-1")
             gate.set()
         final = await engine.get("contested-1")
+        after = await engine.store.load_events("contested-1")
     assert second.output == "slow"
     assert runs == ["hello:x"]  # replayed by the second runner, not run again
-    assert isinstance(results["first"], StoreError)
-    assert "taken over" in str(results["first"])
+    assert isinstance(results["first"], LeaseLostError)
+    assert "took it over" in str(results["first"])
+    assert caught == []
+    assert after == before  # the fenced runner wrote nothing
     assert final.state is ExecutionState.COMPLETED
     assert [e.type for e in final.events].count(E.WORKFLOW_COMPLETED) == 1
     assert [e.type for e in final.events].count(E.TASK_COMPLETED) == 2

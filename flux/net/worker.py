@@ -42,8 +42,10 @@ from flux.runtime.errors import (
     FluxError,
     NondeterminismError,
     SecretNotFoundError,
+    StoppedError,
     WorkflowError,
 )
+from flux.runtime.errors import LeaseLostError as RuntimeLeaseLost
 from flux.runtime.events import ExecutionEventType, ExecutionState
 from flux.runtime.executor import Execution
 from flux.runtime.loader import load_source, workflows_in
@@ -123,6 +125,13 @@ class _Run:
         self._secret_values: list[str] = []
         self.suspend_sleep_after = worker.release_sleeps_after
         self.cancel_requested = trio.Event()
+
+    #: on a worker, user code raising SystemExit, KeyboardInterrupt... fails its execution
+    base_exceptions_fail = True
+
+    async def ensure_lease(self, execution: Execution) -> None:
+        if self.dead is not None:
+            execution.abandon()
 
     # ------------------------------------------------------------------ Journal
 
@@ -230,7 +239,8 @@ class _Run:
         if self.inflight is not None:
             self.inflight.resolve(error)
         if self.execution is not None:
-            self.execution.abandon()  # tasks skip rollback and TASK_CANCELLED
+            # tasks skip rollback and TASK_CANCELLED; nothing more starts or is written
+            self.execution.abandon(RuntimeLeaseLost(str(error)))
         self.scope.cancel()
 
     # ------------------------------------------------------------------ Host
@@ -571,11 +581,15 @@ class Worker:
             result = await execution.run()
         except LeaseLostError:
             raise
+        except RuntimeLeaseLost as exc:
+            raise LeaseLostError(str(exc)) from None
         except NondeterminismError as exc:
             # the pinned source made other calls than its own history: it never will again
             log.error("execution %s: %s", lease.execution_id, exc)
             await self._fail(run, execution.seq, exc)
             return
+        except StoppedError as exc:  # the session's journal failed: the lease is gone
+            raise LeaseLostError(f"execution {lease.execution_id}: {exc}") from None
         except StaleWriteError:
             raise
         if run.dead is None:

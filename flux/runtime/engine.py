@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -10,19 +11,37 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import attrs
 
-from . import codec
+from . import codec, owners
 from .context import ExecutionContext
-from .errors import ExecutionNotFoundError, NondeterminismError, StoreError, WorkflowError
+from .errors import (
+    ExecutionLeasedError,
+    ExecutionNotFoundError,
+    LeaseLostError,
+    StoppedError,
+    StoreError,
+    StoreUnavailableError,
+    WorkflowError,
+)
 from .events import ExecutionEvent, ExecutionEventType, ExecutionState
 from .executor import Execution
-from .history import pending_pauses
+from .history import resume_targets
 from .secrets import SecretStore
 from .settings import Settings
-from .store import ExecutionRecord, StaleWriteError, Store, StoredEvent, Write, open_store
+from .store import (
+    ExecutionRecord,
+    StaleWriteError,
+    Store,
+    StoredEvent,
+    Write,
+    WriteTicket,
+    open_store,
+)
 from .workflow import MISSING, workflow
 
 E = ExecutionEventType
+log = logging.getLogger("flux.engine")
 
 
 def decode_event(stored: StoredEvent) -> ExecutionEvent:
@@ -61,9 +80,11 @@ class StoreJournal:
 
     ``held`` events (the resume of a paused execution) are written with the first event the run
     records, so that a run stopped by nondeterminism before recording anything leaves the
-    history exactly as it was."""
+    history exactly as it was. A write the store refused (even a queued one nobody awaited) makes
+    every later write of this journal raise, so a history never gets a hole. A write that ends
+    the run (a state other than RUNNING) releases the lease with it."""
 
-    __slots__ = ("store", "execution_id", "expect", "held")
+    __slots__ = ("store", "execution_id", "expect", "held", "tickets", "wrote")
 
     def __init__(
         self, store: Store, execution_id: str, epoch: int, held: list[StoredEvent] | None = None
@@ -72,31 +93,78 @@ class StoreJournal:
         self.execution_id = execution_id
         self.expect = {"lease_epoch": epoch}
         self.held = held or []
+        self.tickets: list[WriteTicket] = []
+        #: whether anything was handed to the store (False: the history is as it was)
+        self.wrote = False
+
+    def _check(self) -> None:
+        open_: list[WriteTicket] = []
+        for ticket in self.tickets:
+            if not ticket.done:
+                open_.append(ticket)
+            elif ticket.error is not None:
+                self.tickets = []
+                raise ticket.error
+        self.tickets = open_
 
     def _write(self, events: list[StoredEvent], update: dict[str, Any] | None) -> Write:
+        self._check()
         if self.held:
             events, self.held = self.held + events, []
-        return Write(self.execution_id, events, update=_columns(update), expect=self.expect)
+        columns = _columns(update)
+        if columns is not None and columns.get("state", ExecutionState.RUNNING.value) != (
+            ExecutionState.RUNNING.value
+        ):
+            columns["lease_owner"] = None
+            columns["lease_expires_at"] = None
+        self.wrote = True
+        return Write(self.execution_id, events, update=columns, expect=self.expect)
 
     def enqueue(self, events: list[StoredEvent], update: dict[str, Any] | None = None) -> None:
-        self.store.enqueue(self._write(events, update))
+        self.tickets.extend(self.store.enqueue(self._write(events, update)))
 
     async def commit(self, events: list[StoredEvent], update: dict[str, Any] | None = None) -> None:
         await self.store.commit(self._write(events, update))
+        self._check()
+
+    def discard(self) -> None:
+        """The run stopped: drop what it queued and did not reach a transaction yet."""
+        self.held = []
+        self.store.discard_queued(self.execution_id)
 
 
 def new_execution_id() -> str:
     return uuid.uuid4().hex
 
 
+@attrs.define
+class _Lease:
+    """The lease this engine holds on one execution it runs."""
+
+    epoch: int
+    #: when it ends unless renewed (engine clock, like the store's lease_expires_at)
+    expires_at: float
+    #: time.monotonic() when the renewal that set expires_at began
+    renewed: float
+
+
+class _Busy(Exception):
+    def __init__(self, owner: str | None, expires_at: float | None):
+        self.owner = owner
+        self.expires_at = expires_at
+
+
 class Engine:
     """Runs workflows in this process; owns nothing but references to the store and settings.
 
     Build it with :func:`open_engine`; ``wf.arun(..., engine=engine)`` reuses one engine (and its
-    SQLite connection) for many runs.
+    SQLite connection) for many runs. Each run holds the execution's lease in the store under
+    this engine's :attr:`owner` name, renewed every ``lease_ttl / 3`` seconds by the engine's
+    heartbeat and before user code starts whenever it is getting old.
     """
 
     suspend_sleep_after: float | None = None
+    base_exceptions_fail = False
 
     def __init__(
         self,
@@ -113,9 +181,14 @@ class Engine:
         self.store = store
         self.settings = settings
         self.secrets = secrets
+        #: the name this engine's leases are held under (see flux.runtime.owners)
+        self.owner = owners.new_owner()
+        self.lease_ttl = settings.lease_ttl
         self._secret_values: list[str] = []
         self._running: dict[str, Execution] = {}
+        self._leases: dict[str, _Lease] = {}
         self._kick: anyio.Event | None = None  # set when a run starts (see watch)
+        self._leased: anyio.Event | None = None  # set when a lease is taken (see heartbeat)
 
     # -------------------------------------------------------------- Host services
 
@@ -139,7 +212,85 @@ class Engine:
         self, execution: Execution, call_id: str, child: workflow, child_id: str, input: Any
     ) -> ExecutionContext:
         value, execution.resume_value = execution.resume_value, MISSING
-        return await self._run(child, input, child_id, value, execution.ctx.execution_id)
+        return await self._run(child, input, child_id, value, execution.ctx.execution_id, wait=True)
+
+    async def ensure_lease(self, execution: Execution) -> None:
+        """Renew the lease of ``execution`` first if it is getting old (half its ttl gone by
+        the engine clock or by the monotonic clock, which a frozen or suspended process also
+        sees jump); stop the run if the lease turns out lost, or cannot be renewed before it
+        expires."""
+        eid = execution.ctx.execution_id
+        lease = self._leases.get(eid)
+        if lease is None or self._fresh(lease):
+            return
+        await self.renew([eid])
+        lease = self._leases.get(eid)
+        if lease is not None and not self._fresh(lease) and self._expired(lease):
+            execution.stop(
+                StoreUnavailableError(
+                    f"execution {eid}: its lease expired and could not be renewed"
+                )
+            )
+
+    def _fresh(self, lease: _Lease) -> bool:
+        margin = self.lease_ttl / 2
+        return (
+            self.clock() < lease.expires_at - margin
+            and time.monotonic() - lease.renewed < margin
+        )
+
+    def _expired(self, lease: _Lease) -> bool:
+        return (
+            self.clock() >= lease.expires_at or time.monotonic() - lease.renewed >= self.lease_ttl
+        )
+
+    async def renew(self, execution_ids: list[str] | None = None) -> None:
+        """Extend the leases of the given running executions (all by default); a run whose
+        lease another runner took stops at once, writing nothing more."""
+        ids = list(self._leases) if execution_ids is None else execution_ids
+        due = [(eid, self._leases[eid].epoch) for eid in ids if eid in self._leases]
+        if not due:
+            return
+        began = time.monotonic()
+        expires = self.clock() + self.lease_ttl
+        try:
+            lost = set(await self.store.renew_leases(due, owner=self.owner, expires_at=expires))
+        except StoreError as exc:
+            log.warning("cannot renew the leases of %d execution(s): %s", len(due), exc)
+            return
+        for eid, epoch in due:
+            lease = self._leases.get(eid)
+            if lease is None or lease.epoch != epoch:
+                continue
+            if eid in lost:
+                self._lease_lost(eid)
+            else:
+                lease.expires_at = expires
+                lease.renewed = began
+
+    def _lease_lost(self, execution_id: str) -> None:
+        self._leases.pop(execution_id, None)
+        running = self._running.get(execution_id)
+        if running is not None:
+            log.warning("execution %s: lease lost to another runner; this run stops", execution_id)
+            running.abandon(
+                LeaseLostError(
+                    f"execution {execution_id}: another runner took it over after this one "
+                    f"missed its {self.lease_ttl:g}s lease (a stalled or frozen process); "
+                    "this run stopped and wrote nothing more"
+                )
+            )
+
+    async def heartbeat(self) -> None:
+        """Renew the leases of the running executions every ``lease_ttl / 3`` seconds, for
+        the engine's lifetime (``open_engine`` starts it)."""
+        self._leased = anyio.Event()
+        while True:
+            if not self._leases:
+                await self._leased.wait()
+                self._leased = anyio.Event()
+            await anyio.sleep(self.lease_ttl / 3)
+            await self.renew()
 
     # -------------------------------------------------------------- executions
 
@@ -156,15 +307,18 @@ class Engine:
         *,
         execution_id: str | None = None,
         resume_value: Any = MISSING,
+        wait: bool | float = False,
     ) -> ExecutionContext:
         """Start ``wf`` (new execution, or ``execution_id`` if unknown), resume a paused
         execution (``resume_value``, else ``input``, is what ``pause`` returns), recover a
-        crashed running one, or return a finished one unchanged."""
-        if execution_id is not None and resume_value is MISSING and input is not None:
-            record = await self.store.get_execution(execution_id)
-            if record is not None:
-                resume_value = input
-        return await self._run(wf, input, execution_id, resume_value, None)
+        crashed running one, or return a finished one unchanged.
+
+        An execution another live runner holds is refused with ExecutionLeasedError; with
+        ``wait=True`` (or a number of seconds) this waits for that runner to finish, pause or
+        lose its lease, then goes on as above."""
+        return await self._run(
+            wf, input, execution_id, resume_value, None, wait=wait, input_resumes=True
+        )
 
     async def _run(
         self,
@@ -173,46 +327,132 @@ class Engine:
         execution_id: str | None,
         resume_value: Any,
         parent_id: str | None,
+        *,
+        wait: bool | float = False,
+        input_resumes: bool = False,
     ) -> ExecutionContext:
-        record = await self.store.get_execution(execution_id) if execution_id else None
-        held: list[StoredEvent] = []
-        if record is None:
-            ctx, epoch = self._create(wf, input, execution_id or new_execution_id(), parent_id)
-        else:
-            if record.workflow_name != wf.name:
-                raise WorkflowError(
-                    f"execution {execution_id} belongs to workflow {record.workflow_name!r}, "
-                    f"not {wf.name!r}"
+        limit = None if wait is True or wait is False else time.monotonic() + float(wait)
+        delay = 0.05
+        while True:
+            try:
+                return await self._run_once(
+                    wf, input, execution_id, resume_value, parent_id, input_resumes
                 )
-            if record.state.is_terminal:
-                return build_context(record, await self.store.load_events(record.execution_id))
-            ctx, epoch, held = await self._claim(record, resume_value)
-            if record.cancel_requested:  # asked while no process was running it
-                return await self._finish_cancelled(ctx, {"lease_epoch": epoch})
-        journal = StoreJournal(self.store, ctx.execution_id, epoch, held)
+            except _Busy as busy:
+                if wait is False or (limit is not None and time.monotonic() >= limit):
+                    assert execution_id is not None
+                    raise ExecutionLeasedError(
+                        execution_id, owners.describe(busy.owner), busy.expires_at
+                    ) from None
+            await anyio.sleep(delay if limit is None else min(delay, limit - time.monotonic()))
+            delay = min(delay * 2, 1.0)
+
+    async def _run_once(
+        self,
+        wf: workflow,
+        input: Any,
+        execution_id: str | None,
+        resume_value: Any,
+        parent_id: str | None,
+        input_resumes: bool,
+    ) -> ExecutionContext:
+        record: ExecutionRecord | None = None
+        held: list[StoredEvent] = []
+        tickets: list[WriteTicket] = []
+        now = self.clock()
+        expires = now + self.lease_ttl
+        began = time.monotonic()
+        if execution_id is None:
+            # a fresh random id: nobody else can know it, so the creation is only queued and
+            # commits with the run's first outcome
+            ctx, create = self._creation(wf, input, new_execution_id(), parent_id, expires)
+            tickets = self.store.enqueue(create)
+            epoch = 1
+        else:
+            running = self._running.get(execution_id)
+            if running is not None:
+                lease = self._leases.get(execution_id)
+                raise _Busy(self.owner, lease.expires_at if lease else None)
+            ctx, create = self._creation(wf, input, execution_id, parent_id, expires)
+            # shielded: a claim that took the lease is always followed by the run, which then
+            # sees a pending cancellation at once (and ends CANCELLED), never left half-taken
+            with anyio.CancelScope(shield=True):
+                claim = await self.store.claim(
+                    execution_id,
+                    owner=self.owner,
+                    expires_at=expires,
+                    now=now,
+                    create=create,
+                    owner_gone=owners.owner_gone,
+                    workflow_name=wf.name,
+                )
+            if claim.outcome == "mismatch":
+                assert claim.record is not None
+                raise WorkflowError(
+                    f"execution {execution_id} belongs to workflow "
+                    f"{claim.record.workflow_name!r}, not {wf.name!r}"
+                )
+            if claim.outcome == "finished":
+                assert claim.record is not None
+                return build_context(claim.record, list(claim.events))
+            if claim.outcome == "leased":
+                assert claim.record is not None
+                raise _Busy(claim.record.lease_owner, claim.record.lease_expires_at)
+            epoch = claim.epoch
+            if claim.outcome == "claimed":
+                record = claim.record
+                assert record is not None
+                ctx = build_context(record, list(claim.events))
+                if input_resumes and resume_value is MISSING and input is not None:
+                    resume_value = input
+                if record.state is ExecutionState.PAUSED:
+                    value = None if resume_value is MISSING else resume_value
+                    held = resume_events(ctx, value)
+                ctx.state = ExecutionState.RUNNING
+                if record.cancel_requested:  # asked while no process was running it
+                    return await self._finish_cancelled(ctx, {"lease_epoch": epoch})
+        eid = ctx.execution_id
+        self._leases[eid] = _Lease(epoch, expires, began)
+        if self._leased is not None:
+            self._leased.set()
+        journal = StoreJournal(self.store, eid, epoch, held)
+        journal.tickets.extend(tickets)  # a refused creation stops the run at its next write
         execution = Execution(wf, ctx, journal, self, clock=self.clock)
         execution.resume_value = resume_value
-        self._running[ctx.execution_id] = execution
+        self._running[eid] = execution
         try:
             return await self._run_watched(execution)
-        except NondeterminismError:
-            if record is not None and journal.held:  # nothing recorded: put the state back
-                with anyio.CancelScope(shield=True):
-                    await self.store.commit(
-                        Write(
-                            ctx.execution_id,
-                            update={"state": record.state.value},
-                            expect=journal.expect,
-                        )
-                    )
+        except StoppedError as stop:
+            with anyio.CancelScope(shield=True):
+                await self._after_stop(eid, epoch, journal, record, stop)
             raise
-        except StaleWriteError as e:
-            raise StoreError(
-                f"execution {ctx.execution_id} was taken over by another run while this one "
-                f"was running; this run stopped ({e})"
-            ) from None
         finally:
-            self._running.pop(ctx.execution_id, None)
+            self._running.pop(eid, None)
+            self._leases.pop(eid, None)
+
+    async def _after_stop(
+        self,
+        execution_id: str,
+        epoch: int,
+        journal: StoreJournal,
+        record: ExecutionRecord | None,
+        stop: StoppedError,
+    ) -> None:
+        """A run stopped: give the lease back (it is not ours any more after a lease loss), and
+        when the run wrote nothing, put the state it had before the claim back (a paused
+        execution stays PAUSED, a sleeping one SCHEDULED)."""
+        if isinstance(stop, LeaseLostError):
+            return
+        update: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+        if record is not None and not journal.wrote:
+            update["state"] = record.state.value
+            update["wake_at"] = record.wake_at
+        try:
+            await self.store.commit(
+                Write(execution_id, update=update, expect={"lease_epoch": epoch})
+            )
+        except StoreError as exc:
+            log.info("execution %s: lease not released after the stop: %s", execution_id, exc)
 
     async def _run_watched(self, execution: Execution) -> ExecutionContext:
         """Run ``execution``; the engine's watcher (see :meth:`watch`) flushes what it queued
@@ -252,13 +492,16 @@ class Engine:
                     if running is not None:
                         running.request_cancel()
 
-    def _create(
-        self, wf: workflow, input: Any, execution_id: str, parent_id: str | None
-    ) -> tuple[ExecutionContext, int]:
+    def _creation(
+        self, wf: workflow, input: Any, execution_id: str, parent_id: str | None, expires: float
+    ) -> tuple[ExecutionContext, Write]:
+        """The context and the store write that create a new execution, leased to this
+        engine (epoch 1) until ``expires``."""
         try:
             data = codec.encode(input)
         except Exception as e:
             raise type(e)(f"input of workflow {wf.name!r}: {e}") from None
+        seen = codec.decode(data)  # the workflow gets the input as a replay will
         now = time.time()
         record = ExecutionRecord(
             execution_id=execution_id,
@@ -267,14 +510,15 @@ class Engine:
             input=data,
             state=ExecutionState.RUNNING,
             created_at=now,
+            lease_owner=self.owner,
             lease_epoch=1,
+            lease_expires_at=expires,
         )
         ctx = ExecutionContext(
-            execution_id, wf.name, input, None, ExecutionState.RUNNING, parent_id=parent_id
+            execution_id, wf.name, seen, None, ExecutionState.RUNNING, parent_id=parent_id
         )
-        started = append_event(ctx, E.WORKFLOW_STARTED, wf.name, wf.name, input, now, data)
-        self.store.enqueue(Write(execution_id, [started], insert=record))
-        return ctx, 1
+        started = append_event(ctx, E.WORKFLOW_STARTED, wf.name, wf.name, seen, now, data)
+        return ctx, Write(execution_id, [started], insert=record)
 
     async def _finish_cancelled(
         self, ctx: ExecutionContext, expect: dict[str, Any]
@@ -286,36 +530,17 @@ class Engine:
             Write(
                 ctx.execution_id,
                 [event],
-                update={"state": ExecutionState.CANCELLED.value, "wake_at": None},
+                update={
+                    "state": ExecutionState.CANCELLED.value,
+                    "wake_at": None,
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                },
                 expect=expect,
             )
         )
         ctx.state = ExecutionState.CANCELLED
         return ctx
-
-    async def _claim(
-        self, record: ExecutionRecord, resume_value: Any
-    ) -> tuple[ExecutionContext, int, list[StoredEvent]]:
-        events = await self.store.load_events(record.execution_id)
-        ctx = build_context(record, events)
-        epoch = record.lease_epoch + 1
-        new: list[StoredEvent] = []
-        if record.state is ExecutionState.PAUSED:
-            value = None if resume_value is MISSING else resume_value
-            new = resume_events(ctx, value)
-        ctx.state = ExecutionState.RUNNING
-        await self.store.commit(
-            Write(
-                record.execution_id,
-                update={
-                    "state": ExecutionState.RUNNING.value,
-                    "lease_epoch": epoch,
-                    "wake_at": None,
-                },
-                expect={"lease_epoch": record.lease_epoch},
-            )
-        )
-        return ctx, epoch, new
 
     async def cancel(self, execution_id: str) -> ExecutionContext:
         """Cancel a running (in this engine) or paused/queued execution."""
@@ -323,16 +548,20 @@ class Engine:
         if running is not None:
             running.request_cancel()
             return running.ctx
-        record = await self.store.get_execution(execution_id)
-        if record is None:
-            raise ExecutionNotFoundError(execution_id)
-        if record.state.is_terminal:
-            return await self.get(execution_id)
-        if record.state in (ExecutionState.RUNNING, ExecutionState.CLAIMED):
-            await self.store.commit(Write(execution_id, update={"cancel_requested": 1}))
-            return await self.get(execution_id)
-        expect = {"lease_epoch": record.lease_epoch, "state": record.state.value}
-        return await self._finish_cancelled(await self.get(execution_id), expect)
+        while True:
+            record = await self.store.get_execution(execution_id)
+            if record is None:
+                raise ExecutionNotFoundError(execution_id)
+            if record.state.is_terminal:
+                return await self.get(execution_id)
+            if record.state in (ExecutionState.RUNNING, ExecutionState.CLAIMED):
+                await self.store.commit(Write(execution_id, update={"cancel_requested": 1}))
+                return await self.get(execution_id)
+            expect = {"lease_epoch": record.lease_epoch, "state": record.state.value}
+            try:
+                return await self._finish_cancelled(await self.get(execution_id), expect)
+            except StaleWriteError:
+                continue  # claimed (resumed) meanwhile: ask its runner instead
 
 
 def append_event(
@@ -359,10 +588,7 @@ def resume_events(ctx: ExecutionContext, value: Any) -> list[StoredEvent]:
     ``value`` for every pause point still waiting. Appended to ``ctx.events`` too."""
     data = codec.encode(value)
     now = time.time()
-    name = ctx.workflow_name
-    targets = [(E.WORKFLOW_RESUMED, name, name)] + [
-        (E.TASK_RESUMED, p.source_id, p.name) for p in pending_pauses(ctx.events)
-    ]
+    targets = resume_targets(ctx.workflow_name, ctx.events)
     return [append_event(ctx, t, source, label, value, now, data) for t, source, label in targets]
 
 
@@ -374,15 +600,25 @@ async def open_engine(
     durability: str | None = None,
     clock: Callable[[], float] = time.time,
     cancel_poll: float | None = 2.0,
+    lease_ttl: float | None = None,
 ) -> AsyncIterator[Engine]:
     """Open the store named by ``settings`` (or the environment) and yield an engine on it.
 
     With ``cancel_poll`` (seconds, the longest wait between two looks), the engine watches the
-    store for cancel requests from other processes while it runs executions; None turns that
-    off (and with it the early flush of queued events)."""
+    store for cancel requests from other processes while it runs executions, and renews the
+    leases of its runs every ``lease_ttl / 3`` seconds; None turns both off (and with them the
+    early flush of queued events): leases are then renewed only before user code starts, so a
+    task running longer than the lease ttl can be taken over. Meant for tests in virtual time."""
     if settings is None:
-        settings = Settings.from_env(db_path=db, durability=durability)
-    store = open_store(settings.db_path, durability=settings.durability)
+        settings = Settings.from_env(db_path=db, durability=durability, lease_ttl=lease_ttl)
+    elif lease_ttl is not None:
+        settings = attrs.evolve(settings, lease_ttl=lease_ttl)
+    store = open_store(
+        settings.db_path,
+        durability=settings.durability,
+        busy_timeout=settings.busy_timeout,
+        retry_for=settings.store_retry_for,
+    )
     engine = Engine(
         store, settings, SecretStore(store, settings), clock=clock, cancel_poll=cancel_poll
     )
@@ -393,6 +629,7 @@ async def open_engine(
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(engine.watch)
+                tg.start_soon(engine.heartbeat)
                 try:
                     yield engine
                 finally:

@@ -117,11 +117,67 @@ class SerializationError(FluxError):
     re-raises it naming the task too)."""
 
 
-class NondeterminismError(FluxError):
-    """Replay found the workflow making a different call than the one recorded at the same id.
+class StoppedError(FluxError):
+    """A run stopped without failing: its history is exactly as it was and the execution stays
+    resumable. Raised to the code that ran the execution (``wf.run``, ``engine.run``), never
+    inside the workflow: there the run's scope is cancelled and :class:`ExecutionStopped`
+    (not an ``Exception``) is raised at the call that noticed it, so ``except Exception`` in
+    workflow code cannot catch a stop, record it, or compensate for it."""
+
+
+class NondeterminismError(StoppedError):
+    """Replay found the workflow making a different call than the one recorded at the same id
+    (another call at a recorded place, a call inserted before recorded ones, a recorded call the
+    code no longer makes).
 
     The execution is left as it was, so that running it again with the original code continues it.
     """
+
+
+class LeaseLostError(StoppedError):
+    """This runner no longer owns the execution: its lease expired (the process stalled past the
+    lease ttl) and another runner took it over, so every write it tries is refused by the lease
+    epoch. The run stopped at once; the new owner continues the execution by replay."""
+
+
+class StoreUnavailableError(StoppedError):
+    """The store kept refusing a commit (locked past the busy timeout, disk full, I/O error) for
+    longer than the store's retry window; the run stopped with nothing half-written. Run the
+    execution again once the store is back."""
+
+
+class ExecutionLeasedError(WorkflowError):
+    """The execution is being run by another live runner (its lease has not expired); running it
+    here too would run its tasks twice. ``owner`` names that runner, ``expires_at`` (UTC
+    seconds) is when its lease ends unless renewed. Pass ``wait=True`` to wait for it instead."""
+
+    def __init__(self, execution_id: str, owner: str | None, expires_at: float | None):
+        from datetime import UTC, datetime
+
+        until = (
+            datetime.fromtimestamp(expires_at, UTC).isoformat(timespec="milliseconds")
+            if expires_at is not None
+            else "unknown"
+        )
+        super().__init__(
+            f"execution {execution_id!r} is being run by {owner or 'another runner'} "
+            f"(lease valid until {until} unless renewed); refusing to run it here too. "
+            "Wait for it (wait=True) or read its state with engine.get()."
+        )
+        self.execution_id = execution_id
+        self.owner = owner
+        self.expires_at = expires_at
+
+
+class ExecutionStopped(BaseException):  # noqa: N818 - a control-flow signal, like Cancelled
+    """Raised inside a workflow at the call that found its run must stop (see
+    :class:`StoppedError`); the run's scope is cancelled at the same time. Not an
+    ``Exception``: ordinary ``except Exception`` handlers never see it. ``reason`` is the
+    StoppedError that the runner raises to its caller."""
+
+    def __init__(self, reason: StoppedError):
+        super().__init__(str(reason))
+        self.reason = reason
 
 
 class SecretNotFoundError(TaskError, ValueError):
@@ -139,13 +195,18 @@ class ExecutionCancelledError(ExecutionError):
 __all__ = [
     "ExecutionCancelledError",
     "ExecutionError",
+    "ExecutionLeasedError",
     "ExecutionNotFoundError",
+    "ExecutionStopped",
     "ExecutionTimeoutError",
     "FluxError",
+    "LeaseLostError",
     "NondeterminismError",
     "SecretNotFoundError",
     "SerializationError",
+    "StoppedError",
     "StoreError",
+    "StoreUnavailableError",
     "TaskError",
     "TaskFailedError",
     "TaskTimeoutError",

@@ -3,36 +3,51 @@
 One :class:`Execution` drives one run of a workflow function. Every task call goes through
 :meth:`Execution.run_task`, which either returns/raises the outcome recorded at the call's
 structural id (replay) or runs the task with its options and records what happened. An outcome is
-committed to the journal *before* the workflow sees it.
+committed to the journal *before* the workflow sees it, and what the workflow (or a task body)
+receives is always the decoded copy of what was recorded: the first run sees what a replay sees.
+
+A run ends in one of three ways. It *finishes* (COMPLETED, FAILED, CANCELLED), it *suspends*
+(PAUSED, or SCHEDULED for a long sleep), or it *stops*: lease lost, nondeterminism, a store
+that keeps failing, shutdown. A stop cancels the run's scope, starts nothing more and writes
+nothing more: no rollback, no TASK_CANCELLED, no WORKFLOW_FAILED. Inside the workflow it is
+raised as :class:`ExecutionStopped` (not an ``Exception``), to the runner as the
+:class:`StoppedError` that caused it.
 
 The executor knows nothing of where the history lives: a :class:`Journal` takes the new events (the
 SQLite store when embedded, the server session on a worker) and a :class:`Host` provides secrets,
-cache, child workflows and the policy for suspending.
+cache, child workflows, the lease check and the policy for suspending.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import anyio
 
 from . import codec, frames
 from .context import ExecutionContext
 from .errors import (
+    ExecutionStopped,
     FluxError,
-    NondeterminismError,
+    LeaseLostError,
     SerializationError,
+    StoppedError,
+    StoreError,
+    StoreUnavailableError,
     TaskTimeoutError,
 )
 from .events import ExecutionEvent, ExecutionState
 from .events import ExecutionEventType as E
-from .history import PAUSE, SLEEP, CallRecord, index_calls
-from .store import StoredEvent
+from .history import CallRecord, index_calls
+from .replay import Replay
+from .store import StaleWriteError, StoredEvent
 from .task import TaskMetadata, call_plain
+from .waits import Waits
 from .workflow import MISSING
 
 if TYPE_CHECKING:
@@ -48,7 +63,8 @@ class Journal(Protocol):
     """Where new events of one execution go.
 
     ``enqueue`` queues events (and an optional update of the execution row) without waiting;
-    ``commit`` returns once they and everything queued before are durable.
+    ``commit`` returns once they and everything queued before are durable. A refused write
+    raises StaleWriteError (the lease moved on) or another StoreError (the store failed).
     """
 
     def enqueue(self, events: list[StoredEvent], update: dict[str, Any] | None = None) -> None: ...
@@ -63,6 +79,16 @@ class Host(Protocol):
 
     #: Suspend the execution (release it) on a durable sleep longer than this; None: never.
     suspend_sleep_after: float | None
+
+    #: True where any BaseException raised by user code (SystemExit, KeyboardInterrupt...) is
+    #: that code's failure, recorded like an Exception (a worker); False where it leaves the
+    #: process as it would without Flux (embedded: the process is the user's own).
+    base_exceptions_fail: bool
+
+    async def ensure_lease(self, execution: Execution) -> None:
+        """Return when this runner may start user code (a task body, retry, fallback, rollback)
+        for ``execution``; call ``execution.stop(...)`` when its lease is known lost."""
+        ...
 
     async def get_secrets(self, names: tuple[str, ...], call_id: str = "") -> dict[str, str]:
         """Exactly the secrets ``names`` for the task call ``call_id``; raises
@@ -80,15 +106,11 @@ class Host(Protocol):
     def secret_values(self) -> list[str]: ...
 
 
-class _Suspend(Exception):
-    """Internal: the root scope was cancelled to suspend (pause or long sleep), not to cancel."""
-
-
 def _wall() -> float:
     return time.time()
 
 
-class Execution:
+class Execution(Waits):
     """One run of a workflow over a history."""
 
     def __init__(
@@ -106,18 +128,11 @@ class Execution:
         self.host = host
         self.clock = clock
         self.calls: dict[str, CallRecord] = index_calls(ctx.events)
-        # every recorded id and its ancestors (combinator frames such as parallel#0), so that a
-        # different call at a recorded place in the program is caught before it runs
-        self.known: dict[str, str] = {}
-        for call_id in self.calls:
-            parts = call_id.split("/")
-            for i in range(1, len(parts) + 1):
-                self.known.setdefault("/".join(parts[:i]), parts[i - 1].rpartition("#")[0])
-        self.positions: dict[str, str] = {_position(c): c for c in self.known}
+        self.replay = Replay(ctx.execution_id, ctx.workflow_name, self.calls)
         self.seq = ctx.events[-1].id if ctx.events else 0
-        self._visited: set[str] = set()
-        self._replayed: set[str] = set()
-        self.nondeterminism: NondeterminismError | None = None
+        #: why this run stopped (None: it did not); see the module docstring
+        self.stopped: StoppedError | None = None
+        self._shields: set[anyio.CancelScope] = set()
         self.root_scope: anyio.CancelScope | None = None
         #: why the root scope was cancelled by us: "suspend" or "cancel"
         self.stop_reason: str | None = None
@@ -130,29 +145,128 @@ class Execution:
         self.waiting_sleeps: dict[str, float] = {}
         self.wake_at: float | None = None
         self._cancelled_exc = anyio.get_cancelled_exc_class()
+        self._base_fail = bool(getattr(host, "base_exceptions_fail", False))
+
+    # ------------------------------------------------------------------ stops
+
+    def stop(self, reason: StoppedError) -> None:
+        """Stop this run now: cancel its scope (rollbacks in flight included), start and write
+        nothing more. The first reason wins. Safe to call from anywhere on the run's loop."""
+        if self.stopped is not None:
+            return
+        self.stopped = reason
+        discard = getattr(self.journal, "discard", None)
+        if discard is not None:
+            discard()
+        if self.root_scope is not None:
+            self.root_scope.cancel()
+        for scope in list(self._shields):
+            scope.cancel()
+
+    def abandon(self, reason: StoppedError | None = None) -> None:
+        """Stop because this runner lost the execution (lease lost, process leaving)."""
+        self.stop(
+            reason
+            or LeaseLostError(f"execution {self.ctx.execution_id}: this runner lost its lease")
+        )
+
+    def request_cancel(self) -> None:
+        """Cancel this execution: running tasks are cancelled (children first), their rollbacks
+        run, and the execution ends CANCELLED."""
+        if self.root_scope is not None and self.stop_reason is None and self.stopped is None:
+            self.stop_reason = "cancel"
+            self.root_scope.cancel()
+
+    def _check(self) -> None:
+        if self.stopped is not None:
+            raise ExecutionStopped(self.stopped)
+
+    def _halt(self, reason: StoppedError) -> NoReturn:
+        self.stop(reason)
+        assert self.stopped is not None
+        raise ExecutionStopped(self.stopped)
+
+    def _failure(self, exc: BaseException) -> bool:
+        """Is ``exc``, raised by user code, that code's failure (rather than a cancellation, a
+        stop, or a BaseException that leaves the process)?"""
+        if self.stopped is not None or isinstance(exc, self._cancelled_exc | ExecutionStopped):
+            return False
+        if isinstance(exc, Exception):
+            return True
+        if not self._base_fail:
+            return False
+        if isinstance(exc, BaseExceptionGroup):
+            inner = exc.subgroup(lambda e: isinstance(e, self._cancelled_exc | ExecutionStopped))
+            return inner is None
+        return True
+
+    @contextlib.contextmanager
+    def _shielded(self) -> Iterator[None]:
+        """A scope outer cancellation cannot interrupt (a rollback, the record of an outcome);
+        only a stop can, and then ExecutionStopped is raised after it."""
+        scope = anyio.CancelScope(shield=True)
+        self._shields.add(scope)
+        try:
+            with scope:
+                yield
+        finally:
+            self._shields.discard(scope)
+        self._check()
+
+    async def _gate(self) -> None:
+        """Before user code starts: the run has not stopped and the lease is still ours."""
+        self._check()
+        await self.host.ensure_lease(self)
+        self._check()
 
     # ------------------------------------------------------------------ recording
 
-    def _event(self, type: E, call_id: str, name: str, value: Any = None) -> StoredEvent:
+    def _event(
+        self, type: E, call_id: str, name: str, value: Any = None
+    ) -> tuple[StoredEvent, Any]:
+        """The next event, encoded; and its value as a replay will see it (decoded)."""
         data = codec.encode(value)
+        seen = None if value is None else codec.decode(data)
         now = self.clock()
         self.seq += 1
-        ev = ExecutionEvent(self.seq, type, call_id, name, value, datetime.fromtimestamp(now, UTC))
+        ev = ExecutionEvent(self.seq, type, call_id, name, seen, datetime.fromtimestamp(now, UTC))
         self.ctx._events.append(ev)
-        return StoredEvent(self.ctx.execution_id, self.seq, type.value, call_id, name, data, now)
+        stored = StoredEvent(self.ctx.execution_id, self.seq, type.value, call_id, name, data, now)
+        return stored, seen
 
-    def record(self, type: E, call_id: str, name: str, value: Any = None) -> None:
-        """Append an event without waiting for it to be durable."""
-        self.journal.enqueue([self._event(type, call_id, name, value)])
+    def record(self, type: E, call_id: str, name: str, value: Any = None) -> Any:
+        """Append an event without waiting for it to be durable; returns its recorded value."""
+        self._check()
+        stored, seen = self._event(type, call_id, name, value)
+        self.journal.enqueue([stored])
+        return seen
 
     async def commit(
         self, type: E, call_id: str, name: str, value: Any = None, update: dict | None = None
-    ) -> None:
-        """Append an event and wait until it (and all before it) is durable. Never interrupted:
-        an outcome is either committed before the caller goes on, or the process is gone."""
-        stored = self._event(type, call_id, name, value)
+    ) -> Any:
+        """Append an event and wait until it (and all before it) is durable; returns its recorded
+        value. Never interrupted by cancellation: an outcome is either committed before the
+        caller goes on, or the run stops."""
+        self._check()
+        stored, seen = self._event(type, call_id, name, value)
+        await self._write([stored], update)
+        return seen
+
+    async def _write(self, events: list[StoredEvent], update: dict | None) -> None:
+        eid = self.ctx.execution_id
         with anyio.CancelScope(shield=True):
-            await self.journal.commit([stored], update)
+            try:
+                await self.journal.commit(events, update)
+                return
+            except StoppedError as e:
+                reason: StoppedError = e
+            except StaleWriteError as e:
+                reason = LeaseLostError(
+                    f"execution {eid}: another runner took it over, so this run stopped ({e})"
+                )
+            except StoreError as e:
+                reason = StoreUnavailableError(f"execution {eid}: the store failed: {e}")
+        self._halt(reason)
 
     def _recorded(self, error: BaseException) -> BaseException:
         """The error as it goes into the history: itself, or a same-type copy with every secret
@@ -161,52 +275,44 @@ class Execution:
 
     # ------------------------------------------------------------------ replay
 
-    def _check(self) -> None:
-        if self.nondeterminism is not None:
-            raise self.nondeterminism
-
-    def _mismatch(self, call_id: str, rec: CallRecord, name: str, args: Any) -> None:
-        recorded = f"{rec.name}({_short([rec.args, rec.kwargs])})"
-        current = f"{name}({_short(args)})"
-        width = max(len(recorded), len("recorded"))
-        err = NondeterminismError(
-            f"execution {self.ctx.execution_id} of workflow {self.ctx.workflow_name!r}: "
-            f"the code made a different call at {call_id!r} than the history records.\n"
-            f"  {'recorded'.ljust(width)} | current\n"
-            f"  {recorded.ljust(width)} | {current}\n"
-            "A workflow must make the same calls in the same order on every run; "
-            "run this execution with the code it was started with."
-        )
-        self.nondeterminism = err
-        raise err
-
     def _lookup(self, call_id: str, name: str, digest: str | None, args: Any) -> CallRecord | None:
         self._check()
         rec = self.calls.get(call_id)
         if rec is None:
-            self.check_position(call_id, name, args)
+            error = self.replay.check_new(call_id, name, args)
+            if error is not None:
+                self._halt(error)
             return None
-        self._visited.add(call_id)
+        self.replay.visited.add(call_id)
         if rec.name != name or (rec.digest is not None and digest != rec.digest):
-            self._mismatch(call_id, rec, name, args)
+            self._halt(self.replay.mismatch(call_id, rec, name, args))
         return rec
 
-    def check_position(self, call_id: str, name: str, args: Any = None) -> None:
-        """Raise NondeterminismError if the history records another call where ``call_id`` is
-        made now (same parent, same ordinal, other name). Combinators call this for their id."""
+    def check_position(
+        self, call_id: str, name: str, args: Any = None, *, concurrent: bool = False
+    ) -> None:
+        """For a combinator frame (parallel, map, pipeline, a graph) at ``call_id``: stop with
+        NondeterminismError if the history records something else at its place or calls made
+        after it (an insertion). ``concurrent``: its children run concurrently."""
         self._check()
-        if not self.positions or call_id in self.known:
-            return
-        other = self.positions.get(_position(call_id))
-        if other is not None:
-            rec = self.calls.get(other) or CallRecord(other, _unescape(self.known[other]))
-            self._visited.add(other)
-            self._mismatch(other, rec, name, args)
+        if concurrent:
+            self.replay.concurrent.add(call_id)
+        error = self.replay.check_new(call_id, name, args)
+        if error is not None:
+            self._halt(error)
+
+    def recorded_under(self, call_id: str) -> bool:
+        """Does the history hold anything at ``call_id`` or below it?"""
+        return call_id in self.replay.known
+
+    def nondeterministic(self, call_id: str, recorded: str, current: str, why: str) -> NoReturn:
+        """Stop the run: the code took another path than the history (used by Graph)."""
+        self._halt(self.replay.error(call_id, recorded, current, why))
 
     async def _replay(self, rec: CallRecord) -> Any:
         ev = rec.outcome
         assert ev is not None
-        self._replayed.add(rec.call_id)
+        self.replay.replayed.add(rec.call_id)
         if ev.type is E.TASK_COMPLETED or ev.type is E.TASK_RESUMED:
             return ev.value
         if ev.type is E.TASK_FAILED:
@@ -217,69 +323,6 @@ class Execution:
         # recorded as cancelled: its body never runs again; it waits for the cancellation
         # that ended it in the original run (a failing sibling replays and cancels it).
         await anyio.sleep_forever()
-
-    def _unvisited(self) -> list[str]:
-        """Recorded calls the current code never reached (a call was removed), ignoring calls
-        nested under one replayed from its record and calls recorded as cancelled."""
-        covered = self._replayed | self._visited
-        missing = []
-        for call_id, rec in self.calls.items():
-            if call_id in covered or (rec.outcome is None and rec.started is None):
-                continue
-            if rec.outcome is not None and rec.outcome.type is E.TASK_CANCELLED:
-                continue
-            parts = call_id.split("/")
-            ancestors = ("/".join(parts[:i]) for i in range(1, len(parts)))
-            if any(a in covered or a.partition("@")[0] in covered for a in ancestors):
-                continue
-            missing.append(call_id)
-        return missing
-
-    # ------------------------------------------------------------------ bodies and suspension
-
-    def _release(self, frame: frames.Frame) -> bool:
-        if frame.is_body:
-            self.busy -= 1
-            self._maybe_suspend()
-            return True
-        return False
-
-    def _acquire(self, held: bool) -> None:
-        if held:
-            self.busy += 1
-
-    def _maybe_suspend(self) -> None:
-        if self.busy > 0 or self.stop_reason is not None or self.root_scope is None:
-            return
-        if self.blocked:
-            self.suspended_on = dict(self.blocked)
-            if self.waiting_sleeps:  # a durable sleep also pending: wake for it in any case
-                self.wake_at = min(self.waiting_sleeps.values())
-            self.stop_reason = "suspend"
-            self.root_scope.cancel()
-            return
-        if self.waiting_sleeps and self.host.suspend_sleep_after is not None:
-            wake = min(self.waiting_sleeps.values())
-            if wake - self.clock() > self.host.suspend_sleep_after:
-                self.wake_at = wake
-                self.stop_reason = "suspend"
-                self.root_scope.cancel()
-
-    def abandon(self) -> None:
-        """Stop this run at once without recording anything more and without rollbacks: its
-        lease was lost or its process is leaving. Whoever runs the execution next replays it."""
-        if self.root_scope is not None and self.stop_reason is None:
-            self.stop_reason = "suspend"
-            self.root_scope.cancel()
-        elif self.stop_reason is None:
-            self.stop_reason = "suspend"
-
-    def request_cancel(self) -> None:
-        """Cancel this execution: running tasks are cancelled (children first), their rollbacks
-        run, and the execution ends CANCELLED."""
-        if self.root_scope is not None and self.stop_reason is None:
-            self.stop_reason = "cancel"
-            self.root_scope.cancel()
 
     # ------------------------------------------------------------------ tasks
 
@@ -313,6 +356,8 @@ class Execution:
         rec: CallRecord | None,
     ) -> Any:
         opts = t.options
+        # every body (attempt, fallback, rollback) gets its own decoded copy of the arguments
+        payload = codec.encode([list(args), kwargs])
         if rec is None:
             self.record(
                 E.TASK_STARTED,
@@ -321,43 +366,43 @@ class Execution:
                 {"args": list(args), "kwargs": kwargs, "digest": digest},
             )
             rec = CallRecord(call_id, name, digest)
-        cache_key = None
-        if opts.cache:
-            cache_key = codec.digest([t.qualified_name, list(args), kwargs])
-            hit = await self.host.cache_get(cache_key)
-            if hit is not None:
-                value = codec.decode(hit)
-                await self.commit(E.TASK_COMPLETED, call_id, name, value)
-                return value
         try:
+            cache_key = None
+            if opts.cache:
+                cache_key = codec.digest([t.qualified_name, list(args), kwargs])
+                hit = await self.host.cache_get(cache_key)
+                if hit is not None:
+                    return await self.commit(E.TASK_COMPLETED, call_id, name, codec.decode(hit))
+            failure: BaseException | None = None
             try:
-                value = await self._attempts(t, args, kwargs, call_id, name, rec)
-            except Exception as error:
-                if isinstance(error, NondeterminismError) or self.nondeterminism is not None:
+                value = await self._attempts(t, payload, call_id, name, rec)
+            except BaseException as error:
+                if not self._failure(error):
                     raise
+                failure = error
+            if failure is not None:
                 cache_key = None  # a fallback's value is not the task's: never cached
-                value = await self._recover(t, args, kwargs, call_id, name, rec, error)
+                value = await self._recover(t, payload, call_id, name, rec, failure)
             try:
-                await self.commit(E.TASK_COMPLETED, call_id, name, value)
+                seen = await self.commit(E.TASK_COMPLETED, call_id, name, value)
             except SerializationError as e:
                 error = SerializationError(
                     f"task {name!r} ({call_id}) returned a value the codec cannot carry: {e}"
                 )
-                await self.commit(E.TASK_FAILED, call_id, name, error)
-                raise error from None
+                raise await self.commit(E.TASK_FAILED, call_id, name, error) from None
             if cache_key is not None:
                 ttl = opts.cache if not isinstance(opts.cache, bool) else None
-                await self.host.cache_put(cache_key, codec.encode(value), ttl)
-            return value
+                await self.host.cache_put(cache_key, codec.encode(seen), ttl)
+            return seen
         except self._cancelled_exc:
-            if self.stop_reason != "suspend":
-                with anyio.CancelScope(shield=True):
-                    await self._rollback(t, args, kwargs, call_id, name, None)
+            if self.stopped is None and self.stop_reason != "suspend":
+                with self._shielded():
+                    await self._rollback(t, payload, call_id, name, None)
                     await self.commit(E.TASK_CANCELLED, call_id, name)
             raise
 
     async def _attempts(
-        self, t: task, args: tuple, kwargs: dict, call_id: str, name: str, rec: CallRecord
+        self, t: task, payload: bytes, call_id: str, name: str, rec: CallRecord
     ) -> Any:
         opts = t.options
         if rec.phase != "attempts":
@@ -373,6 +418,7 @@ class Execution:
                 raise error
             if k > 0 and rec.retry_open != k:
                 await anyio.sleep(opts.retry_wait(k))
+                await self._gate()
                 shown = self._recorded(error) if error is not None else None
                 self.record(
                     E.TASK_RETRY_STARTED,
@@ -382,9 +428,9 @@ class Execution:
                 )
             rec.retry_open = None
             try:
-                value = await self._attempt(t, args, kwargs, call_id, k)
-            except Exception as e:
-                if isinstance(e, NondeterminismError | SerializationError):
+                value = await self._attempt(t, payload, call_id, k)
+            except BaseException as e:
+                if not self._failure(e) or isinstance(e, SerializationError):
                     raise
                 error = e
                 if k > 0:  # durable: a crash never repeats a retry that was seen failing
@@ -395,16 +441,22 @@ class Execution:
                 return value
             k += 1
 
-    async def _attempt(self, t: task, args: tuple, kwargs: dict, call_id: str, attempt: int) -> Any:
+    def _copy(self, payload: bytes) -> tuple[tuple, dict]:
+        args, kwargs = codec.decode(payload)
+        return tuple(args), kwargs
+
+    async def _attempt(self, t: task, payload: bytes, call_id: str, attempt: int) -> Any:
         opts = t.options
+        await self._gate()
+        args, kwargs = self._copy(payload)
         if opts.secret_requests or opts.metadata:
-            kwargs = dict(kwargs)
             if opts.secret_requests:
                 kwargs["secrets"] = await self.host.get_secrets(opts.secret_requests, call_id)
             if opts.metadata:
                 kwargs["metadata"] = TaskMetadata(
                     call_id, t.display_name(args, kwargs), self.ctx.execution_id, attempt + 1
                 )
+            self._check()
         path = call_id if attempt == 0 else f"{call_id}@{attempt}"
         token = frames.enter(frames.Frame(self, path, is_body=True))
         self.busy += 1
@@ -413,6 +465,7 @@ class Execution:
                 return await _invoke(t, args, kwargs)
             with anyio.CancelScope(deadline=anyio.current_time() + opts.timeout) as scope:
                 return await _invoke(t, args, kwargs)
+            self._check()
             if scope.cancelled_caught:
                 raise TaskTimeoutError(
                     f"task {t.display_name(args, kwargs)!r} ({call_id}) timed out after "
@@ -427,38 +480,43 @@ class Execution:
     async def _recover(
         self,
         t: task,
-        args: tuple,
-        kwargs: dict,
+        payload: bytes,
         call_id: str,
         name: str,
         rec: CallRecord,
         error: BaseException,
     ) -> Any:
-        """After the last attempt failed: fallback, then rollback and TASK_FAILED."""
+        """After the last attempt failed: fallback (returns its value), else rollback and
+        TASK_FAILED, shielded so that a sibling's failure or a cancellation cannot cut them
+        short, then raise the error as recorded."""
         opts = t.options
         shown = self._recorded(error)
         if opts.fallback is not None and not rec.fallback_failed and not rec.rollback_started:
             if not rec.fallback_started:
                 self.record(E.TASK_FALLBACK_STARTED, call_id, name, shown)
+            fallback_error: BaseException | None = None
             try:
-                value = await self._guarded(opts.fallback, args, kwargs, call_id, "fallback")
-            except Exception as fb_error:
-                self.record(E.TASK_FALLBACK_FAILED, call_id, name, self._recorded(fb_error))
-            else:
+                value = await self._guarded(opts.fallback, payload, call_id, "fallback")
+            except BaseException as fb_error:
+                if not self._failure(fb_error):
+                    raise
+                fallback_error = fb_error
+            if fallback_error is None:
                 self.record(E.TASK_FALLBACK_COMPLETED, call_id, name, None)
                 return value
-        await self._rollback(t, args, kwargs, call_id, name, shown, rec)
-        try:
-            await self.commit(E.TASK_FAILED, call_id, name, shown)
-        except SerializationError:
-            await self.commit(E.TASK_FAILED, call_id, name, _stand_in(shown))
-        raise error
+            self.record(E.TASK_FALLBACK_FAILED, call_id, name, self._recorded(fallback_error))
+        with self._shielded():
+            await self._rollback(t, payload, call_id, name, shown, rec)
+            try:
+                seen = await self.commit(E.TASK_FAILED, call_id, name, shown)
+            except SerializationError:
+                seen = await self.commit(E.TASK_FAILED, call_id, name, _stand_in(shown))
+        raise seen
 
     async def _rollback(
         self,
         t: task,
-        args: tuple,
-        kwargs: dict,
+        payload: bytes,
         call_id: str,
         name: str,
         error: BaseException | None,
@@ -469,13 +527,18 @@ class Execution:
             return
         if rec is None or not rec.rollback_started:
             self.record(E.TASK_ROLLBACK_STARTED, call_id, name, error)
+        rollback_error: BaseException | None = None
         with anyio.move_on_after(t.options.rollback_timeout) as scope:
             try:
-                await self._guarded(rollback, args, kwargs, call_id, "rollback")
-            except Exception as rb_error:
-                self.record(E.TASK_ROLLBACK_FAILED, call_id, name, self._recorded(rb_error))
-                return
-        if scope.cancelled_caught:
+                await self._guarded(rollback, payload, call_id, "rollback")
+            except BaseException as rb_error:
+                if not self._failure(rb_error):
+                    raise
+                rollback_error = rb_error
+        self._check()
+        if rollback_error is not None:
+            self.record(E.TASK_ROLLBACK_FAILED, call_id, name, self._recorded(rollback_error))
+        elif scope.cancelled_caught:
             self.record(
                 E.TASK_ROLLBACK_FAILED,
                 call_id,
@@ -485,12 +548,14 @@ class Execution:
                     f"{t.options.rollback_timeout:g}s"
                 ),
             )
-            return
-        self.record(E.TASK_ROLLBACK_COMPLETED, call_id, name, None)
+        else:
+            self.record(E.TASK_ROLLBACK_COMPLETED, call_id, name, None)
 
     async def _guarded(
-        self, fn: Callable[..., Any], args: tuple, kwargs: dict, call_id: str, role: str
+        self, fn: Callable[..., Any], payload: bytes, call_id: str, role: str
     ) -> Any:
+        await self._gate()
+        args, kwargs = self._copy(payload)
         token = frames.enter(frames.Frame(self, f"{call_id}@{role}", is_body=True))
         self.busy += 1
         try:
@@ -499,109 +564,18 @@ class Execution:
             self.busy -= 1
             frames.leave(token)
 
-    # ------------------------------------------------------------------ builtins
-
-    async def sleep(self, frame: frames.Frame, seconds: float) -> None:
-        call_id = frame.next_id(SLEEP)
-        rec = self._lookup(call_id, SLEEP, None, [[seconds], {}])
-        if rec is not None and rec.outcome is not None:
-            await self._replay(rec)
-            return
-        if rec is not None and isinstance(rec.args, dict) and "wake_at" in rec.args:
-            wake_at = rec.args["wake_at"]
-        else:
-            wake_at = self.clock() + seconds
-            await self.commit(
-                E.TASK_STARTED, call_id, SLEEP, {"args": {"seconds": seconds, "wake_at": wake_at}}
-            )
-        held = self._release(frame)
-        self.waiting_sleeps[call_id] = wake_at
-        try:
-            self._maybe_suspend()
-            remaining = wake_at - self.clock()
-            if remaining > 0:
-                await anyio.sleep(remaining)
-        finally:
-            self.waiting_sleeps.pop(call_id, None)
-            self._acquire(held)
-        self.record(E.TASK_COMPLETED, call_id, SLEEP, None)
-
-    async def pause(self, frame: frames.Frame, name: str) -> Any:
-        call_id = frame.next_id(PAUSE)
-        rec = self._lookup(call_id, PAUSE, None, [[name], {}])
-        if rec is not None and rec.outcome is not None:
-            return await self._replay(rec)
-        if rec is None:
-            await self.commit(E.TASK_PAUSED, call_id, PAUSE, name)
-        await self._block(frame, call_id, "pause")
-
-    async def _block(self, frame: frames.Frame, call_id: str, kind: str) -> None:
-        """Wait until the execution suspends (it never returns normally)."""
-        held = self._release(frame)
-        self.blocked[call_id] = kind
-        try:
-            self._maybe_suspend()
-            await anyio.sleep_forever()
-        finally:
-            self.blocked.pop(call_id, None)
-            self._acquire(held)
-
-    async def call_child(self, frame: frames.Frame, child: workflow, input: Any) -> Any:
-        """Run a subworkflow as an execution of its own, recorded as one call of the parent."""
-        from .patterns import child_execution_id
-
-        name = child.name
-        call_id = frame.next_id(name)
-        try:
-            digest = codec.digest([[input], {}])
-        except SerializationError as e:
-            raise SerializationError(f"subworkflow {name!r} ({call_id}): input {e}") from None
-        rec = self._lookup(call_id, name, digest, [[input], {}])
-        if rec is not None and rec.outcome is not None:
-            return await self._replay(rec)
-        child_id = child_execution_id(self.ctx.execution_id, call_id)
-        if rec is None:
-            await self.commit(
-                E.TASK_STARTED,
-                call_id,
-                name,
-                {"args": [input], "kwargs": {}, "digest": digest, "child_id": child_id},
-            )
-        held = self._release(frame)
-        try:
-            result = await self.host.run_child(self, call_id, child, child_id, input)
-        except self._cancelled_exc:
-            if self.stop_reason != "suspend":
-                with anyio.CancelScope(shield=True):
-                    await self.commit(E.TASK_CANCELLED, call_id, name)
-            raise
-        finally:
-            self._acquire(held)
-        state = result.state
-        if state is ExecutionState.COMPLETED:
-            await self.commit(E.TASK_COMPLETED, call_id, name, result.output)
-            return result.output
-        if state is ExecutionState.FAILED:
-            error = (
-                result.output
-                if isinstance(result.output, BaseException)
-                else FluxError(f"subworkflow {name!r} ({child_id}) failed: {result.output!r}")
-            )
-            await self.commit(E.TASK_FAILED, call_id, name, error)
-            raise error
-        if state is ExecutionState.CANCELLED:
-            from .errors import ExecutionCancelledError
-
-            error = ExecutionCancelledError(f"subworkflow {name!r} ({child_id}) was cancelled")
-            await self.commit(E.TASK_FAILED, call_id, name, error)
-            raise error
-        # paused (or, on a worker, still running elsewhere): this execution waits for it
-        await self._block(frame, call_id, "pause" if state is ExecutionState.PAUSED else "child")
-
     # ------------------------------------------------------------------ the workflow
 
     async def run(self) -> ExecutionContext:
-        """Run (or replay) the workflow to its end, a pause, a suspension or a cancellation."""
+        """Run (or replay) the workflow to its end, a pause, a suspension or a cancellation.
+
+        Raises the :class:`StoppedError` that stopped the run, if one did."""
+        try:
+            return await self._run()
+        except ExecutionStopped as stop:  # raised by a write after the workflow returned
+            raise stop.reason from None
+
+    async def _run(self) -> ExecutionContext:
         ctx = self.ctx
         wf = self.workflow
         token = frames.enter(frames.Frame(self, ""))
@@ -610,6 +584,8 @@ class Execution:
         try:
             with anyio.CancelScope() as root:
                 self.root_scope = root
+                if self.stopped is not None:
+                    root.cancel()
                 if wf.timeout is not None:
                     started = next(
                         (e.time for e in ctx.events if e.type is E.WORKFLOW_STARTED), None
@@ -617,45 +593,42 @@ class Execution:
                     elapsed = (self.clock() - started.timestamp()) if started else 0.0
                     root.deadline = anyio.current_time() + max(0.0, wf.timeout - elapsed)
                 try:
+                    await self._gate()
                     output = await wf.func(ctx)
-                except Exception as e:
-                    failure = e
+                except BaseException as e:
+                    if self._failure(e):
+                        failure = e
+                    elif self.stopped is None:
+                        raise
         except self._cancelled_exc:
-            with anyio.CancelScope(shield=True):
-                await self._finish(ExecutionState.CANCELLED, E.WORKFLOW_CANCELLED, None)
+            # the code that runs this execution was cancelled (an embedding app's scope)
+            if self.stopped is None:
+                with self._shielded():
+                    await self._finish(ExecutionState.CANCELLED, E.WORKFLOW_CANCELLED, None)
             raise
         finally:
             frames.leave(token)
             self.root_scope = None
 
-        if self.nondeterminism is not None:
-            raise self.nondeterminism
-        if isinstance(failure, BaseExceptionGroup):
-            nd = failure.subgroup(lambda e: isinstance(e, NondeterminismError))
-            if nd is not None:
-                raise nd.exceptions[0]
+        if self.stopped is not None:
+            raise self.stopped
+        timed_out = False
         if root.cancelled_caught or (output is _MISSING and failure is None):
             if self.stop_reason == "suspend":
                 return await self._suspend()
             if self.stop_reason == "cancel":
                 await self._finish(ExecutionState.CANCELLED, E.WORKFLOW_CANCELLED, None)
                 return ctx
+            timed_out = True
             failure = TaskTimeoutError(
                 f"workflow {ctx.workflow_name!r} ({ctx.execution_id}) timed out after "
                 f"{wf.timeout:g}s"
             )
+        if not timed_out:
+            self._check_removed()
         if failure is not None:
             await self._fail(failure)
             return ctx
-        if self.calls:
-            missing = self._unvisited()
-            if missing:
-                self.nondeterminism = NondeterminismError(
-                    f"execution {ctx.execution_id} of workflow {ctx.workflow_name!r}: the history "
-                    f"records calls the current code did not make: {', '.join(missing[:5])}. "
-                    "Run this execution with the code it was started with."
-                )
-                raise self.nondeterminism
         try:
             await self._finish(ExecutionState.COMPLETED, E.WORKFLOW_COMPLETED, output)
         except SerializationError as e:
@@ -665,6 +638,15 @@ class Execution:
                 )
             )
         return ctx
+
+    def _check_removed(self) -> None:
+        """On the way out of the workflow: every recorded call must have been reached."""
+        if self.replay:
+            missing = self.replay.unvisited()
+            if missing:
+                self.stop(self.replay.removal(missing))
+                assert self.stopped is not None
+                raise self.stopped
 
     async def _fail(self, error: BaseException) -> None:
         shown = self._recorded(error)
@@ -676,7 +658,7 @@ class Execution:
     async def _finish(self, state: ExecutionState, type: E, value: Any) -> None:
         ctx = self.ctx
         data = codec.encode(value)
-        await self.commit(
+        seen = await self.commit(
             type,
             ctx.workflow_name,
             ctx.workflow_name,
@@ -684,68 +666,13 @@ class Execution:
             {"state": state, "output": data, "wake_at": None},
         )
         ctx.state = state
-        ctx.output = value
-
-    async def _suspend(self) -> ExecutionContext:
-        ctx = self.ctx
-        blocked = self.suspended_on
-        if "pause" in blocked.values():
-            pauses = [
-                e.value
-                for e in ctx.events
-                if e.type is E.TASK_PAUSED and blocked.get(e.source_id) == "pause"
-            ]
-            children = [
-                c
-                for c, kind in blocked.items()
-                if kind == "pause"
-                and c not in {e.source_id for e in ctx.events if e.type is E.TASK_PAUSED}
-            ]
-            names = pauses + children
-            await self.commit(
-                E.WORKFLOW_PAUSED,
-                ctx.workflow_name,
-                ctx.workflow_name,
-                names[0] if len(names) == 1 else names,
-                {"state": ExecutionState.PAUSED},
-            )
-            ctx.state = ExecutionState.PAUSED
-        else:
-            # waiting for a long sleep or for a child running elsewhere: back in the queue
-            with anyio.CancelScope(shield=True):
-                await self.journal.commit(
-                    [], {"state": ExecutionState.SCHEDULED, "wake_at": self.wake_at}
-                )
-            ctx.state = ExecutionState.SCHEDULED
-        return ctx
+        ctx.output = seen
 
 
 async def _invoke(t: task, args: tuple, kwargs: dict) -> Any:
     if t.is_async:
         return await t.func(*args, **kwargs)
     return await call_plain(t.func, args, kwargs)
-
-
-def _unescape(name: str) -> str:
-    return name.replace("%2F", "/").replace("%23", "#").replace("%25", "%")
-
-
-def _position(call_id: str) -> str:
-    """Where a call sits in the program: its parent and ordinal, without its own name."""
-    parent, _, leaf = call_id.rpartition("/")
-    return f"{parent}/#{leaf.rpartition('#')[2]}"
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, list) and len(value) == 2 and isinstance(value[1], dict | None):
-        args = value[0] if isinstance(value[0], list | tuple) else [value[0]]
-        parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in (value[1] or {}).items()]
-        text = ", ".join(parts)
-    else:
-        text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _stand_in(error: BaseException) -> BaseException:

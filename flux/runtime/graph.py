@@ -237,6 +237,7 @@ class Graph:
         if parent is None:
             return await _Run(self, None, None).run(input)
         graph_id = parent.next_id(self.name)
+        parent.execution.check_position(graph_id, self.name, concurrent=True)
         held = parent.execution._release(parent)
         try:
             return await _Run(self, parent, graph_id).run(input)
@@ -360,6 +361,7 @@ class _Run:
         that become ready and propagating skips (iteratively, so long chains are fine)."""
         g = self.graph
         todo = [(node, output)]
+        launches: list[tuple[str, Any]] = []  # started once every skip is known to be right
         while todo:
             current, value = todo.pop()
             skipped = current in self.skipped
@@ -376,12 +378,31 @@ class _Run:
                     continue
                 ups = [u for u in g._in[down] if u in self.active[down]]
                 if not ups:
+                    self._check_skip(down)
                     self.skipped.add(down)
                     todo.append((down, None))
                     continue
                 arg = self.outputs[ups[0]] if len(ups) == 1 else {u: self.outputs[u] for u in ups}
-                assert self.tg is not None
-                self.tg.start_soon(self.run_node, down, (arg,), name=f"{g.name}/{down}")
+                launches.append((down, arg))
+        assert self.tg is not None or not launches
+        for down, arg in launches:
+            self.tg.start_soon(self.run_node, down, (arg,), name=f"{g.name}/{down}")  # type: ignore[union-attr]
+
+    def _check_skip(self, node: str) -> None:
+        """Replay: a node the history records as run must not be skipped now (a condition
+        changed): stop before the graph launches anything on the other branch."""
+        if self.parent is None:
+            return
+        call_id = self.node_id(node)
+        execution = self.parent.execution
+        if call_id is not None and execution.recorded_under(call_id):
+            execution.nondeterministic(
+                call_id,
+                f"node {node!r} ran",
+                f"node {node!r} skipped",
+                f"graph {self.graph.name!r} skips node {node!r} ({call_id}), which the history "
+                "records as run: a condition or an upstream output changed",
+            )
 
     def condition(self, up: str, down: str, cond: Condition | None, output: Any) -> bool:
         if cond is None:

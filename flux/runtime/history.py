@@ -107,3 +107,24 @@ def pending_pauses(events: Iterable[ExecutionEvent]) -> list[ExecutionEvent]:
         elif ev.type is E.TASK_RESUMED:
             open_.pop(ev.source_id, None)
     return list(open_.values())
+
+
+def resume_targets(
+    workflow_name: str, events: Iterable[ExecutionEvent]
+) -> list[tuple[E, str, str]]:
+    """``(type, source id, name)`` of the events that resume a paused execution, each carrying
+    the resume value: WORKFLOW_RESUMED, then TASK_RESUMED for every pause still waiting. One
+    definition for the embedded engine and the server, so both record the same history."""
+    return [(E.WORKFLOW_RESUMED, workflow_name, workflow_name)] + [
+        (E.TASK_RESUMED, p.source_id, p.name) for p in pending_pauses(events)
+    ]
+
+
+def child_failure(name: str, child_id: str, cancelled: bool) -> Exception:
+    """The error a parent records for its subworkflow call ``name`` when the child ``child_id``
+    was cancelled, or failed without a recorded error of its own (embedded and server alike)."""
+    from .errors import ExecutionCancelledError, FluxError
+
+    if cancelled:
+        return ExecutionCancelledError(f"subworkflow {name!r} ({child_id}) was cancelled")
+    return FluxError(f"subworkflow {name!r} ({child_id}) failed")

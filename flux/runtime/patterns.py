@@ -74,7 +74,12 @@ async def parallel(
     limiter = anyio.Semaphore(max_concurrency) if max_concurrency else None
     if parent is not None:
         pid = parent.next_id(_name)
-        parent.execution.check_position(pid, _name)
+        try:
+            parent.execution.check_position(pid, _name, concurrent=True)
+        except BaseException:
+            for c in calls:
+                _close(c)
+            raise
         group = parent.child(pid)
         ids: list[str | None] = [group.next_id(_child_name(c)) for c in calls]
         # each child runs in a frame of its own, whose id is the child's id

@@ -32,13 +32,14 @@ import anyio
 import attrs
 import sqlite_utils
 
-from flux.runtime.errors import StoreError
+from flux.runtime.errors import StoreError, StoreUnavailableError
 from flux.runtime.events import ExecutionState
 from flux.runtime.settings import check_durability
 
 __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "Claim",
     "ExecutionRecord",
     "StaleWriteError",
     "Store",
@@ -52,6 +53,11 @@ __all__ = [
 T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
+
+
+class _TransientStoreError(StoreError):
+    """A transaction failed as a whole for a reason that may pass (SQLite's OperationalError:
+    locked past the busy timeout, disk full, I/O error); retried by the store."""
 
 
 class StaleWriteError(StoreError):
@@ -132,6 +138,30 @@ class Write:
 
 
 @attrs.frozen
+class Claim:
+    """What :meth:`Store.claim` found and did, in one transaction.
+
+    ``outcome`` is one of:
+
+    - ``"created"``: there was no such execution; ``create`` was inserted, epoch 1;
+    - ``"claimed"``: the lease is now ours with ``epoch``; ``record`` is the row as it was
+      before the claim (its ``state`` tells a paused execution from a crashed one) and
+      ``events`` its whole history, read in the same transaction;
+    - ``"finished"``: the execution is terminal; ``events`` is its history; nothing changed;
+    - ``"leased"``: another live runner holds the lease (``record.lease_owner``,
+      ``record.lease_expires_at``); nothing changed;
+    - ``"missing"``: no such execution and nothing to create;
+    - ``"mismatch"``: the execution belongs to another workflow than the one named; nothing
+      changed.
+    """
+
+    outcome: str
+    record: ExecutionRecord | None = None
+    events: tuple[StoredEvent, ...] = attrs.field(default=(), converter=_tuple)
+    epoch: int = 0
+
+
+@attrs.frozen
 class StoreStatistics:
     """A snapshot of the group-commit writer (see :meth:`Store.statistics`)."""
 
@@ -145,6 +175,8 @@ class StoreStatistics:
     largest_batch: int
     #: Writes waiting for the next transaction.
     queued: int
+    #: Transactions retried after failing as a whole (locked, busy, I/O).
+    retries: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +290,7 @@ _SQL_SELECT_WORKFLOW = f"SELECT {', '.join(WORKFLOW_COLUMNS)} FROM workflows"
 
 
 class _Pending:
-    """One queued write and, once done, its outcome."""
+    """One queued write and, once done, its outcome (see :data:`WriteTicket`)."""
 
     __slots__ = ("write", "awaited", "done", "error", "event")
 
@@ -268,6 +300,11 @@ class _Pending:
         self.done = False
         self.error: StoreError | None = None
         self.event: anyio.Event | None = None
+
+
+#: What :meth:`Store.enqueue` returns per write: ``done`` once its transaction ran, ``error``
+#: the StoreError that refused it (None: stored).
+WriteTicket = _Pending
 
 
 class _SQLiteThread:
@@ -332,15 +369,26 @@ class _SQLiteThread:
             self._thread = None
 
 
-def open_store(path: str | os.PathLike[str], *, durability: str = "full") -> Store:
+def open_store(
+    path: str | os.PathLike[str],
+    *,
+    durability: str = "full",
+    busy_timeout: float = 5.0,
+    retry_for: float = 30.0,
+) -> Store:
     """Return a :class:`Store` on the SQLite file ``path`` (created with its directory if need be).
 
     The file is opened lazily, in a worker thread, on first use (or on ``async with``).
     ``durability="full"`` fsyncs each commit (survives power loss); ``"normal"`` may lose the last
     commits on power loss, never on a process crash. Use as ``async with open_store(p) as store:``
     or call ``await store.aclose()``.
+
+    ``busy_timeout`` (seconds) is how long SQLite waits for another connection's write lock;
+    ``retry_for`` (seconds) is how long a transaction that failed as a whole (database locked
+    past the busy timeout, disk full, I/O error) is retried, with backoff, before its writers
+    get :class:`~flux.runtime.errors.StoreUnavailableError`.
     """
-    return Store(path, durability=durability)
+    return Store(path, durability=durability, busy_timeout=busy_timeout, retry_for=retry_for)
 
 
 class Store:
@@ -349,9 +397,19 @@ class Store:
     A store serves one event loop at a time.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, durability: str = "full"):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: str = "full",
+        busy_timeout: float = 5.0,
+        retry_for: float = 30.0,
+    ):
         self.path = os.fspath(path)
         self.durability = check_durability(durability)
+        self.busy_timeout = float(busy_timeout)
+        self.retry_for = float(retry_for)
+        self._retries = 0
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._db: sqlite_utils.Database | None = None
@@ -408,7 +466,7 @@ class Store:
             os.makedirs(parent, exist_ok=True)
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
-            conn.execute("PRAGMA busy_timeout = 5000")
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             synchronous = "FULL" if self.durability == "full" else "NORMAL"
             conn.execute(f"PRAGMA synchronous = {synchronous}")
@@ -466,17 +524,39 @@ class Store:
                         raise StoreError(f"store {self.path!r} is closed")
                     conn = self._connect()
                 return fn(conn, *args)
+            except sqlite3.OperationalError as exc:  # locked, busy, full, I/O: worth retrying
+                raise _TransientStoreError(f"store {self.path!r}: {exc}") from exc
             except sqlite3.Error as exc:
                 raise StoreError(f"store {self.path!r}: {exc}") from exc
 
     # -- group commit ---------------------------------------------------------------------------
 
-    def enqueue(self, *writes: Write) -> None:
+    def enqueue(self, *writes: Write) -> list[WriteTicket]:
         """Queue writes without waiting; they go with the next commit (or :meth:`flush`).
 
-        Raises StoreError at once, queueing none of them, if one names an unknown column.
+        Returns one ticket per write: ``ticket.done`` and ``ticket.error`` tell, once the write's
+        transaction ran, whether it was stored. Raises StoreError at once, queueing none of
+        them, if one names an unknown column.
         """
-        self._enqueue(writes, awaited=False)
+        return self._enqueue(writes, awaited=False)
+
+    def discard_queued(self, execution_id: str) -> int:
+        """Drop the writes to ``execution_id`` still waiting in the queue (not those already
+        in a transaction), so that a run that stopped leaves nothing more behind. Dropping
+        only a suffix of one execution's writes never leaves a hole in its sequence numbers:
+        everything in a transaction was queued before anything still queued. Awaited writes
+        are kept. Returns how many were dropped."""
+        kept: list[_Pending] = []
+        dropped = 0
+        for pending in self._queue:
+            if pending.write.execution_id == execution_id and not pending.awaited:
+                pending.error = StoreError(f"write to execution {execution_id!r} discarded")
+                pending.done = True
+                dropped += 1
+            else:
+                kept.append(pending)
+        self._queue = kept
+        return dropped
 
     def _enqueue(self, writes: Sequence[Write], awaited: bool) -> list[_Pending]:
         if self._closing:
@@ -530,7 +610,14 @@ class Store:
                     batch, self._queue = self._queue, []
                     self._inflight = batch
                     try:
-                        errors = await self._run(self._apply_batch, batch)
+                        errors = await self._run_retrying(self._apply_batch, batch)
+                    except StoreUnavailableError as exc:
+                        # nothing of the batch was stored; fail what was queued since as well,
+                        # so that no later write of an execution commits after an earlier one
+                        # was refused (no hole in a history)
+                        queued, self._queue = self._queue, []
+                        batch = batch + queued
+                        errors = [_batch_error(exc, len(batch), exc) for _ in batch]
                     except Exception as exc:
                         errors = [_batch_error(exc, len(batch)) for _ in batch]
                     except BaseException as exc:
@@ -543,6 +630,30 @@ class Store:
                     self._finish(batch, errors)
         finally:
             self._committing = False
+
+    async def _run_retrying(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` in the worker thread (one transaction); while it fails as a whole with a
+        StoreError (locked, busy, full, I/O), retry with backoff from 50 ms up to 1 s for at
+        most ``retry_for`` seconds, then raise StoreUnavailableError. ``fn`` must leave no
+        transaction open when it raises (every helper here rolls back)."""
+        delay = 0.05
+        deadline = time.monotonic() + self.retry_for
+        while True:
+            try:
+                return await self._run(fn, *args)
+            except _TransientStoreError as exc:
+                if self._closed:
+                    raise
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StoreUnavailableError(
+                        f"store {self.path!r} kept failing for {self.retry_for:g}s: {exc}"
+                    ) from exc
+                self._retries += 1
+                logger.warning("%s; retrying in %.2fs", exc, delay)
+                with anyio.CancelScope(shield=True):
+                    await anyio.sleep(min(delay, left))
+                delay = min(delay * 2, 1.0)
 
     def _finish(self, batch: list[_Pending], errors: list[StoreError | None]) -> None:
         self._commits += 1
@@ -661,7 +772,48 @@ class Store:
             writes_failed=self._writes_failed,
             largest_batch=self._largest_batch,
             queued=len(self._queue),
+            retries=self._retries,
         )
+
+    # -- ownership ------------------------------------------------------------------------------
+
+    async def claim(
+        self,
+        execution_id: str,
+        *,
+        owner: str,
+        expires_at: float,
+        now: float,
+        create: Write | None = None,
+        owner_gone: Callable[[str], bool] | None = None,
+        workflow_name: str | None = None,
+    ) -> Claim:
+        """Take the lease of ``execution_id`` for ``owner`` until ``expires_at`` and read its
+        history, atomically (one ``BEGIN IMMEDIATE`` transaction): see :class:`Claim`.
+
+        A lease held by another owner is taken only when it has expired at ``now``, or when
+        ``owner_gone(lease_owner)`` says that owner no longer exists (called in the worker
+        thread; it must be cheap). A claim bumps the lease epoch, sets state RUNNING and clears
+        ``wake_at``; every later write of the claimer is fenced by that epoch. With ``create``
+        (a Write inserting the execution and its first events), a missing execution is created
+        in the same transaction, so two processes racing to start one id cannot both run it.
+        With ``workflow_name``, an execution of another workflow is left alone (``"mismatch"``).
+        """
+        if create is not None:
+            _check_write(create)
+        return await self._run_retrying(
+            _claim, execution_id, owner, expires_at, now, create, owner_gone, workflow_name, self
+        )
+
+    async def renew_leases(
+        self, leases: Sequence[tuple[str, int]], *, owner: str, expires_at: float
+    ) -> list[str]:
+        """Extend the leases ``(execution_id, epoch)`` held by ``owner`` to ``expires_at``, in
+        one transaction; returns the ids whose lease is no longer ``owner``'s at that epoch
+        (taken over, or the execution ended): their runs must stop."""
+        if not leases:
+            return []
+        return await self._run_retrying(_renew, list(leases), owner, expires_at)
 
     # -- executions and events --------------------------------------------------------------------
 
@@ -792,6 +944,81 @@ class Store:
 
 def _noop(conn: sqlite3.Connection) -> None:
     pass
+
+
+def _claim(
+    conn: sqlite3.Connection,
+    execution_id: str,
+    owner: str,
+    expires_at: float,
+    now: float,
+    create: Write | None,
+    owner_gone: Callable[[str], bool] | None,
+    workflow_name: str | None,
+    store: Store,
+) -> Claim:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        record = _get_execution(conn, execution_id)
+        if record is None:
+            if create is None:
+                conn.execute("ROLLBACK")
+                return Claim("missing")
+            store._apply_write(conn, create)
+            conn.execute("COMMIT")
+            return Claim("created", create.insert, create.events, 1)
+        if workflow_name is not None and record.workflow_name != workflow_name:
+            conn.execute("ROLLBACK")
+            return Claim("mismatch", record)
+        if record.state.is_terminal:
+            events = _load_events(conn, execution_id, 0)
+            conn.execute("ROLLBACK")
+            return Claim("finished", record, events, record.lease_epoch)
+        holder = record.lease_owner
+        if (
+            holder is not None
+            and holder != owner
+            and record.lease_expires_at is not None
+            and record.lease_expires_at > now
+            and not (owner_gone is not None and owner_gone(holder))
+        ):
+            conn.execute("ROLLBACK")
+            return Claim("leased", record)
+        epoch = record.lease_epoch + 1
+        conn.execute(
+            "UPDATE executions SET lease_owner = ?, lease_epoch = ?, lease_expires_at = ?, "
+            "state = ?, wake_at = NULL, updated_at = ? WHERE execution_id = ?",
+            (owner, epoch, expires_at, ExecutionState.RUNNING.value, time.time(), execution_id),
+        )
+        events = _load_events(conn, execution_id, 0)
+        conn.execute("COMMIT")
+        return Claim("claimed", record, events, epoch)
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _renew(
+    conn: sqlite3.Connection, leases: list[tuple[str, int]], owner: str, expires_at: float
+) -> list[str]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        lost = []
+        for execution_id, epoch in leases:
+            cursor = conn.execute(
+                "UPDATE executions SET lease_expires_at = ? WHERE execution_id = ? "
+                "AND lease_epoch = ? AND lease_owner = ?",
+                (expires_at, execution_id, epoch, owner),
+            )
+            if cursor.rowcount == 0:
+                lost.append(execution_id)
+        conn.execute("COMMIT")
+        return lost
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _schema_version(db: sqlite_utils.Database) -> int:
@@ -983,8 +1210,9 @@ def _check_write(write: Write) -> None:
                 )
 
 
-def _batch_error(exc: BaseException, size: int) -> StoreError:
-    error = StoreError(f"commit of a batch of {size} write(s) failed: {exc}")
+def _batch_error(exc: BaseException, size: int, kind: StoreError | None = None) -> StoreError:
+    cls = StoreUnavailableError if isinstance(kind, StoreUnavailableError) else StoreError
+    error = cls(f"commit of a batch of {size} write(s) failed: {exc}")
     error.__cause__ = exc
     return error
 

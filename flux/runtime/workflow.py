@@ -73,11 +73,14 @@ class workflow:  # noqa: N801 - the 0.2.7 name is lowercase
         resume_value: Any = MISSING,
         db: str | None = None,
         durability: str | None = None,
+        wait: bool | float = False,
     ) -> ExecutionContext:
         """Run to the end, a pause, or a failure, and return the ``ExecutionContext``.
 
         With ``execution_id`` of a paused execution, resume it (``resume_value``, or ``input``
-        when given, becomes the value ``pause()`` returns); of a finished one, return it as is.
+        when given, becomes the value ``pause()`` returns); of a finished one, return it as is;
+        of one another live process is running, raise ExecutionLeasedError naming it (or, with
+        ``wait=True`` or a number of seconds, wait for that process to finish or pause first).
         """
         import anyio
 
@@ -93,6 +96,7 @@ class workflow:  # noqa: N801 - the 0.2.7 name is lowercase
                 resume_value=resume_value,
                 db=db,
                 durability=durability,
+                wait=wait,
             ),
             backend="trio",
         )
@@ -106,6 +110,7 @@ class workflow:  # noqa: N801 - the 0.2.7 name is lowercase
         engine: Engine | None = None,
         db: str | None = None,
         durability: str | None = None,
+        wait: bool | float = False,
     ) -> ExecutionContext:
         """``run`` for async code: works in any anyio app, on trio or asyncio."""
         from .engine import open_engine
@@ -115,10 +120,12 @@ class workflow:  # noqa: N801 - the 0.2.7 name is lowercase
             return self._not_run(input, execution_id)
         if engine is not None:
             return await engine.run(
-                self, input, execution_id=execution_id, resume_value=resume_value
+                self, input, execution_id=execution_id, resume_value=resume_value, wait=wait
             )
         async with open_engine(db=db, durability=durability) as own:
-            return await own.run(self, input, execution_id=execution_id, resume_value=resume_value)
+            return await own.run(
+                self, input, execution_id=execution_id, resume_value=resume_value, wait=wait
+            )
 
     def _not_run(self, input: Any, execution_id: str | None) -> ExecutionContext:
         """What a run skipped while Flux loads the file returns: a context that never started

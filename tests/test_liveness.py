@@ -1,0 +1,21 @@
+"""The worker's lease clock: trusted until ttl - margin after the last confirmed send."""
+
+from flux.net.liveness import LeaseClock
+
+
+def test_trusted_until_the_ttl_after_the_last_confirmed_send():
+    now = [100.0]
+    clock = LeaseClock(2.0, clock=lambda: now[0])
+    assert clock.margin == 0.5
+    assert clock.trusted()
+    now[0] = 101.4
+    assert clock.trusted()
+    now[0] = 101.6  # 1.6 s of silence: past ttl - margin
+    assert not clock.trusted()
+    clock.confirm(101.0)  # a pong for a heartbeat sent at 101.0
+    assert clock.trusted() and clock.deadline == 102.5
+    clock.confirm(100.5)  # an older confirmation never moves the deadline back
+    assert clock.deadline == 102.5
+    now[0] = 110.0  # a frozen process woken long after: nothing is trusted
+    assert not clock.trusted()
+    assert clock.silence() == 9.0
