@@ -126,9 +126,14 @@ def test_executions_list_and_show(cli, tmp_path):
     assert "TASK_COMPLETED" in shown.stdout and "say_hello#0" in shown.stdout
     as_json = json.loads(cli("executions", "show", eid, "--json", "--events").stdout)
     assert as_json["output"] == "Hello, A" and len(as_json["events"]) == 4
-    # --db points elsewhere: nothing there
-    other = cli("executions", "list", "--json", "--db", str(tmp_path / "other.db"))
-    assert json.loads(other.stdout) == []
+    # --db points at no database: a one-line error, and no file is created
+    other = cli("executions", "list", "--json", "--db", str(tmp_path / "sub" / "other.db"))
+    assert other.returncode == 1 and other.stdout == ""
+    assert other.stderr == (
+        f"error: no Flux database at {tmp_path / 'sub' / 'other.db'} (nothing has run with "
+        "this store yet; --db or FLUX_DB names another, --server-url asks a server)\n"
+    )
+    assert not (tmp_path / "sub").exists()
 
 
 def test_pause_in_one_process_resume_in_another(cli):

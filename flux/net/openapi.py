@@ -1,9 +1,8 @@
 """The OpenAPI 3.1 document of the HTTP API and the self-contained page that renders it.
 
-``spec()`` returns the document served at ``/openapi.json``; ``DOCS_HTML`` is the page at
-``/docs``: plain HTML and JavaScript, no CDN, no external request. It lists the routes with their
-parameters, bodies and responses (schemas resolved from ``components``) and has a form per route
-to send a request with ``fetch()`` (a token field sets ``Authorization: Bearer``).
+``spec()`` returns the document served at ``/openapi.json``; ``docs_html()`` is the page at
+``/docs`` (see :mod:`flux.net.docs_page`): rendered on the server, so it shows everything without
+running any script; a small script adds a form per route to send a request with ``fetch()``.
 
 The WebSocket routes cannot be described by OpenAPI 3.1; they are listed under the
 ``x-websockets`` extension and documented in docs/http-api.md.
@@ -15,9 +14,10 @@ import copy
 from typing import Any
 
 from flux import __version__ as _flux_version
+from flux.net.docs_page import render_docs
 from flux.runtime.events import ExecutionEventType, ExecutionState
 
-__all__ = ["DOCS_CSP", "DOCS_HTML", "spec"]
+__all__ = ["DOCS_CSP", "DOCS_HTML", "docs_html", "spec"]
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -45,6 +45,29 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
     "State": {"type": "string", "enum": [s.value for s in ExecutionState]},
+    "WorkflowInput": {
+        "description": "The workflow's input (`ctx.input`): any JSON value. A string is "
+        'quoted: send `"World"`, not `World`. `null` or no body at all gives `None`. At most '
+        "the server's value size limit (`--max-value-size`).",
+        "examples": ["World", 21, {"id": 7, "prices": [10, 32]}, None],
+    },
+    "ResumeValue": {
+        "description": "The value the paused `await pause(name)` returns: any JSON value "
+        "(`null` or no body gives `None`), at most the value size limit.",
+        "examples": ["approved", {"approved": True, "by": "Grace"}, None],
+    },
+    "ErrorValue": {
+        "type": "object",
+        "description": "How an error appears as a value (the `output` of a FAILED execution, "
+        "the `value` of a `*_FAILED` event): its type, its message and the traceback text "
+        "recorded where it was raised (empty when none was recorded).",
+        "required": ["type", "message"],
+        "properties": {
+            "type": {"type": "string", "description": "qualified name, e.g. builtins.ValueError"},
+            "message": {"type": "string"},
+            "traceback": {"type": "string"},
+        },
+    },
     "Event": {
         "type": "object",
         "required": ["id", "type", "source_id", "name", "value", "time"],
@@ -64,7 +87,10 @@ _SCHEMAS: dict[str, Any] = {
             "workflow_name": {"type": "string"},
             "execution_id": {"type": "string"},
             "input": _ANY,
-            "output": _ANY,
+            "output": {
+                "description": "the workflow's result when COMPLETED; an `ErrorValue` "
+                "(type, message, traceback) when FAILED; the pause's name when PAUSED"
+            },
             "state": _ref("State"),
             "events": {
                 "type": "array",
@@ -215,7 +241,13 @@ _TIMEOUT = {
 _INPUT_BODY = {
     "required": False,
     "description": "any JSON value (null or no body: None); at most the value size limit",
-    "content": {"application/json": {"schema": _ANY}},
+    "content": {"application/json": {"schema": _ref("WorkflowInput")}},
+}
+
+_RESUME_BODY = {
+    "required": False,
+    "description": "any JSON value: what `await pause(...)` returns (null or no body: None)",
+    "content": {"application/json": {"schema": _ref("ResumeValue")}},
 }
 
 _E400 = _error("bad input (invalid JSON, parameter or value)")
@@ -256,6 +288,15 @@ def _paths() -> dict[str, Any]:
     execution = _json(_ref("Execution"), "the execution's summary")
     run_common = {"400": _E400, "404": _E404, "413": _E413}
     return {
+        "/": {
+            "get": _op(
+                "Redirects to the interactive documentation (/docs)",
+                {"302": {"description": "Location: /docs"}},
+                tag="meta",
+                public=True,
+                op_id="root",
+            )
+        },
         "/health": {
             "get": _op(
                 "Liveness and dispatcher figures",
@@ -392,7 +433,7 @@ def _paths() -> dict[str, Any]:
                 {"200": execution, "409": _E409, **run_common},
                 tag="executions",
                 params=[_NAME, _EID, _WAIT, _TIMEOUT, _DETAILED],
-                body=_INPUT_BODY,
+                body=_RESUME_BODY,
                 op_id="resume",
             )
         },
@@ -563,145 +604,10 @@ DOCS_CSP = (
     "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'"
 )
 
-DOCS_HTML = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Flux API</title>
-<style>
-body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}
-header{background:#1d2430;color:#fff;padding:12px 20px;display:flex;gap:16px;align-items:center}
-header h1{font-size:18px;margin:0} header input{width:280px;padding:4px 6px}
-main{max-width:1100px;margin:0 auto;padding:12px 20px}
-.op{background:#fff;border:1px solid #d9dde3;border-radius:6px;margin:8px 0}
-.op>summary{cursor:pointer;padding:8px 12px;display:flex;gap:12px;align-items:baseline}
-.m{font:bold 12px monospace;padding:2px 8px;border-radius:3px;color:#fff;min-width:54px;
-text-align:center}.get{background:#2f7ab9}.post{background:#3a9a5b}.delete{background:#c0463c}
-.ws{background:#7a5bb5}.path{font-family:monospace;font-weight:600}.sum{color:#555}
-.body{padding:4px 16px 12px;border-top:1px solid #eef0f3}
-table{border-collapse:collapse;margin:4px 0}td,th{border:1px solid #e3e6ea;padding:3px 8px;
-text-align:left;vertical-align:top}pre{background:#f0f2f5;padding:8px;overflow:auto;
-max-height:320px;margin:4px 0}textarea{width:100%;min-height:60px;font-family:monospace}
-button{padding:4px 14px;cursor:pointer}.status{font-weight:bold}
-</style></head><body>
-<header><h1>Flux API</h1><span id="ver"></span>
-<label>API token <input id="token" type="password" autocomplete="off"
-placeholder="only if the server requires one"></label></header>
-<main><p id="desc"></p><div id="ops">Loading /openapi.json ...</div>
-<h2>Schemas</h2><div id="schemas"></div></main>
-<script>
-"use strict";
-const $ = (tag, attrs = {}, ...kids) => {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") el.className = v; else el.setAttribute(k, v);
-  }
-  for (const kid of kids) el.append(kid);
-  return el;
-};
-let SPEC = null;
-const resolve = (s) => {
-  if (s && s.$ref) return SPEC.components.schemas[s.$ref.split("/").pop()] || {};
-  return s || {};
-};
-const show = (s) => JSON.stringify(s, null, 1);
-function paramTable(params) {
-  const t = $("table", {}, $("tr", {}, $("th", {}, "name"), $("th", {}, "in"),
-    $("th", {}, "schema"), $("th", {}, "description")));
-  for (const p of params) {
-    t.append($("tr", {}, $("td", {}, p.name + (p.required ? " *" : "")), $("td", {}, p.in),
-      $("td", {}, JSON.stringify(p.schema || {})), $("td", {}, p.description || "")));
-  }
-  return t;
-}
-function tryForm(path, method, op) {
-  const form = $("div");
-  const inputs = {};
-  for (const p of op.parameters || []) {
-    const i = $("input", {placeholder: p.name});
-    inputs[p.name] = [p, i];
-    form.append($("label", {}, p.name + " (" + p.in + ") "), i, $("br"));
-  }
-  let bodyBox = null, fileBox = null;
-  const content = (op.requestBody || {}).content || {};
-  if (content["application/json"]) {
-    bodyBox = $("textarea", {placeholder: "JSON body"});
-    form.append(bodyBox);
-  } else if (content["multipart/form-data"]) {
-    fileBox = $("input", {type: "file"});
-    form.append($("label", {}, "file "), fileBox, $("br"));
-  }
-  const out = $("pre");
-  const go = $("button", {}, "Send");
-  go.onclick = async () => {
-    let url = path;
-    const query = new URLSearchParams();
-    for (const [name, [p, i]] of Object.entries(inputs)) {
-      if (p.in === "path") url = url.replace("{" + name + "}", encodeURIComponent(i.value));
-      else if (i.value !== "") query.set(name, i.value);
-    }
-    if ([...query].length) url += "?" + query;
-    const init = {method: method.toUpperCase(), headers: {}};
-    const token = document.getElementById("token").value;
-    if (token) init.headers["Authorization"] = "Bearer " + token;
-    if (bodyBox && bodyBox.value.trim()) {
-      init.headers["Content-Type"] = "application/json";
-      init.body = bodyBox.value;
-    }
-    if (fileBox && fileBox.files.length) {
-      const data = new FormData(); data.append("file", fileBox.files[0]); init.body = data;
-    }
-    out.textContent = method.toUpperCase() + " " + url + " ...";
-    try {
-      const r = await fetch(url, init);
-      const text = await r.text();
-      let shown = text;
-      try { shown = show(JSON.parse(text)); } catch (e) { /* not JSON: as is */ }
-      out.textContent = r.status + " " + r.statusText + "\\n" + shown;
-    } catch (e) { out.textContent = "request failed: " + e; }
-  };
-  form.append(go, out);
-  return form;
-}
-function render() {
-  document.getElementById("ver").textContent = "version " + SPEC.info.version;
-  document.getElementById("desc").textContent = SPEC.info.description;
-  const ops = document.getElementById("ops");
-  ops.textContent = "";
-  for (const [path, item] of Object.entries(SPEC.paths)) {
-    for (const [method, op] of Object.entries(item)) {
-      const body = $("div", {class: "body"});
-      if (op.parameters) body.append($("h4", {}, "Parameters"), paramTable(op.parameters));
-      if (op.requestBody) {
-        for (const [kind, c] of Object.entries(op.requestBody.content || {})) {
-          body.append($("h4", {}, "Body (" + kind + ")"), $("pre", {}, show(resolve(c.schema))));
-        }
-      }
-      const rt = $("table", {}, $("tr", {}, $("th", {}, "status"), $("th", {}, "meaning"),
-        $("th", {}, "schema")));
-      for (const [code, r] of Object.entries(op.responses || {})) {
-        const c = Object.values(r.content || {})[0] || {};
-        rt.append($("tr", {}, $("td", {class: "status"}, code), $("td", {}, r.description || ""),
-          $("td", {}, c.schema ? (c.schema.$ref || JSON.stringify(c.schema)) : "")));
-      }
-      body.append($("h4", {}, "Responses"), rt, $("h4", {}, "Try it"), tryForm(path, method, op));
-      ops.append($("details", {class: "op"}, $("summary", {}, $("span", {class: "m " + method},
-        method.toUpperCase()), $("span", {class: "path"}, path),
-        $("span", {class: "sum"}, op.summary || "")), body));
-    }
-  }
-  for (const [path, ws] of Object.entries(SPEC["x-websockets"] || {})) {
-    const body = $("div", {class: "body"}, $("p", {}, ws.summary || ""));
-    if (ws.parameters) body.append(paramTable(ws.parameters));
-    ops.append($("details", {class: "op"}, $("summary", {}, $("span", {class: "m ws"}, "WS"),
-      $("span", {class: "path"}, path)), body));
-  }
-  const schemas = document.getElementById("schemas");
-  for (const [name, s] of Object.entries(SPEC.components.schemas)) {
-    schemas.append($("details", {class: "op"}, $("summary", {}, $("span", {class: "path"}, name)),
-      $("div", {class: "body"}, $("pre", {}, show(s)))));
-  }
-}
-fetch("openapi.json").then((r) => r.json()).then((s) => { SPEC = s; render(); })
-  .catch((e) => { document.getElementById("ops").textContent = "cannot load the spec: " + e; });
-</script></body></html>
-"""
+def docs_html(*, auth: bool = True) -> str:
+    """The /docs page for a server (``auth``: whether it requires the API token)."""
+    return render_docs(spec(auth=auth))
+
+
+#: The page of a server that requires the API token.
+DOCS_HTML = docs_html()

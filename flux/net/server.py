@@ -25,7 +25,7 @@ import attrs
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
-from quart import Response, request, websocket
+from quart import Response, redirect, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -516,9 +516,13 @@ def create_app(
     async def openapi_json() -> Response:
         return _json_response(openapi.spec(auth=bool(cfg.api_token)))
 
+    @app.get("/")
+    async def root() -> Response:
+        return redirect("/docs", 302)  # to the console, once there is one
+
     @app.get("/docs")
     async def docs() -> Response:
-        response = Response(openapi.DOCS_HTML, mimetype="text/html")
+        response = Response(openapi.docs_html(auth=bool(cfg.api_token)), mimetype="text/html")
         response.headers["Content-Security-Policy"] = openapi.DOCS_CSP
         return response
 
@@ -780,7 +784,7 @@ def create_app(
 
 
 #: Paths served without a token: liveness for load balancers, and the API's own description.
-_PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs"})
+_PUBLIC_PATHS = frozenset({"/", "/health", "/openapi.json", "/docs"})
 
 
 def _preflight(origin: str | None, origins: tuple[str, ...]) -> Response:

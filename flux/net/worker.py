@@ -698,7 +698,7 @@ async def serve_worker(
                         p.ProtocolError,
                     )
                     if isinstance(exc, expected):
-                        log.info("connection to %s lost or refused: %s", url, exc)
+                        log.info("connection to %s lost or refused: %s", url, _reason(exc))
                     else:
                         log.warning("worker session ended: %r", exc, exc_info=exc)
                 if trio.current_time() - connected_at > 5:
@@ -710,6 +710,18 @@ async def serve_worker(
         if refused is not None:  # one clear error, not a group (the CLI prints it)
             raise _first(refused) from None
         raise
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a connection failed, in words: the first message along the exception's causes (a
+    HandshakeError carries none of its own), else its type's name."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = str(seen)
+        if text:
+            return text if seen is exc else f"{type(exc).__name__}: {text}"
+        seen = seen.__cause__ or seen.__context__
+    return type(exc).__name__
 
 
 def _first(group: BaseExceptionGroup) -> BaseException:

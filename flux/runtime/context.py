@@ -130,7 +130,8 @@ class ExecutionContext(Generic[T]):
 def to_jsonable(value: Any) -> Any:
     """Turn any value the codec carries into plain JSON types (for APIs and ``to_json``).
 
-    Exceptions become ``{"type", "message"}``; bytes become base64 text; sets become lists.
+    Exceptions become ``{"type", "message", "traceback"}`` (the traceback text recorded where
+    the error was raised, ``""`` if none); bytes become base64 text; sets become lists.
     """
     if value is None or isinstance(value, bool | int | str):
         return value
@@ -159,9 +160,12 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, Enum):
         return to_jsonable(value.value)
     if isinstance(value, BaseExceptionGroup):
+        from .failures import traceback_text
+
         return {
             "type": f"{type(value).__module__}.{type(value).__qualname__}",
             "message": str(value),
+            "traceback": traceback_text(value),
             "exceptions": [to_jsonable(e) for e in value.exceptions],
         }
     if isinstance(value, BaseException):
@@ -171,7 +175,9 @@ def to_jsonable(value: Any) -> Any:
         message = getattr(value, "message", None)
         if not isinstance(message, str):
             message = str(value)
-        return {"type": type_name, "message": message}
+        from .failures import traceback_text
+
+        return {"type": type_name, "message": message, "traceback": traceback_text(value)}
     if isinstance(value, ExecutionEvent):
         return to_jsonable(value.to_dict())
     if attrs.has(type(value)):

@@ -8,10 +8,68 @@ from __future__ import annotations
 
 
 class FluxError(Exception):
-    """Base class of every error Flux raises on purpose."""
+    """Base class of every error Flux raises on purpose.
+
+    Every Flux error has 0.2.7's two properties: ``message`` (its text) and ``inner_exception``
+    (the error it wraps: the one given to :class:`ExecutionError`, else ``__cause__``).
+    """
+
+    @property
+    def inner_exception(self) -> BaseException | None:
+        inner = self.__dict__.get("_inner_exception")
+        return inner if inner is not None else self.__cause__
+
+    @property
+    def message(self) -> str:
+        text = self.__dict__.get("_message")
+        return text if isinstance(text, str) else str(self)
+
+    @message.setter
+    def message(self, value: str | None) -> None:
+        self.__dict__["_message"] = value
 
 
-class WorkflowError(FluxError):
+class ExecutionError(FluxError):
+    """0.2.7's base of the errors of an execution: ``ExecutionError(inner_exception, message)``.
+
+    Flux's task and workflow errors derive from it. A Flux subclass passes its text as the only
+    positional argument, which is taken as the message.
+    """
+
+    def __init__(
+        self, inner_exception: BaseException | str | None = None, message: str | None = None
+    ):
+        if isinstance(inner_exception, str) and message is None:
+            inner_exception, message = None, inner_exception
+        text = message
+        if text is None and inner_exception is not None:
+            text = f"{type(inner_exception).__name__}: {inner_exception}"
+        super().__init__(*(() if text is None else (text,)))
+        self.__dict__["_inner_exception"] = inner_exception
+        self.__dict__["_message"] = message
+
+
+class ExecutionTimeoutError(ExecutionError, TimeoutError):
+    """Something ran longer than its timeout (0.2.7's name; :class:`TaskTimeoutError` is one).
+
+    Built either with a message, or as in 0.2.7: ``ExecutionTimeoutError("Task", name, id, 5)``.
+    """
+
+    def __init__(
+        self,
+        type: str | None = None,
+        name: str | None = None,
+        id: str | None = None,
+        timeout: float | None = None,
+    ):
+        if name is None and id is None and timeout is None:
+            super().__init__(message=type)
+        else:
+            super().__init__(message=f"{type} {name} ({id}) timed out ({timeout}s).")
+        self.timeout = timeout
+
+
+class WorkflowError(ExecutionError):
     """A workflow could not be defined, found or run (bad definition, unknown name or id)."""
 
 
@@ -26,12 +84,13 @@ class ExecutionNotFoundError(WorkflowError):
 class WorkflowNotFoundError(WorkflowError):
     """A workflow name was given that is not registered."""
 
-    def __init__(self, name: str):
-        super().__init__(f"no workflow named {name!r}")
+    def __init__(self, name: str, module_name: str | None = None):
+        where = f" in module {module_name}" if module_name else ""
+        super().__init__(f"no workflow named {name!r}{where}")
         self.name = name
 
 
-class TaskError(FluxError):
+class TaskError(ExecutionError):
     """Something went wrong running a task (as opposed to inside its body)."""
 
 
@@ -49,7 +108,7 @@ class TaskFailedError(TaskError):
         self.remote_traceback = remote_traceback
 
 
-class TaskTimeoutError(TaskError, TimeoutError):
+class TaskTimeoutError(TaskError, ExecutionTimeoutError):
     """A task attempt (or a workflow) ran longer than its ``timeout``; retryable like any error."""
 
 
@@ -129,15 +188,17 @@ class StoreError(FluxError):
     """The store cannot do what was asked (corrupt file, unknown schema, bad state change)."""
 
 
-class ExecutionCancelledError(FluxError):
+class ExecutionCancelledError(ExecutionError):
     """Raised to code awaiting an execution that was cancelled."""
 
 
 __all__ = [
     "ExecutionCancelledError",
+    "ExecutionError",
     "ExecutionLeasedError",
     "ExecutionNotFoundError",
     "ExecutionStopped",
+    "ExecutionTimeoutError",
     "FluxError",
     "LeaseLostError",
     "NondeterminismError",

@@ -686,18 +686,16 @@ def redact_error(error: BaseException, secrets: list[str]) -> BaseException:
     would record of it (message, arguments, attributes, traceback text) holds a secret."""
     if not secrets:
         return error
-    try:
-        recorded = codec.encode(error)
-    except SerializationError:
-        recorded = str(error).encode()
-    if not any(s and s.encode() in recorded for s in secrets):
-        return error
     from .errors import TaskFailedError
+    from .secrets import holds_secret, mask_secrets
 
-    text = str(error)
-    for s in secrets:
-        if s:
-            text = text.replace(s, "***")
+    try:
+        recorded: Any = codec.encode_exception(error)
+    except Exception:
+        recorded = str(error)
+    if not holds_secret(recorded, secrets):
+        return error
+    text = mask_secrets(str(error), secrets)
     try:  # the same type, so `except PermissionError:` still matches on replay
         masked = type(error)(text)
         if str(masked) == text:

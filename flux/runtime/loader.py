@@ -3,14 +3,66 @@
 from __future__ import annotations
 
 import ast
+import contextlib
+import contextvars
 import hashlib
 import importlib.util
+import linecache
 import os
 import sys
 import types
+import warnings
+from collections.abc import Iterator
+
+import attrs
 
 from .errors import WorkflowError, WorkflowNotFoundError
 from .workflow import workflow
+
+
+class RunWhileLoadingWarning(RuntimeWarning):
+    """A workflow's ``run()`` was called while Flux was loading the file that defines it, and
+    did not run (see :func:`skipped_while_loading`)."""
+
+
+@attrs.define
+class _Loading:
+    origin: str
+    warned: bool = False
+
+
+#: The file Flux is loading in this context (``flux run``, a worker), if any.
+_loading: contextvars.ContextVar[_Loading | None] = contextvars.ContextVar(
+    "flux_loading", default=None
+)
+
+
+@contextlib.contextmanager
+def loading(origin: str) -> Iterator[None]:
+    """Mark the code run inside as the top level of ``origin`` being loaded by Flux."""
+    token = _loading.set(_Loading(origin))
+    try:
+        yield
+    finally:
+        _loading.reset(token)
+
+
+def skipped_while_loading(wf: workflow) -> bool:
+    """True when Flux is loading a file (``flux run FILE``, a worker loading uploaded source)
+    and its top level calls ``wf.run()``: that call must not run (the caller runs the workflow
+    it names; a worker runs what it is leased). Warns once per load."""
+    state = _loading.get()
+    if state is None:
+        return False
+    if not state.warned:
+        state.warned = True
+        warnings.warn(
+            f"{wf.name}.run() was called at the top level of {state.origin} while Flux loaded "
+            "it, and did not run; put such calls under `if __name__ == \"__main__\":`",
+            RunWhileLoadingWarning,
+            stacklevel=3,
+        )
+    return True
 
 
 def workflows_in(module: types.ModuleType) -> dict[str, workflow]:
@@ -44,7 +96,8 @@ def load_file(path: str) -> types.ModuleType:
     if added:
         sys.path.insert(0, directory)
     try:
-        spec.loader.exec_module(module)
+        with loading(path):
+            spec.loader.exec_module(module)
     except SyntaxError as e:
         sys.modules.pop(module_name, None)
         raise WorkflowError(f"syntax error in {path} at line {e.lineno}: {e.msg}") from None
@@ -121,8 +174,11 @@ def load_source(source: str, module_name: str) -> types.ModuleType:
     module = types.ModuleType(module_name)
     module.__file__ = f"<{module_name}>"
     sys.modules[module_name] = module
+    # tracebacks of uploaded code show its lines, as they do for a file
+    linecache.cache[module.__file__] = (len(source), None, source.splitlines(True), module.__file__)
     try:
-        exec(compile(source, module.__file__, "exec"), module.__dict__)  # noqa: S102
+        with loading(f"uploaded source {module_name}"):
+            exec(compile(source, module.__file__, "exec"), module.__dict__)  # noqa: S102
     except BaseException:
         sys.modules.pop(module_name, None)
         raise

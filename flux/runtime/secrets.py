@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import base64
 import os
+import re
+import warnings
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import anyio
 from cryptography.exceptions import InvalidTag
@@ -23,6 +26,79 @@ from .store import Store
 _VERSION = b"\x01"
 MAX_NAME = 200
 MAX_VALUE = 64 * 1024
+#: Values shorter than this are masked only where they stand as a whole word (see
+#: :func:`mask_secrets`), so setting one gives a :class:`ShortSecretWarning`.
+MIN_SECRET_LENGTH = 8
+MASK = "***"
+
+
+class ShortSecretWarning(UserWarning):
+    """A secret was set with a value shorter than :data:`MIN_SECRET_LENGTH` characters."""
+
+
+def _pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
+    """One regex matching every secret value, longest first. A value shorter than
+    MIN_SECRET_LENGTH matches only where it is not part of a longer word (a word character
+    next to its own first or last word character stops it); a longer one matches anywhere,
+    since finding it inside a word means the secret itself was glued to other text."""
+    parts = []
+    for value in sorted({s for s in secrets if s}, key=len, reverse=True):
+        part = re.escape(value)
+        if len(value) < MIN_SECRET_LENGTH:
+            if re.match(r"\w", value):
+                part = r"(?<!\w)" + part
+            if re.search(r"\w$", value):
+                part += r"(?!\w)"
+        parts.append(part)
+    return re.compile("|".join(parts)) if parts else None
+
+
+def mask_secrets(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every occurrence of a secret value replaced by ``***``; text around and
+    inside other words is left as it was (a secret ``ta`` leaves ``my_task()`` alone)."""
+    pattern = _pattern(secrets)
+    return text if pattern is None else pattern.sub(MASK, text)
+
+
+def holds_secret(value: Any, secrets: Iterable[str]) -> bool:
+    """Whether ``value`` (a string, bytes, or lists, tuples and dicts of them, e.g. an encoded
+    exception) holds a secret value as :func:`mask_secrets` would mask it."""
+    pattern = _pattern(secrets)
+    if pattern is None:
+        return False
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, bytes | bytearray):
+            item = bytes(item).decode("utf-8", "replace")
+        if isinstance(item, str):
+            if pattern.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+    return False
+
+
+def check_value(name: str, value: object) -> str:
+    """Return ``value`` if it can be a secret's value, else raise ``ValueError`` naming the
+    secret. A value shorter than MIN_SECRET_LENGTH is accepted with a ShortSecretWarning."""
+    if not isinstance(value, str):
+        raise ValueError(f"the value of secret {name!r} must be a string")
+    if not value:
+        raise ValueError(f"the value of secret {name!r} must not be empty")
+    if len(value.encode()) > MAX_VALUE:
+        raise ValueError(f"the value of secret {name!r} exceeds {MAX_VALUE} bytes")
+    if len(value) < MIN_SECRET_LENGTH:
+        text = (
+            f"secret {name!r} is only {len(value)} character{'' if len(value) == 1 else 's'} "
+            f"long: values shorter than {MIN_SECRET_LENGTH} are masked in errors and logs only "
+            "where they stand as a whole word"
+        )
+        warnings.warn(text, ShortSecretWarning, stacklevel=3)
+    return value
 
 
 class SecretKeyError(FluxError):
@@ -89,10 +165,7 @@ class SecretStore:
 
     async def set(self, name: str, value: str) -> None:
         check_name(name)
-        if not isinstance(value, str):
-            raise ValueError(f"the value of secret {name!r} must be a string")
-        if len(value.encode()) > MAX_VALUE:
-            raise ValueError(f"the value of secret {name!r} exceeds {MAX_VALUE} bytes")
+        check_value(name, value)
         aead = await self._cipher()
         nonce = os.urandom(12)
         sealed = _VERSION + nonce + aead.encrypt(nonce, value.encode(), name.encode())

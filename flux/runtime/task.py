@@ -105,6 +105,35 @@ class TaskOptions:
         return self.retry_delay * self.retry_backoff ** (k - 1)
 
 
+def _check_injected(func: Callable[..., Any], options: TaskOptions) -> None:
+    """A task that asks for ``secrets`` or ``metadata`` must be able to receive them as keyword
+    arguments: a parameter of that name (not positional-only) or ``**kwargs``."""
+    wanted = [
+        (name, option)
+        for name, option, on in (
+            ("secrets", "secret_requests", bool(options.secret_requests)),
+            ("metadata", "metadata=True", options.metadata),
+        )
+        if on
+    ]
+    if not wanted:
+        return
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature: not checked
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    for name, option in wanted:
+        p = params.get(name)
+        if p is None or p.kind in (p.POSITIONAL_ONLY, p.VAR_POSITIONAL):
+            label = getattr(func, "__qualname__", repr(func))
+            raise TypeError(
+                f"task {label!r} is declared with {option} but has no {name!r} parameter "
+                f"to receive it: add `{name}` (or **kwargs) to its parameters"
+            )
+
+
 class task:  # noqa: N801 - the 0.2.7 name is lowercase
     """Declare a task: ``@task`` or ``@task.with_options(...)`` on an async or a sync function.
 
@@ -124,6 +153,7 @@ class task:  # noqa: N801 - the 0.2.7 name is lowercase
         self.qualified_name = f"{func.__module__}.{func.__qualname__}"
         self._signature: inspect.Signature | None = None
         self._templated = "{" in self.name
+        _check_injected(func, self.options)
         functools.update_wrapper(self, func)
 
     @classmethod

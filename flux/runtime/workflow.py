@@ -84,6 +84,10 @@ class workflow:  # noqa: N801 - the 0.2.7 name is lowercase
         """
         import anyio
 
+        from .loader import skipped_while_loading
+
+        if skipped_while_loading(self):
+            return self._not_run(input, execution_id)
         return anyio.run(
             functools.partial(
                 self.arun,
@@ -110,7 +114,10 @@ class workflow:  # noqa: N801 - the 0.2.7 name is lowercase
     ) -> ExecutionContext:
         """``run`` for async code: works in any anyio app, on trio or asyncio."""
         from .engine import open_engine
+        from .loader import skipped_while_loading
 
+        if skipped_while_loading(self):
+            return self._not_run(input, execution_id)
         if engine is not None:
             return await engine.run(
                 self, input, execution_id=execution_id, resume_value=resume_value, wait=wait
@@ -119,6 +126,11 @@ class workflow:  # noqa: N801 - the 0.2.7 name is lowercase
             return await own.run(
                 self, input, execution_id=execution_id, resume_value=resume_value, wait=wait
             )
+
+    def _not_run(self, input: Any, execution_id: str | None) -> ExecutionContext:
+        """What a run skipped while Flux loads the file returns: a context that never started
+        (state CREATED, no events, nothing stored)."""
+        return ExecutionContext(execution_id or "", self.name, input)
 
     async def __call__(self, ctx: ExecutionContext) -> Any:
         return await self.func(ctx)
