@@ -40,10 +40,21 @@ def _show(value: Any) -> str:
     return json.dumps(to_jsonable(value), indent=None)
 
 
-def local_store_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``--db`` and ``--durability`` for commands that open the local store."""
+def local_store_options(
+    func: Callable[..., Any] | None = None, *, lease: bool = True
+) -> Any:
+    """``--db``, ``--store``, ``--durability`` and (with ``lease``) ``--lease-ttl`` for commands
+    that open the local store (``--store``/``FLUX_STORE`` wins over ``--db``/``FLUX_DB``)."""
+    if func is None:
+        return functools.partial(local_store_options, lease=lease)
 
     @click.option("--db", "db", envvar="FLUX_DB", help="SQLite file (default: .flux/flux.db)")
+    @click.option(
+        "--store",
+        "store",
+        envvar="FLUX_STORE",
+        help="the store: a SQLite path, sqlite:///path or postgresql://user:pass@host/db",
+    )
     @click.option(
         "--durability",
         type=click.Choice(["full", "normal"]),
@@ -51,13 +62,31 @@ def local_store_options(func: Callable[..., Any]) -> Callable[..., Any]:
         help="full (fsync each commit, default) or normal",
     )
     @functools.wraps(func)
-    async def wrapper(*args: Any, db: str | None, durability: str | None, **kwargs: Any) -> Any:
+    async def wrapper(
+        *args: Any,
+        db: str | None,
+        store: str | None,
+        durability: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        ttl = kwargs.pop("embedded_lease_ttl", None)
         try:
-            settings = Settings.from_env(db_path=db, durability=durability)
+            settings = Settings.from_env(
+                db_path=db, durability=durability, store=store or None, lease_ttl=ttl
+            )
         except ValueError as e:
             _fail(str(e), 2)
         return await func(*args, settings=settings, **kwargs)
 
+    if lease:
+        return click.option(
+            "--lease-ttl",
+            "embedded_lease_ttl",
+            type=click.FloatRange(min=0, min_open=True),
+            envvar="FLUX_LEASE_TTL",
+            help="seconds this process's lease on an execution lasts without a heartbeat "
+            "(default 15)",
+        )(wrapper)
     return wrapper
 
 

@@ -156,7 +156,7 @@ async def start() -> None:
     help="largest stored input or resume value in bytes",
 )
 @click.option("--log-level", default="INFO", show_default=True)
-@local_store_options
+@local_store_options(lease=False)
 @startup_errors
 async def start_server(
     host: str,
@@ -174,15 +174,16 @@ async def start_server(
     """Serve the HTTP API and the worker endpoint, owning the store (--db)."""
     from .net.security import check_bind
     from .net.server import ServerSettings, serve_server
+    from .runtime.settings import redact_url
     from .runtime.store import open_store
 
     _log_to_stderr(log_level)
     check_bind(host, api_token or None, worker_token or None)  # refused: before the store
     try:  # a store that cannot be opened is one line, before anything is served
-        async with open_store(settings.db_path, durability=settings.durability):
+        async with open_store(settings.store, durability=settings.durability):
             pass
     except (OSError, FluxError) as e:
-        _fail(f"cannot open the store {settings.db_path}: {e}")
+        _fail(f"cannot open the store {redact_url(settings.store)}: {e}")
     await serve_server(
         settings,
         ServerSettings(

@@ -181,7 +181,12 @@ class FluxServer:
         self.settings = settings
         self.server_settings = server_settings
         self._own_store = store is None
-        self.store = store or open_store(settings.db_path, durability=settings.durability)
+        self.store = store or open_store(
+            settings.store,
+            durability=settings.durability,
+            busy_timeout=settings.busy_timeout,
+            retry_for=settings.store_retry_for,
+        )
         self.dispatcher = Dispatcher(
             self.store,
             server_settings.dispatch,
