@@ -57,8 +57,8 @@ class FakeWorker:
         await self.dispatcher.on_message(self.link, msg)
         await settle(self.dispatcher)
 
-    def heartbeat(self, *leases: tuple[str, int]) -> None:
-        self.dispatcher.on_heartbeat(self.link, p.Heartbeat(leases=list(leases), running=0))
+    async def heartbeat(self, *leases: tuple[str, int]) -> None:
+        await self.dispatcher.on_heartbeat(self.link, p.Heartbeat(leases=list(leases), running=0))
 
 
 async def settle(dispatcher: Dispatcher) -> None:
@@ -156,7 +156,7 @@ async def test_heartbeats_extend_the_lease(dispatcher, clock):
     b = FakeWorker(dispatcher, "b")
     for _ in range(30):  # 30 s of heartbeats every second: never expires
         await trio.sleep(1)
-        a.heartbeat((rec.execution_id, lease.epoch))
+        await a.heartbeat((rec.execution_id, lease.epoch))
     assert b.of(p.Lease) == [] and a.of(p.Reject) == []
     last = trio.current_time()
     (second,) = await b.leases()
@@ -167,7 +167,7 @@ async def test_heartbeats_extend_the_lease(dispatcher, clock):
 @pytest.mark.trio
 async def test_heartbeat_for_a_lost_lease_is_rejected(dispatcher, clock):
     a = FakeWorker(dispatcher, "a")
-    a.heartbeat(("nope", 3))
+    await a.heartbeat(("nope", 3))
     (reject,) = a.of(p.Reject)
     assert reject.execution_id == "nope" and reject.reason == "lease lost"
 
@@ -384,9 +384,9 @@ async def test_expired_worker_gets_no_new_lease_until_it_lets_go(dispatcher, clo
     await trio.sleep(TTL + 1)  # a is hung: the lease expires, and no one else is connected
     assert [r.reason for r in a.of(p.Reject)] == ["lease expired"]
     assert len(a.of(p.Lease)) == 1 and a.link.free == 0
-    a.heartbeat((eid, 1))  # still running it: still a zombie, and told again
+    await a.heartbeat((eid, 1))  # still running it: still a zombie, and told again
     assert len(a.of(p.Lease)) == 1
-    a.heartbeat()  # it let go: its slot is free, and it gets the execution back, epoch 2
+    await a.heartbeat()  # it let go: its slot is free, and it gets the execution back, epoch 2
     leases = await a.leases(2)
     assert leases[1].execution_id == eid and leases[1].epoch == 2
 
@@ -401,10 +401,11 @@ async def test_cancel_of_a_lease_goes_to_its_worker_and_survives_an_expiry(dispa
     (lease,) = await a.leases()
     cancelling = await dispatcher.cancel(rec.execution_id)
     assert cancelling.state is ExecutionState.CANCELLING
+    await settle(dispatcher)  # the Cancel goes out on its own (a slow worker never holds it up)
     assert a.of(p.Cancel) == [p.Cancel(execution_id=rec.execution_id, epoch=lease.epoch)]
     stored = await dispatcher.store.get_execution(rec.execution_id)
     assert stored.state is ExecutionState.CANCELLING and stored.cancel_requested
-    a.heartbeat((rec.execution_id, lease.epoch))  # re-sent in case the first came too early
+    await a.heartbeat((rec.execution_id, lease.epoch))  # re-sent in case the first came too early
     assert len(a.of(p.Cancel)) == 2
     # the worker dies; the next owner gets the lease and the cancel right after it
     b = FakeWorker(dispatcher, "b")

@@ -111,10 +111,17 @@ class ServerSettings:
     max_stream_message: int = 1024 * 1024
     #: Seconds without an event after which a stream sends a keep-alive (SSE comment).
     keepalive: float = 15.0
+    #: The most executions one worker is leased at once, whatever capacity it claims.
+    max_capacity: int = 1024
+    #: Seconds a request/response pair of a worker session may take: the worker waits this long
+    #: for an ack, secrets or a cache value (then gives the lease up), and the server this long
+    #: for room in a worker's outbox (then closes the session; its leases expire and are
+    #: granted again).
+    request_timeout: float = 30.0
 
     @property
     def dispatch(self) -> DispatchSettings:
-        return DispatchSettings(self.lease_ttl, self.heartbeat_interval)
+        return DispatchSettings(self.lease_ttl, self.heartbeat_interval, self.max_capacity)
 
 
 @attrs.frozen
@@ -229,23 +236,45 @@ class FluxServer:
                 finally:
                     await ws.close(p.close_code_for("unauthorized"), f"unauthorized: {why}")
             return
-        worker_id = f"{hello.name}-{uuid.uuid4().hex[:8]}"
+        name = hello.name
+        if len(name) > p.MAX_WORKER_NAME:
+            name = name[: p.MAX_WORKER_NAME - 3] + "..."
+            log.info("worker name from %s cut to %d characters: %r", peer, p.MAX_WORKER_NAME, name)
+        worker_id = f"{name}-{uuid.uuid4().hex[:8]}"
         dispatch = cfg.dispatch
+        capacity = min(hello.capacity, dispatch.max_capacity)
+        timeout = cfg.request_timeout
         await ws.send(
             session.send(
                 p.Welcome(
                     worker_id=worker_id,
                     heartbeat_interval=dispatch.heartbeat,
                     lease_ttl=dispatch.lease_ttl,
+                    max_frame_size=cfg.max_frame_size,
+                    max_value_size=max(cfg.max_frame_size - p.FRAME_ENVELOPE, 1),
+                    request_timeout=timeout,
+                    capacity=capacity,
                 )
             )
         )
-        send_frames, frames = trio.open_memory_channel[bytes](4 * hello.capacity + 64)
+        # small: a worker that reads slowly makes its senders wait, not the server's memory grow
+        send_frames, frames = trio.open_memory_channel[bytes](min(4 * capacity + 64, 1024))
+        stalled = trio.Event()
 
-        def send(msg: p.Message) -> None:
-            send_frames.send_nowait(session.send(msg))
+        async def send(msg: p.Message) -> None:
+            if session.state is p.SessionState.CLOSED:
+                raise WorkerGoneError(f"the session of {worker_id} is closed")
+            frame = session.send(msg)
+            with trio.move_on_after(timeout):
+                try:
+                    await send_frames.send(frame)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    raise WorkerGoneError(f"the session of {worker_id} is closed") from None
+                return
+            stalled.set()  # the worker reads nothing: end the session (its leases expire)
+            raise WorkerGoneError(f"worker {worker_id} took no frame for {timeout:g}s")
 
-        link = self.dispatcher.add_worker(worker_id, hello.name, hello.capacity, send)
+        link = self.dispatcher.add_worker(worker_id, name, capacity, send)
         failure: p.RemoteProtocolError | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -255,7 +284,9 @@ class FluxServer:
                         await ws.send(frame)
 
                 async def closer() -> None:
-                    await self.closing.wait()
+                    async with trio.open_nursery() as inner:
+                        for event in (self.closing, stalled):
+                            inner.start_soon(_set_then_cancel, event, inner.cancel_scope)
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(writer)
@@ -273,15 +304,29 @@ class FluxServer:
                         nursery.cancel_scope.cancel()
                         break
                     await self.dispatcher.on_message(link, msg)
-        except trio.WouldBlock:
-            failure = p.RemoteProtocolError("slow", "worker does not read its frames")
         finally:
+            # closed first, so that nothing more is put on its way to this worker
+            send_frames.close()
             self.dispatcher.remove_worker(link)
+        if stalled.is_set() and failure is None:
+            failure = p.RemoteProtocolError(
+                "slow", f"the worker read no frame for {timeout:g}s", close_code=1008
+            )
         if failure is not None:
             await _refuse(ws, session, failure, f"{peer} ({worker_id})")
         elif self.closing.is_set():
             with trio.move_on_after(1):
                 await ws.close(1001, "server shutting down")
+
+
+class WorkerGoneError(ConnectionError):
+    """A message could not be put on its way to a worker: its session is closed, closing or
+    stalled. The dispatcher treats it as not sent (the lease expires or is granted again)."""
+
+
+async def _set_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 def _frame(data: bytes | str | None) -> bytes | str:

@@ -134,7 +134,9 @@ class Execution:
     # ------------------------------------------------------------------ recording
 
     def _event(self, type: E, call_id: str, name: str, value: Any = None) -> StoredEvent:
-        data = codec.encode(value)
+        # a host that sends values elsewhere (a worker) bounds them: a value over the limit
+        # raises SerializationError here, before anything is recorded, and fails its task
+        data = codec.encode(value, max_size=getattr(self.host, "max_value_size", None))
         now = self.clock()
         self.seq += 1
         ev = ExecutionEvent(self.seq, type, call_id, name, value, datetime.fromtimestamp(now, UTC))
