@@ -27,6 +27,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
+from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.exceptions import HTTPException
 
 from flux.net import openapi
@@ -45,9 +46,10 @@ from flux.net.security import (
     token_matches,
 )
 from flux.net.streams import follow
+from flux.net.uploads import workflow_names
+from flux.net.views import JsonInputError, event_json, listed, parse_json, summary
 from flux.runtime import codec
 from flux.runtime.context import to_jsonable
-from flux.runtime.engine import decode_event
 from flux.runtime.errors import (
     ExecutionNotFoundError,
     SecretNotFoundError,
@@ -56,13 +58,19 @@ from flux.runtime.errors import (
     WorkflowNotFoundError,
 )
 from flux.runtime.events import ExecutionState
-from flux.runtime.loader import check_source
 from flux.runtime.secrets import MAX_VALUE as MAX_SECRET_VALUE
 from flux.runtime.secrets import SecretKeyError, SecretStore, check_name
 from flux.runtime.settings import Settings
 from flux.runtime.store import ExecutionRecord, Store, open_store
 
-__all__ = ["ServerAddress", "ServerConfigError", "ServerSettings", "create_app", "serve_server"]
+__all__ = [
+    "ServerAddress",
+    "ServerConfigError",
+    "ServerSettings",
+    "create_app",
+    "serve_server",
+    "summary",
+]
 
 log = logging.getLogger("flux.server")
 
@@ -149,6 +157,17 @@ class ApiError(Exception):
         self.detail = detail
 
 
+def _too_large_body(limit: int) -> Response:
+    """413 for a body over the limit. The rest of that body may still be on its way and this
+    connection cannot be trusted to find the next request after it: the connection is closed
+    after the answer, so the client's next request opens a fresh one instead of hanging."""
+    response = _error_response(
+        413, "too-large", f"the request body exceeds the server's limit of {limit} bytes"
+    )
+    response.headers["Connection"] = "close"
+    return response
+
+
 def _error_response(status: int, code: str, detail: str) -> Response:
     return Response(
         json.dumps({"error": code, "detail": detail}),
@@ -159,26 +178,6 @@ def _error_response(status: int, code: str, detail: str) -> Response:
 
 def _json_response(data: Any, status: int = 200) -> Response:
     return Response(json.dumps(to_jsonable(data)), status=status, mimetype="application/json")
-
-
-def _decode(data: bytes | None) -> Any:
-    if data is None:
-        return None
-    try:
-        return codec.decode(data)
-    except SerializationError as exc:
-        return f"<undecodable: {exc}>"
-
-
-def summary(record: ExecutionRecord) -> dict[str, Any]:
-    """The API's summary shape of an execution."""
-    return {
-        "workflow_name": record.workflow_name,
-        "execution_id": record.execution_id,
-        "input": _decode(record.input),
-        "output": _decode(record.output),
-        "state": record.state.value,
-    }
 
 
 class FluxServer:
@@ -345,6 +344,32 @@ async def _refuse(ws: Any, session: p.Session, exc: p.ProtocolError, peer: str) 
 # ---------------------------------------------------------------------------- the app
 
 
+class _HTTPConnection(TrioASGIHTTPConnection):
+    """Quart-Trio's HTTP handling, with the last message of a response sent shielded.
+
+    Quart-Trio cancels the request's task as soon as the client's side of the exchange ends.
+    When a response is answered before its request body was read (a 413), that end comes while
+    hypercorn is still inside the response's last ``send``, finishing the exchange; cancelled
+    there, hypercorn neither closes the connection nor makes it ready for the next request, and
+    that next request hangs. Shielded (and bounded), the last send always completes."""
+
+    async def __call__(self, receive: Any, send: Any) -> None:
+        async def send_last_shielded(message: Any) -> None:
+            last = message.get("type") == "http.response.body" and not message.get("more_body")
+            if not last:
+                await send(message)
+                return
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                await send(message)
+
+        await super().__call__(receive, send_last_shielded)
+
+
+class _App(QuartTrio):
+    asgi_http_class = _HTTPConnection
+
+
+
 def create_app(
     settings: Settings | None = None,
     server_settings: ServerSettings | None = None,
@@ -359,7 +384,7 @@ def create_app(
     origins = check_origins(cfg.cors_origins)
     # not named "flux": Quart gives its app logger a handler, which would print every record of
     # the flux.* loggers a second time beside the root handler
-    app = QuartTrio("flux.server.app", static_folder=None)
+    app = _App("flux.server.app", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_size
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 2
     server = FluxServer(settings, cfg, store)
@@ -380,6 +405,8 @@ def create_app(
     @app.errorhandler(ApiError)
     async def _api_error(exc: ApiError) -> Response:
         response = _error_response(exc.status, exc.code, exc.detail)
+        if exc.status == 413:  # see _too_large_body
+            response.headers["Connection"] = "close"
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="flux"'
         return response
@@ -387,11 +414,7 @@ def create_app(
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
         if exc.code == 413:
-            return _error_response(
-                413,
-                "too-large",
-                f"the request body exceeds the server's limit of {cfg.max_body_size} bytes",
-            )
+            return _too_large_body(cfg.max_body_size)
         code = (exc.name or "error").lower().replace(" ", "-")
         response = _error_response(exc.code or 500, code, exc.description or exc.name)
         if exc.code == 405 and getattr(exc, "valid_methods", None):
@@ -455,14 +478,10 @@ def create_app(
                 "too-large",
                 f"the request body exceeds the server's limit of {cfg.max_body_size} bytes",
             )
-        if not data.strip():
-            return None
         try:
-            return json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "bad-json", f"the request body is not valid JSON: {exc}") from None
-        except RecursionError:
-            raise ApiError(400, "bad-json", "the request body is nested too deeply") from None
+            return parse_json(data)
+        except JsonInputError as exc:
+            raise ApiError(400, "bad-json", str(exc)) from None
 
     def encode_value(value: Any, what: str) -> bytes:
         try:
@@ -526,7 +545,7 @@ def create_app(
         out = summary(rec)
         if detailed:
             events = await server.store.load_events(rec.execution_id)
-            out["events"] = [_event_json(e) for e in events]
+            out["events"] = [event_json(e) for e in events]
         return out
 
     async def settle(execution_id: str, detailed: bool, timeout: float) -> Response:
@@ -591,7 +610,7 @@ def create_app(
             raise ApiError(400, "bad-source", f"the source is not UTF-8: {exc}") from None
         filename = upload.filename or "<upload>"
         try:
-            names = await trio.to_thread.run_sync(check_source, source, filename)
+            names = await trio.to_thread.run_sync(workflow_names, source, filename)
         except (WorkflowError, ValueError, RecursionError, MemoryError) as exc:
             raise ApiError(400, "bad-source", str(exc) or type(exc).__name__) from None
         if not names:
@@ -652,7 +671,7 @@ def create_app(
                     if e is None:
                         yield b": keep-alive\n\n"
                         continue
-                    yield _sse(_event_json(e), event_id=e.seq)
+                    yield _sse(event_json(e), event_id=e.seq)
                 final = await server.store.get_execution(eid)
                 if final is not None:
                     yield _sse(summary(final), "execution")
@@ -706,7 +725,7 @@ def create_app(
         total = await server.store.count_executions(workflow_name=workflow, state=states)
         return _json_response(
             {
-                "executions": [_listed(r) for r in records],
+                "executions": [listed(r) for r in records],
                 "total": total,
                 "limit": limit,
                 "offset": offset,
@@ -751,7 +770,7 @@ def create_app(
             ):
                 if e is None:
                     continue
-                await websocket.send(_stream_message(_event_json(e), cfg.max_stream_message))
+                await websocket.send(_stream_message(event_json(e), cfg.max_stream_message))
         except Exception as exc:
             log.exception("event stream of %s failed", execution_id)
             reason = json.dumps({"error": "internal", "detail": type(exc).__name__})
@@ -848,15 +867,6 @@ def _workflow_json(r: Any) -> dict[str, Any]:
     }
 
 
-def _listed(rec: ExecutionRecord) -> dict[str, Any]:
-    return {
-        **summary(rec),
-        "parent_id": rec.parent_id,
-        "created_at": rec.created_at,
-        "updated_at": rec.updated_at,
-    }
-
-
 def _sse(data: Any, event: str | None = None, event_id: int | None = None) -> bytes:
     lines = []
     if event:
@@ -873,20 +883,6 @@ def _stream_message(event: dict[str, Any], limit: int) -> str:
         event = dict(event, value=f"<value omitted: {len(text)} bytes, over the stream limit>")
         text = json.dumps(to_jsonable(event))
     return text
-
-
-def _event_json(e: Any) -> dict[str, Any]:
-    try:
-        return to_jsonable(decode_event(e).to_dict())
-    except SerializationError as exc:
-        return {
-            "id": e.seq,
-            "type": e.type,
-            "source_id": e.call_id,
-            "name": e.name,
-            "value": f"<undecodable: {exc}>",
-            "time": e.time,
-        }
 
 
 # ---------------------------------------------------------------------------- serving

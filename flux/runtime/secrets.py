@@ -261,7 +261,8 @@ class _Redactor:
         if unchanged:
             return exc
         try:
-            clone = copy.copy(exc)
+            cls = type(exc)
+            clone = cls.__new__(cls, *args)  # a copy without running __init__ again
             clone.args = tuple(args)
             if state:
                 clone.__dict__.update(new_state)
