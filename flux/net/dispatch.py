@@ -448,13 +448,20 @@ class Dispatcher:
         except p.LocalProtocolError as exc:
             if exc.code == "too-large" and oversize_raises:
                 raise
-            level = logging.WARNING if exc.code == "too-large" else logging.INFO
-            log.log(level, "cannot send %s to worker %s: %s", msg.TYPE, link.worker_id, exc)
-            return False
+            if exc.code == "too-large":
+                log.warning("cannot send %s to worker %s: %s", msg.TYPE, link.worker_id, exc)
+                return False
+            error: Exception = exc
         except Exception as exc:
-            log.info("cannot send %s to worker %s: %s", msg.TYPE, link.worker_id, exc)
-            return False
-        return True
+            error = exc
+        else:
+            return True
+        # the session is closed or closing: lease this worker nothing more (its session's end
+        # removes it; its leases expire as usual)
+        if not link.closed:
+            log.info("worker %s is gone: cannot send %s: %s", link.worker_id, msg.TYPE, error)
+        link.closed = True
+        return False
 
     async def _reject(
         self, link: WorkerLink, execution_id: str, epoch: int, reason: str, *, quiet: bool = False
