@@ -151,8 +151,7 @@ class WorkerLink:
     function waits for room in the session's outbox (backpressure), a plain function queues it
     at once (tests). It raises ``LocalProtocolError`` (``too-large``) for a frame over the limit,
     and anything else when the session is closed or closing. ``limiter`` bounds the messages of
-    this worker the dispatcher holds at once (backpressure on its socket); ``blocked`` counts
-    the reads of this worker waiting for it.
+    this worker the dispatcher holds at once (backpressure on its socket).
     """
 
     worker_id: str
@@ -170,7 +169,9 @@ class WorkerLink:
     connected_at: float = attrs.field(factory=time.time)
     last_heartbeat: float | None = None
     limiter: trio.Semaphore = attrs.field(init=False)
+    #: reads of this worker waiting for the limiter, and sends to it waiting for room
     blocked: int = 0
+    sending: int = 0
 
     def __attrs_post_init__(self) -> None:
         self.limiter = trio.Semaphore(4 * self.capacity + 16)
@@ -444,7 +445,11 @@ class Dispatcher:
         try:
             pending = link.send(msg)
             if pending is not None:
-                await pending
+                link.sending += 1
+                try:
+                    await pending
+                finally:
+                    link.sending -= 1
         except p.LocalProtocolError as exc:
             if exc.code == "too-large" and oversize_raises:
                 raise
@@ -652,9 +657,12 @@ class Dispatcher:
 
     def _expire(self, lease: _Lease, now: float) -> None:
         link = lease.worker
-        if lease.draining or lease.epoch is None or (link is not None and link.blocked):
-            # a write or the grant is in flight, or the worker's frames wait for us to read
-            # them (its heartbeat may be among them): evidently alive, look again later
+        # A write of this lease in flight, or the worker's frames waiting for *us* (its
+        # heartbeat may be among them), show it alive, unless what we wait for is the worker
+        # itself: our sends to it wait for room, it reads nothing (stopped, hung).
+        ours = lease.draining or (link is not None and link.blocked > 0)
+        if lease.epoch is None or (ours and not (link is not None and link.sending > 0)):
+            # the grant is in flight (bounded by request_timeout), or we are the slow side
             lease.expires = now + self.settings.lease_ttl
             return
         self._expired += 1

@@ -214,7 +214,9 @@ class _Run:
             batch = [self._masked(e) for e in batch]
         big = p.oversized(batch, worker.max_frame_size)
         if big is not None:
-            await self._send_batch(batch[: batch.index(big)], None)
+            before = batch[: batch.index(big)]
+            if before:
+                await self._send_batch(before, None)
             await self._fail_oversized(big)
         parts = p.split_events(batch, worker.max_frame_size)
         for i, part in enumerate(parts):
