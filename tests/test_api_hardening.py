@@ -386,3 +386,33 @@ async def test_bounded_inputs_from_workers(nursery, tmp_path, caplog):
             names = [w["name"] for w in (await c.get("/workers")).json()]
         assert names and all(len(n) <= p.MAX_WORKER_NAME for n in names)
     assert not any(len(r.getMessage()) > 2000 for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------- the example
+
+
+async def test_the_limits_example_runs(tmp_path):
+    import functools
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root)
+    env.pop("FLUX_SECRET_KEY", None)
+    run = functools.partial(
+        subprocess.run,
+        [sys.executable, os.path.join(root, "examples", "distributed_limits.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = await trio.to_thread.run_sync(run)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "100 rows: COMPLETED 1500 characters"
+    assert lines[1].startswith("100000 rows: COMPLETED too large: task 'export_rows'")
+    assert "1500005 bytes, over the limit of 258048 bytes" in lines[1]
+    assert lines[2:] == ["session: signed in with ***", "secret in the history: False"]
