@@ -13,6 +13,7 @@ The routes are described in :mod:`flux.net.openapi` (served at ``/openapi.json``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -345,24 +346,89 @@ async def _refuse(ws: Any, session: p.Session, exc: p.ProtocolError, peer: str) 
 
 
 class _HTTPConnection(TrioASGIHTTPConnection):
-    """Quart-Trio's HTTP handling, with the last message of a response sent shielded.
+    """Quart-Trio's HTTP handling, with bodies over the limit answered before Quart sees them.
 
     Quart-Trio cancels the request's task as soon as the client's side of the exchange ends.
-    When a response is answered before its request body was read (a 413), that end comes while
-    hypercorn is still inside the response's last ``send``, finishing the exchange; cancelled
-    there, hypercorn neither closes the connection nor makes it ready for the next request, and
-    that next request hangs. Shielded (and bounded), the last send always completes."""
+    When a response is answered before its request body was all read (a 413), that end comes
+    while hypercorn is still inside the response's last ``send``, finishing the exchange;
+    cancelled there, hypercorn neither closes the connection nor makes it ready for the next
+    request, and that next request hangs. So a body whose declared ``Content-Length`` is over
+    the limit is answered here, outside Quart's cancel scope, while what arrives of the body is
+    read and dropped; the answer says ``Connection: close`` and hypercorn closes the connection
+    after it. (A chunked body over the limit is found by Quart as it reads; the last send of
+    such an early answer is shielded, and bounded, for the same reason.)"""
 
     async def __call__(self, receive: Any, send: Any) -> None:
-        async def send_last_shielded(message: Any) -> None:
+        limit = self.app.config.get("MAX_CONTENT_LENGTH")
+        declared = _content_length(self.scope)
+        if limit is not None and declared is not None and declared > limit:
+            await _refuse_body(receive, send, limit)
+            return
+        body_done = False
+
+        async def receive_noting_the_end() -> Any:
+            nonlocal body_done
+            message = await receive()
+            if message.get("type") == "http.request" and not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def send_early_last_shielded(message: Any) -> None:
             last = message.get("type") == "http.response.body" and not message.get("more_body")
-            if not last:
+            if body_done or not last:
                 await send(message)
                 return
             with trio.CancelScope(shield=True), trio.move_on_after(10):
-                await send(message)
+                with contextlib.suppress(trio.BusyResourceError):  # see _refuse_body
+                    await send(message)
 
-        await super().__call__(receive, send_last_shielded)
+        await super().__call__(receive_noting_the_end, send_early_last_shielded)
+
+
+def _content_length(scope: Any) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _refuse_body(receive: Any, send: Any, limit: int) -> None:
+    """Answer 413 at the ASGI level, dropping the body's chunks meanwhile (hypercorn can then
+    finish the exchange and close the connection)."""
+
+    async def drain() -> None:
+        while (await receive()).get("type") != "http.disconnect":
+            pass
+
+    body = json.dumps(
+        {
+            "error": "too-large",
+            "detail": f"the request body exceeds the server's limit of {limit} bytes",
+        }
+    ).encode()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(drain)
+        # BusyResourceError: hypercorn closing the connection (on the client's next bytes)
+        # races with the end of this answer; the connection is closed either way
+        with trio.move_on_after(10), contextlib.suppress(trio.BusyResourceError):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 413,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"connection", b"close"),
+                        (b"x-content-type-options", b"nosniff"),
+                        (b"cache-control", b"no-store"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+        nursery.cancel_scope.cancel()
 
 
 class _App(QuartTrio):

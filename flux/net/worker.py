@@ -224,15 +224,19 @@ class _Run:
             self.inflight = ack
             number = worker.track(ack)
             try:
-                await worker.send(
-                    p.Events(
-                        execution_id=self.execution_id,
-                        epoch=self.epoch,
-                        batch=number,
-                        events=[p.event_to_wire(e) for e in part],
-                        state=state if i == len(parts) - 1 else None,
+                try:
+                    await worker.send(
+                        p.Events(
+                            execution_id=self.execution_id,
+                            epoch=self.epoch,
+                            batch=number,
+                            events=[p.event_to_wire(e) for e in part],
+                            state=state if i == len(parts) - 1 else None,
+                        )
                     )
-                )
+                except LeaseLostError as exc:  # no session, or one that takes nothing
+                    self.abandon(str(exc))
+                    raise
                 await worker.answer(ack, self, f"the ack of batch {number}")
             finally:
                 self.inflight = None
