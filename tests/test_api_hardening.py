@@ -287,8 +287,14 @@ async def raises_it(secrets):
     raise Leak(f"cannot log in with {secrets['API_KEY']}", secrets["API_KEY"])
 
 
+@task.with_options(secret_requests=["API_KEY"], cache=True)
+async def cached_token(secrets):
+    return "tok:" + secrets["API_KEY"]
+
+
 @workflow
 async def leaky(ctx):
+    await cached_token()  # the cache is in the database file too
     value = await returns_it()
     try:
         await raises_it()

@@ -740,7 +740,12 @@ class Dispatcher:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._answer_secrets, link, msg, lease)
         elif isinstance(msg, p.CacheGet | p.CachePut):
-            if await self._current(link, msg.execution_id, msg.epoch) is not None:
+            lease = await self._current(link, msg.execution_id, msg.epoch)
+            if lease is not None:
+                if isinstance(msg, p.CachePut) and lease.secrets:
+                    masked = redact_encoded(msg.value, lease.secrets)
+                    if masked is not msg.value:
+                        msg = attrs.evolve(msg, value=masked)
                 assert self._nursery is not None
                 self._nursery.start_soon(self._cache, link, msg)
         else:  # pragma: no cover - the session state machine lets nothing else through

@@ -328,6 +328,8 @@ class _Run:
         return self.worker.max_value_size
 
     async def cache_put(self, key: str, value: bytes, ttl: float | None) -> None:
+        if self._secret_values:  # the cache is recorded too (in the store, for everyone)
+            value = redact_encoded(value, self._secret_values) or value
         if len(value) > self.worker.max_value_size:
             log.info(
                 "not caching %d bytes under %s: over the server's value limit", len(value), key
