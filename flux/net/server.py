@@ -265,12 +265,17 @@ class FluxServer:
             if session.state is p.SessionState.CLOSED:
                 raise WorkerGoneError(f"the session of {worker_id} is closed")
             frame = session.send(msg)
-            with trio.move_on_after(timeout):
+            try:
                 try:
+                    send_frames.send_nowait(frame)  # room: no need to wait
+                    return
+                except trio.WouldBlock:
+                    pass
+                with trio.move_on_after(timeout):
                     await send_frames.send(frame)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    raise WorkerGoneError(f"the session of {worker_id} is closed") from None
-                return
+                    return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise WorkerGoneError(f"the session of {worker_id} is closed") from None
             stalled.set()  # the worker reads nothing: end the session (its leases expire)
             raise WorkerGoneError(f"worker {worker_id} took no frame for {timeout:g}s")
 

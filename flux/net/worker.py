@@ -531,6 +531,11 @@ class Worker:
                     raise LeaseLostError("connection to the server lost") from None
                 raise
             try:
+                try:
+                    send_frames.send_nowait(frame)  # room: no need to wait (nor to yield)
+                    return
+                except trio.WouldBlock:
+                    pass
                 with trio.fail_after(timeout):
                     await send_frames.send(frame)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
