@@ -124,10 +124,20 @@ async def one():
 @workflow
 async def quiet(ctx):
     return await one()
+
+@task
+async def wide():
+    return "x" * 10_000
+
+@workflow
+async def big(ctx):
+    return len(await wide())
 """
 
 
-async def _fake_server(nursery, answer: bool, seen: list, *, timeout: float = 0.5):
+async def _fake_server(
+    nursery, answer: bool, seen: list, *, timeout: float = 0.5, name: str = "quiet", **limits
+):
     """A server that welcomes, leases one execution, and then (``answer=False``) never answers:
     no ack for any batch. Records every frame the worker sends in ``seen``."""
     import trio_websocket
@@ -146,21 +156,22 @@ async def _fake_server(nursery, answer: bool, seen: list, *, timeout: float = 0.
                     heartbeat_interval=0.2,
                     lease_ttl=5.0,
                     request_timeout=timeout,
+                    **limits,
                 )
             )
         )
         started = {
             "seq": 1,
             "type": "WORKFLOW_STARTED",
-            "call_id": "quiet",
-            "name": "quiet",
+            "call_id": name,
+            "name": name,
             "value": codec.encode(None),
             "time": None,
         }
         lease = p.Lease(
             execution_id="e-1",
             epoch=1,
-            workflow_name="quiet",
+            workflow_name=name,
             workflow_version=1,
             source=QUIET_SOURCE.encode(),
             input=codec.encode(None),
@@ -285,3 +296,37 @@ async def test_two_first_leases_of_one_source_load_one_module(tmp_path):
 
 async def _append(out: list, awaitable) -> None:
     out.append(await awaitable)
+
+
+@pytest.mark.trio
+async def test_an_event_no_frame_can_carry_fails_the_execution_instead_of_looping(nursery):
+    """The backstop behind the executor's value check: a server announcing a frame smaller
+    than a value it allows gets WORKFLOW_FAILED in that event's place, and the run stops."""
+    from flux.net import protocol as p
+    from flux.runtime import codec
+
+    seen: list = []
+    url = await _fake_server(
+        nursery,
+        answer=True,
+        seen=seen,
+        timeout=5,
+        name="big",
+        max_frame_size=p.FRAME_ENVELOPE + 2000,
+        max_value_size=1_000_000,
+    )
+    worker = Worker("tiny-frames", 1)
+    await nursery.start(functools.partial(serve_worker, server_url=url, worker=worker))
+    with trio.fail_after(10):
+        while not any(isinstance(m, p.Events) and m.state == "FAILED" for _, m in seen):
+            await trio.sleep(0.01)
+    batches = [m for _, m in seen if isinstance(m, p.Events)]
+    events = [e for b in batches for e in b.events]
+    assert [e["type"] for e in events] == ["TASK_STARTED", "WORKFLOW_FAILED"]
+    assert [e["seq"] for e in events] == [2, 3]  # in the oversized event's place
+    error = codec.decode(events[-1]["value"], plain=True)
+    assert "over the server's frame limit" in error.message and "wide#0" in error.message
+    with trio.fail_after(5):
+        while "e-1" in worker.runs:
+            await trio.sleep(0.01)
+    assert all(len(p.to_frame(b)) <= p.FRAME_ENVELOPE + 2000 for b in batches)

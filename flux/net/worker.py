@@ -206,13 +206,15 @@ class _Run:
                 for w in waiters:
                     w.resolve()
 
-    async def _send_batch(self, batch: list[StoredEvent], state: str | None) -> None:
+    async def _send_batch(
+        self, batch: list[StoredEvent], state: str | None, *, check: bool = True
+    ) -> None:
         """Send ``batch`` in as many frames as the server's frame limit needs, each after the
         ack of the one before; ``state`` goes with the last. Secret values are masked first."""
         worker = self.worker
         if self._secret_values:
             batch = [self._masked(e) for e in batch]
-        big = p.oversized(batch, worker.max_frame_size)
+        big = p.oversized(batch, worker.max_frame_size) if check else None
         if big is not None:
             before = batch[: batch.index(big)]
             if before:
@@ -269,8 +271,13 @@ class _Run:
             codec.encode(error),
             time.time(),
         )
-        await self._send_batch([failed], S.FAILED.value)
-        self.finished = True
+        try:
+            # not checked again: a server announcing a frame too small for even this gets it
+            # anyway and says so (too-large); the run stops either way
+            await self._send_batch([failed], S.FAILED.value, check=False)
+            self.finished = True
+        except p.LocalProtocolError as exc:
+            log.error("execution %s: cannot even record its failure: %s", self.execution_id, exc)
         self.abandon("the execution failed: an event too large for a frame")
         raise LeaseLostError(str(error))
 
