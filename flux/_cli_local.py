@@ -399,9 +399,24 @@ async def secrets_list(settings: Settings, server_url: str | None, token: str | 
         click.echo(name)
 
 
+def _secret_from_input(name: str) -> str:
+    """A secret's value from a hidden prompt (terminal) or standard input (one trailing newline
+    dropped), so that it never sits in the command line (``ps``, shell history)."""
+    import getpass
+
+    if sys.stdin.isatty():
+        value = getpass.getpass(f"value of secret {name} (not shown): ")
+    else:
+        value = sys.stdin.read()
+        value = value[:-2] if value.endswith("\r\n") else value.removesuffix("\n")
+    if not value:
+        raise click.UsageError(f"no value given for secret {name}")
+    return value
+
+
 @secrets.command("set")
 @click.argument("name")
-@click.argument("value")
+@click.argument("value", required=False)
 @click.option(
     "--server-url",
     help="manage the secrets of this server over HTTP instead of the local store",
@@ -410,11 +425,14 @@ async def secrets_list(settings: Settings, server_url: str | None, token: str | 
 @local_store_options
 @flux_errors
 async def secrets_set(
-    name: str, value: str, settings: Settings, server_url: str | None, token: str | None
+    name: str, value: str | None, settings: Settings, server_url: str | None, token: str | None
 ) -> None:
-    """Set (or replace) a secret."""
+    """Set (or replace) a secret. Without VALUE it is read from standard input, or from a
+    hidden prompt on a terminal (a value on the command line shows in ``ps``)."""
     from .runtime.engine import open_engine
 
+    if value is None:
+        value = _secret_from_input(name)
     if server_url:
         async with _remote_client(server_url, token) as client:
             await client.secrets_set(name, value)

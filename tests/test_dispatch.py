@@ -57,8 +57,8 @@ class FakeWorker:
         await self.dispatcher.on_message(self.link, msg)
         await settle(self.dispatcher)
 
-    def heartbeat(self, *leases: tuple[str, int]) -> None:
-        self.dispatcher.on_heartbeat(self.link, p.Heartbeat(leases=list(leases), running=0))
+    async def heartbeat(self, *leases: tuple[str, int]) -> None:
+        await self.dispatcher.on_heartbeat(self.link, p.Heartbeat(leases=list(leases), running=0))
 
 
 async def settle(dispatcher: Dispatcher) -> None:
@@ -156,7 +156,7 @@ async def test_heartbeats_extend_the_lease(dispatcher, clock):
     b = FakeWorker(dispatcher, "b")
     for _ in range(30):  # 30 s of heartbeats every second: never expires
         await trio.sleep(1)
-        a.heartbeat((rec.execution_id, lease.epoch))
+        await a.heartbeat((rec.execution_id, lease.epoch))
     assert b.of(p.Lease) == [] and a.of(p.Reject) == []
     last = trio.current_time()
     (second,) = await b.leases()
@@ -167,7 +167,7 @@ async def test_heartbeats_extend_the_lease(dispatcher, clock):
 @pytest.mark.trio
 async def test_heartbeat_for_a_lost_lease_is_rejected(dispatcher, clock):
     a = FakeWorker(dispatcher, "a")
-    a.heartbeat(("nope", 3))
+    await a.heartbeat(("nope", 3))
     (reject,) = a.of(p.Reject)
     assert reject.execution_id == "nope" and reject.reason == "lease lost"
 
@@ -384,9 +384,9 @@ async def test_expired_worker_gets_no_new_lease_until_it_lets_go(dispatcher, clo
     await trio.sleep(TTL + 1)  # a is hung: the lease expires, and no one else is connected
     assert [r.reason for r in a.of(p.Reject)] == ["lease expired"]
     assert len(a.of(p.Lease)) == 1 and a.link.free == 0
-    a.heartbeat((eid, 1))  # still running it: still a zombie, and told again
+    await a.heartbeat((eid, 1))  # still running it: still a zombie, and told again
     assert len(a.of(p.Lease)) == 1
-    a.heartbeat()  # it let go: its slot is free, and it gets the execution back, epoch 2
+    await a.heartbeat()  # it let go: its slot is free, and it gets the execution back, epoch 2
     leases = await a.leases(2)
     assert leases[1].execution_id == eid and leases[1].epoch == 2
 
@@ -401,10 +401,11 @@ async def test_cancel_of_a_lease_goes_to_its_worker_and_survives_an_expiry(dispa
     (lease,) = await a.leases()
     cancelling = await dispatcher.cancel(rec.execution_id)
     assert cancelling.state is ExecutionState.CANCELLING
+    await settle(dispatcher)  # the Cancel goes out on its own (a slow worker never holds it up)
     assert a.of(p.Cancel) == [p.Cancel(execution_id=rec.execution_id, epoch=lease.epoch)]
     stored = await dispatcher.store.get_execution(rec.execution_id)
     assert stored.state is ExecutionState.CANCELLING and stored.cancel_requested
-    a.heartbeat((rec.execution_id, lease.epoch))  # re-sent in case the first came too early
+    await a.heartbeat((rec.execution_id, lease.epoch))  # re-sent in case the first came too early
     assert len(a.of(p.Cancel)) == 2
     # the worker dies; the next owner gets the lease and the cancel right after it
     b = FakeWorker(dispatcher, "b")
@@ -494,3 +495,108 @@ async def test_listeners_get_committed_events(dispatcher, clock):
     assert listener.take() == ([], False)
     dispatcher.unlisten(listener)
     assert rec.execution_id not in dispatcher._listeners
+
+
+# ---------------------------------------------------------------------------- issue 9
+
+
+class ClosingWorker(FakeWorker):
+    """A worker whose session closes (or is closing) while the dispatcher still holds its link:
+    from ``closed_after`` messages on, every send raises as a closed session's does."""
+
+    def __init__(self, dispatcher: Dispatcher, name: str, closed_after: int, error: Exception):
+        self.closed_after = closed_after
+        self.error = error
+        super().__init__(dispatcher, name)
+
+    def _receive(self, msg: p.Message) -> None:
+        if len(self.sent) >= self.closed_after:
+            raise self.error
+        super()._receive(msg)
+
+
+CLOSED_ERRORS = [
+    p.LocalProtocolError("closed", "cannot send 'ack': the session is closed"),
+    ConnectionError("the session of w is closed"),
+    trio.BrokenResourceError(),
+]
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("error", CLOSED_ERRORS, ids=lambda e: type(e).__name__)
+async def test_an_ack_to_a_closing_session_never_escapes(dispatcher, clock, error):
+    a = ClosingWorker(dispatcher, "a", closed_after=1, error=error)  # the Lease gets through
+    rec = await dispatcher.start("wf", codec.encode(None))
+    (lease,) = await a.leases()
+    batch = [event(2, "TASK_STARTED", "t#0", "t")]
+    # the events are durable; the ack goes nowhere; nothing is raised into the nursery
+    await a.send(p.Events(execution_id=rec.execution_id, epoch=1, batch=1, events=batch))
+    assert [e.seq for e in await dispatcher.store.load_events(rec.execution_id)] == [1, 2]
+    dispatcher.remove_worker(a.link)  # the session ends; the lease expires; someone else runs it
+    b = FakeWorker(dispatcher, "b")
+    (again,) = await b.leases()
+    assert again.epoch == lease.epoch + 1 and len(again.history) == 2
+    stored = await dispatcher.store.get_execution(rec.execution_id)
+    assert stored.state is ExecutionState.RUNNING
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("error", CLOSED_ERRORS, ids=lambda e: type(e).__name__)
+async def test_a_grant_to_a_closing_session_leases_again_and_fails_nothing(
+    dispatcher, clock, error
+):
+    a = ClosingWorker(dispatcher, "a", closed_after=0, error=error)  # not even the Lease
+    rec = await dispatcher.start("wf", codec.encode(None))
+    await settle(dispatcher)
+    stored = await dispatcher.store.get_execution(rec.execution_id)
+    assert stored.state is not ExecutionState.FAILED
+    dispatcher.remove_worker(a.link)
+    b = FakeWorker(dispatcher, "b")
+    (lease,) = await b.leases()
+    assert lease.execution_id == rec.execution_id
+    stored = await dispatcher.store.get_execution(rec.execution_id)
+    assert stored.state is ExecutionState.RUNNING and stored.lease_owner == "b"
+
+
+@pytest.mark.trio
+async def test_a_frame_too_large_for_a_lease_fails_the_execution_once(dispatcher, clock):
+    error = p.LocalProtocolError("too-large", "'lease' frame is 9 bytes, over the limit of 1")
+    ClosingWorker(dispatcher, "a", closed_after=0, error=error)
+    rec = await dispatcher.start("wf", codec.encode(None))
+    await settle(dispatcher)
+    stored = await dispatcher.store.get_execution(rec.execution_id)
+    assert stored.state is ExecutionState.FAILED
+    assert "over the limit" in codec.decode(stored.output, plain=True).message
+
+
+@pytest.mark.trio
+async def test_capacity_is_capped_and_reads_blocked_on_backpressure_keep_leases(tmp_path, clock):
+    store = open_store(tmp_path / "c.db", durability="normal")
+    async with store:
+        await store.save_workflow("wf", SOURCE, source_hash(SOURCE))
+        d = Dispatcher(store, DispatchSettings(lease_ttl=TTL, max_capacity=3))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(d.run)
+            greedy = FakeWorker(d, "greedy", capacity=2**63 - 1)
+            assert greedy.link.capacity == 3
+            ids = [(await d.start("wf", codec.encode(i))).execution_id for i in range(5)]
+            await greedy.leases(3)
+            await settle(d)
+            assert d.statistics().ready == 2
+            # the worker's frames wait for room in the dispatcher: it is alive, not expired
+            greedy.link.blocked = 1
+            await trio.sleep(3 * TTL)
+            assert len(greedy.of(p.Lease)) == 3 and d.statistics().expired == 0
+            # unless it is the worker we wait for: our sends to it wait (it reads nothing)
+            greedy.link.sending = 1
+            await trio.sleep(TTL + 0.1)
+            assert d.statistics().expired == 3
+            greedy.link.blocked = greedy.link.sending = 0
+            assert {m.execution_id for m in greedy.of(p.Reject)} <= set(ids)
+            nursery.cancel_scope.cancel()
+
+
+def test_max_capacity_must_be_a_positive_integer():
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="max_capacity"):
+            DispatchSettings(max_capacity=bad)

@@ -472,8 +472,74 @@ def test_missing_field(msg):
     for field in attrs.fields(type(msg)):
         payload = wire(msg)
         del payload[field.name]
+        if field.metadata.get("optional"):  # added after version 1: absent means the default
+            got = _receiver_for(msg).receive_bytes(encode(payload))
+            assert getattr(got, field.name) == field.default
+            continue
         exc = expect_remote(_receiver_for(msg), encode(payload), "bad-field", 1002)
         assert f"bad {msg.TYPE!r} message: field {field.name!r} is missing" in str(exc)
+
+
+def test_welcome_announces_limits_and_older_welcomes_still_parse():
+    full = Welcome(
+        worker_id="w-1",
+        heartbeat_interval=1.0,
+        lease_ttl=3.0,
+        max_frame_size=65536,
+        max_value_size=61440,
+        request_timeout=7.5,
+        capacity=4,
+    )
+    got = _receiver_for(full).receive_bytes(p.to_frame(full))
+    assert (got.max_frame_size, got.max_value_size, got.request_timeout, got.capacity) == (
+        65536,
+        61440,
+        7.5,
+        4,
+    )
+    old = encode({"type": "welcome", "worker_id": "w", "heartbeat_interval": 1, "lease_ttl": 3})
+    got = _receiver_for(full).receive_bytes(old)
+    assert got.max_frame_size == p.DEFAULT_MAX_FRAME_SIZE and got.capacity is None
+
+
+@pytest.mark.parametrize(
+    "name", ["a\nb", "x\r", "tab\there", "\x1b[31mred", "nul\x00", "", "line\u2028sep"]
+)
+def test_worker_names_with_control_characters_are_refused(name):
+    with pytest.raises(LocalProtocolError) as info:
+        Hello(name=name, token=None, capacity=1)
+    assert info.value.code == "bad-field" and "name must not" in str(info.value)
+    frame = encode(
+        {"type": "hello", "protocol_version": 1, "name": name, "token": None, "capacity": 1}
+    )
+    exc = expect_remote(ServerSession(), frame, "bad-field", 1002)
+    assert "name must not" in str(exc)
+
+
+def _events(*sizes: int) -> list:
+    from flux.runtime.store import StoredEvent
+
+    return [
+        StoredEvent("e", i + 1, "TASK_COMPLETED", f"t#{i}", "t", b"x" * n, 0.0)
+        for i, n in enumerate(sizes)
+    ]
+
+
+def test_split_events_fits_every_frame_and_keeps_order():
+    limit = 64 * 1024
+    events = _events(*([10_000] * 20))
+    batches = p.split_events(events, limit)
+    assert [e for b in batches for e in b] == events and len(batches) > 1
+    for batch in batches:
+        msg = Events(
+            execution_id="e", epoch=1, batch=1, events=[p.event_to_wire(e) for e in batch]
+        )
+        assert len(p.to_frame(msg)) <= limit
+    assert p.split_events([], limit) == [[]]
+    assert p.oversized(events, limit) is None
+    big = _events(100, limit)
+    assert p.oversized(big, limit) is big[1]
+    assert [len(b) for b in p.split_events(big, limit)] == [1, 1]
 
 
 @pytest.mark.parametrize("version", [0, 2, 99])

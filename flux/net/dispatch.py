@@ -28,6 +28,15 @@ dispatcher owns the in-memory truth about who runs what, and the store owns the 
 * **Cancel.** :meth:`Dispatcher.cancel` sends ``cancel`` to the worker holding the lease (and
   again with the next grant and every heartbeat until the lease ends), or cancels an execution
   nobody runs in one fenced write.
+* **Flow control.** Every message to a worker is awaited into its session's bounded outbox
+  (nothing is dropped); a session that takes nothing for ``request_timeout`` seconds is closed
+  by the server shell, and its leases expire and are granted again. A link that is closed or
+  closing makes a send a no-op that returns False: a session race never escapes its session
+  (no exception reaches the dispatcher's nursery, no execution fails for it). While a worker's
+  reads wait for room (its writes in flight are bounded), its leases do not expire: it is alive,
+  the server is what is slow.
+* **Secrets.** The values handed to a lease are masked in every event and output it writes
+  (:func:`flux.runtime.secrets.redact_encoded`), whatever the worker did.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import attrs
@@ -59,6 +68,7 @@ from flux.runtime.errors import (
 )
 from flux.runtime.events import ExecutionEvent, ExecutionEventType, ExecutionState
 from flux.runtime.patterns import child_execution_id
+from flux.runtime.secrets import redact_encoded
 from flux.runtime.store import ExecutionRecord, StaleWriteError, Store, StoredEvent, Write
 
 __all__ = [
@@ -91,10 +101,13 @@ class ExecutionConflictError(WorkflowError):
 
 @attrs.frozen
 class DispatchSettings:
-    """Timing of leases. ``heartbeat_interval`` defaults to a third of ``lease_ttl``."""
+    """Timing of leases and bounds on workers. ``heartbeat_interval`` defaults to a third of
+    ``lease_ttl``; ``max_capacity`` bounds the capacity a worker may claim (a worker claiming
+    more is leased at most this many executions at once)."""
 
     lease_ttl: float = 5.0
     heartbeat_interval: float | None = None
+    max_capacity: int = 1024
 
     @property
     def heartbeat(self) -> float:
@@ -110,6 +123,10 @@ class DispatchSettings:
                 f"heartbeat_interval ({self.heartbeat}) must be > 0 and shorter than "
                 f"lease_ttl ({self.lease_ttl})"
             )
+        if isinstance(self.max_capacity, bool) or not (
+            isinstance(self.max_capacity, int) and self.max_capacity >= 1
+        ):
+            raise ValueError(f"max_capacity must be an integer >= 1, got {self.max_capacity!r}")
 
 
 @attrs.frozen
@@ -130,15 +147,17 @@ class DispatcherStatistics:
 class WorkerLink:
     """One connected worker as the dispatcher sees it.
 
-    ``send`` takes a protocol message and queues it for the worker without waiting; it may raise
-    (a frame too large, a worker that stopped reading). ``limiter`` bounds the messages of this
-    worker the dispatcher holds at once (backpressure on its socket).
+    ``send`` takes a protocol message and puts it on its way to the worker: a coroutine
+    function waits for room in the session's outbox (backpressure), a plain function queues it
+    at once (tests). It raises ``LocalProtocolError`` (``too-large``) for a frame over the limit,
+    and anything else when the session is closed or closing. ``limiter`` bounds the messages of
+    this worker the dispatcher holds at once (backpressure on its socket).
     """
 
     worker_id: str
     name: str
     capacity: int
-    send: Callable[[p.Message], None]
+    send: Callable[[p.Message], Awaitable[None] | None]
     leases: set[str] = attrs.field(factory=set)
     #: Expired leases this worker may still be running: they hold a slot until a heartbeat
     #: shows the worker let go, so a hung worker gets nothing more.
@@ -150,6 +169,9 @@ class WorkerLink:
     connected_at: float = attrs.field(factory=time.time)
     last_heartbeat: float | None = None
     limiter: trio.Semaphore = attrs.field(init=False)
+    #: reads of this worker waiting for the limiter, and sends to it waiting for room
+    blocked: int = 0
+    sending: int = 0
 
     def __attrs_post_init__(self) -> None:
         self.limiter = trio.Semaphore(4 * self.capacity + 16)
@@ -171,6 +193,8 @@ class _Lease:
     draining: bool = False
     #: Cancel asked for: sent with the grant and again with every heartbeat until it ends.
     cancel_requested: bool = False
+    #: Secret values handed out under this lease: masked in everything it writes.
+    secrets: set[str] = attrs.field(factory=set)
 
 
 class EventListener:
@@ -379,8 +403,23 @@ class Dispatcher:
     # ------------------------------------------------------------------ workers
 
     def add_worker(
-        self, worker_id: str, name: str, capacity: int, send: Callable[[p.Message], None]
+        self,
+        worker_id: str,
+        name: str,
+        capacity: int,
+        send: Callable[[p.Message], Awaitable[None] | None],
     ) -> WorkerLink:
+        """Register a connected worker; its capacity is capped at ``settings.max_capacity``."""
+        limit = self.settings.max_capacity
+        if capacity > limit:
+            log.warning(
+                "worker %s claims capacity %d, over the maximum %d: leasing it at most %d",
+                worker_id,
+                capacity,
+                limit,
+                limit,
+            )
+            capacity = limit
         link = WorkerLink(worker_id, name, capacity, send)
         self.workers[worker_id] = link
         log.info("worker %s (%s) connected with capacity %d", worker_id, name, capacity)
@@ -394,22 +433,55 @@ class Dispatcher:
         self.workers.pop(link.worker_id, None)
         log.info("worker %s disconnected holding %d lease(s)", link.worker_id, len(link.leases))
 
-    def _send(self, link: WorkerLink | None, msg: p.Message) -> bool:
+    async def _send(
+        self, link: WorkerLink | None, msg: p.Message, *, oversize_raises: bool = False
+    ) -> bool:
+        """Send ``msg`` to ``link``; True if it is on its way. A closed or closing session, or
+        any failure of it, gives False (logged): it never escapes. A frame over the limit
+        raises ``LocalProtocolError`` only with ``oversize_raises`` (the grant fails the
+        execution then); otherwise it is logged and dropped like a closed session."""
         if link is None or link.closed:
             return False
         try:
-            link.send(msg)
-        except p.LocalProtocolError:
-            raise
+            pending = link.send(msg)
+            if pending is not None:
+                link.sending += 1
+                try:
+                    await pending
+                finally:
+                    link.sending -= 1
+        except p.LocalProtocolError as exc:
+            if exc.code == "too-large" and oversize_raises:
+                raise
+            if exc.code == "too-large":
+                log.warning("cannot send %s to worker %s: %s", msg.TYPE, link.worker_id, exc)
+                return False
+            error: Exception = exc
         except Exception as exc:
-            log.warning("cannot send %s to worker %s: %s", msg.TYPE, link.worker_id, exc)
-            return False
-        return True
+            error = exc
+        else:
+            return True
+        # the session is closed or closing: lease this worker nothing more (its session's end
+        # removes it; its leases expire as usual)
+        if not link.closed:
+            log.info("worker %s is gone: cannot send %s: %s", link.worker_id, msg.TYPE, error)
+        link.closed = True
+        return False
 
-    def _reject(self, link: WorkerLink, execution_id: str, epoch: int, reason: str) -> None:
+    async def _reject(
+        self, link: WorkerLink, execution_id: str, epoch: int, reason: str, *, quiet: bool = False
+    ) -> None:
         self._rejected += 1
-        log.info("rejected %s epoch %d from %s: %s", execution_id, epoch, link.worker_id, reason)
-        self._send(link, p.Reject(execution_id=execution_id, epoch=epoch, reason=reason))
+        if not quiet:
+            log.info(
+                "rejected %s epoch %d from %s: %s", execution_id, epoch, link.worker_id, reason
+            )
+        await self._send(link, p.Reject(execution_id=execution_id, epoch=epoch, reason=reason))
+
+    def _reject_soon(self, link: WorkerLink, execution_id: str, epoch: int, reason: str) -> None:
+        """:meth:`_reject` from code that must not wait (the expiry loop)."""
+        if self._nursery is not None and not link.closed:
+            self._nursery.start_soon(self._reject, link, execution_id, epoch, reason)
 
     # ------------------------------------------------------------------ queue and push
 
@@ -514,16 +586,19 @@ class Dispatcher:
             resume=len(events) + len(extra) > 1,
         )
         try:
-            sent = self._send(link, msg)
+            sent = await self._send(link, msg, oversize_raises=True)
         except p.LocalProtocolError as exc:
             log.error("cannot lease execution %s: %s", eid, exc)
             self._end_lease(lease)
             await self._fail_execution(rec, epoch, lease.next_seq, WorkflowError(str(exc)))
             return
         if not sent:
-            self._end_lease(lease, requeue=True)
+            # the session closed under the grant: nobody runs it, so it is leased again now
+            # (fenced: the epoch just committed is the one the next grant checks)
+            if self._leases.get(eid) is lease:
+                self._end_lease(lease, requeue=True)
         elif lease.cancel_requested:
-            self._send(link, p.Cancel(execution_id=eid, epoch=epoch))
+            await self._send(link, p.Cancel(execution_id=eid, epoch=epoch))
 
     async def _source(self, name: str, version: int | None) -> tuple[bytes, str]:
         key = (name, version or 0)
@@ -581,8 +656,13 @@ class Dispatcher:
                 await self._lease_added.wait()
 
     def _expire(self, lease: _Lease, now: float) -> None:
-        if lease.draining or lease.epoch is None:
-            # a write or the grant is in flight: evidently alive, look again later
+        link = lease.worker
+        # A write of this lease in flight, or the worker's frames waiting for *us* (its
+        # heartbeat may be among them), show it alive, unless what we wait for is the worker
+        # itself: our sends to it wait for room, it reads nothing (stopped, hung).
+        ours = lease.draining or (link is not None and link.blocked > 0)
+        if lease.epoch is None or (ours and not (link is not None and link.sending > 0)):
+            # the grant is in flight (bounded by request_timeout), or we are the slow side
             lease.expires = now + self.settings.lease_ttl
             return
         self._expired += 1
@@ -594,7 +674,7 @@ class Dispatcher:
             owner,
         )
         if lease.worker is not None and not lease.worker.closed:
-            self._reject(lease.worker, lease.execution_id, lease.epoch, "lease expired")
+            self._reject_soon(lease.worker, lease.execution_id, lease.epoch, "lease expired")
             lease.worker.zombies.add(lease.execution_id)
         self._end_lease(lease, requeue=True)
 
@@ -621,7 +701,7 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ messages from workers
 
-    def _current(self, link: WorkerLink, execution_id: str, epoch: int) -> _Lease | None:
+    async def _current(self, link: WorkerLink, execution_id: str, epoch: int) -> _Lease | None:
         lease = self._leases.get(execution_id)
         if lease is None or lease.worker is not link or lease.epoch != epoch:
             if lease is None:
@@ -630,7 +710,7 @@ class Dispatcher:
                 why = f"leased to another worker (epoch {lease.epoch})"
             else:
                 why = f"stale epoch: the lease is at epoch {lease.epoch}"
-            self._reject(link, execution_id, epoch, why)
+            await self._reject(link, execution_id, epoch, why)
             return None
         return lease
 
@@ -638,12 +718,16 @@ class Dispatcher:
         """Handle one message from a worker (the session state machine already checked it).
         Returns once it is queued; may wait for room (backpressure)."""
         if isinstance(msg, p.Heartbeat):
-            self.on_heartbeat(link, msg)
+            await self.on_heartbeat(link, msg)
         elif isinstance(msg, p.Events | p.Release | p.Complete):
-            lease = self._current(link, msg.execution_id, msg.epoch)
+            lease = await self._current(link, msg.execution_id, msg.epoch)
             if lease is None:
                 return
-            await link.limiter.acquire()
+            link.blocked += 1
+            try:
+                await link.limiter.acquire()
+            finally:
+                link.blocked -= 1
             lease.expires = trio.current_time() + self.settings.lease_ttl
             lease.queue.append((link, msg))
             if not lease.draining:
@@ -651,31 +735,61 @@ class Dispatcher:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._drain, lease)
         elif isinstance(msg, p.SecretsRequest):
-            lease = self._current(link, msg.execution_id, msg.epoch)
+            lease = await self._current(link, msg.execution_id, msg.epoch)
             if lease is not None:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._answer_secrets, link, msg, lease)
         elif isinstance(msg, p.CacheGet | p.CachePut):
-            if self._current(link, msg.execution_id, msg.epoch) is not None:
+            lease = await self._current(link, msg.execution_id, msg.epoch)
+            if lease is not None:
+                if isinstance(msg, p.CachePut) and lease.secrets:
+                    masked = redact_encoded(msg.value, lease.secrets)
+                    if masked is not msg.value:
+                        msg = attrs.evolve(msg, value=masked)
                 assert self._nursery is not None
                 self._nursery.start_soon(self._cache, link, msg)
         else:  # pragma: no cover - the session state machine lets nothing else through
             log.warning("unexpected %s from %s", msg.TYPE, link.worker_id)
 
-    def on_heartbeat(self, link: WorkerLink, msg: p.Heartbeat) -> None:
+    #: At most this many leases named by one heartbeat are answered with a Reject (a heartbeat
+    #: naming more than the worker can hold is not from a well-behaved worker).
+    MAX_REJECTS_PER_HEARTBEAT = 1000
+
+    async def on_heartbeat(self, link: WorkerLink, msg: p.Heartbeat) -> None:
         deadline = trio.current_time() + self.settings.lease_ttl
         link.last_heartbeat = self.wall()
         if link.zombies:
             link.zombies &= {execution_id for execution_id, _ in msg.leases}
             self._dispatch()
+        lost: list[tuple[str, int]] = []
+        cancels: list[tuple[str, int]] = []
         for execution_id, epoch in msg.leases:
             lease = self._leases.get(execution_id)
             if lease is not None and lease.worker is link and lease.epoch == epoch:
                 lease.expires = deadline
                 if lease.cancel_requested:  # in case the first Cancel came too early
-                    self._send(link, p.Cancel(execution_id=execution_id, epoch=epoch))
+                    cancels.append((execution_id, epoch))
             else:
-                self._reject(link, execution_id, epoch, "lease lost")
+                lost.append((execution_id, epoch))
+        for execution_id, epoch in cancels:
+            await self._send(link, p.Cancel(execution_id=execution_id, epoch=epoch))
+        if not lost:
+            return
+        # one line however many: a heartbeat names at most what the worker sent, and that is
+        # not a reason for the log to grow by as many lines
+        shown = ", ".join(f"{eid} epoch {epoch}" for eid, epoch in lost[:3])
+        more = f" and {len(lost) - 3} more" if len(lost) > 3 else ""
+        log.info(
+            "heartbeat of %s names %d lease(s) it does not hold: %s%s; rejected",
+            link.worker_id,
+            len(lost),
+            p.truncate_utf8(shown, 300),
+            more,
+        )
+        for execution_id, epoch in lost[: self.MAX_REJECTS_PER_HEARTBEAT]:
+            if link.closed:
+                return
+            await self._reject(link, execution_id, epoch, "lease lost", quiet=True)
 
     async def _drain(self, lease: _Lease) -> None:
         try:
@@ -683,7 +797,7 @@ class Dispatcher:
                 link, msg = lease.queue.popleft()
                 try:
                     if self._leases.get(lease.execution_id) is not lease:
-                        self._reject(link, lease.execution_id, msg.epoch, "lease ended")
+                        await self._reject(link, lease.execution_id, msg.epoch, "lease ended")
                     elif isinstance(msg, p.Events):
                         await self._apply_events(lease, link, msg)
                     elif isinstance(msg, p.Release):
@@ -701,10 +815,12 @@ class Dispatcher:
         try:
             events = [p.event_from_wire(eid, e, self.wall()) for e in msg.events]
         except ValueError as exc:
-            return self._broken(lease, link, msg.epoch, str(exc))
+            return await self._broken(lease, link, msg.epoch, str(exc))
+        if lease.secrets:
+            events = [self._masked(e, lease.secrets) for e in events]
         for i, e in enumerate(events):
             if e.seq != lease.next_seq + i:
-                return self._broken(
+                return await self._broken(
                     lease,
                     link,
                     msg.epoch,
@@ -725,14 +841,15 @@ class Dispatcher:
         try:
             await self._commit(write)
         except StaleWriteError as exc:
-            self._reject(link, eid, msg.epoch, str(exc))
+            await self._reject(link, eid, msg.epoch, str(exc))
             self._end_lease(lease)
             return
         except StoreError as exc:
             log.error("write of execution %s refused: %s", eid, exc)
-            return self._broken(lease, link, msg.epoch, f"write refused: {exc}")
+            return await self._broken(lease, link, msg.epoch, f"write refused: {exc}")
         lease.next_seq += len(events)
-        self._send(link, p.Ack(execution_id=eid, epoch=msg.epoch, batch=msg.batch))
+        # a session closing meanwhile only means the ack goes nowhere: the write is durable
+        await self._send(link, p.Ack(execution_id=eid, epoch=msg.epoch, batch=msg.batch))
         for e in events:
             if e.type == "TASK_STARTED" and e.value is not None and b"child_id" in e.value:
                 await self._start_child(lease.record, e)
@@ -744,10 +861,17 @@ class Dispatcher:
                 return
             await self._after_end(lease.record, state)
 
-    def _broken(self, lease: _Lease, link: WorkerLink, epoch: int, why: str) -> None:
+    async def _broken(self, lease: _Lease, link: WorkerLink, epoch: int, why: str) -> None:
         """A lease whose writes make no sense: stop it and run the execution again."""
-        self._reject(link, lease.execution_id, epoch, why)
+        await self._reject(link, lease.execution_id, epoch, why)
         self._end_lease(lease, requeue=True)
+
+    @staticmethod
+    def _masked(e: StoredEvent, secrets: set[str]) -> StoredEvent:
+        value = redact_encoded(e.value, secrets)
+        if value is e.value:
+            return e
+        return attrs.evolve(e, value=value)
 
     async def _apply_release(self, lease: _Lease, link: WorkerLink, msg: p.Release) -> None:
         eid = lease.execution_id
@@ -763,7 +887,7 @@ class Dispatcher:
         try:
             await self._commit(Write(eid, update=update, expect={"lease_epoch": lease.epoch}))
         except StoreError as exc:
-            self._reject(link, eid, msg.epoch, str(exc))
+            await self._reject(link, eid, msg.epoch, str(exc))
             self._end_lease(lease)
             return
         self._end_lease(lease)
@@ -780,6 +904,8 @@ class Dispatcher:
         output = msg.output
         if output is not None and not isinstance(output, bytes):
             output = codec.encode(output)
+        if lease.secrets:
+            output = redact_encoded(output, lease.secrets)
         update = {
             "state": msg.state,
             "output": output,
@@ -790,7 +916,7 @@ class Dispatcher:
         try:
             await self._commit(Write(eid, update=update, expect={"lease_epoch": lease.epoch}))
         except StoreError as exc:
-            self._reject(link, eid, msg.epoch, str(exc))
+            await self._reject(link, eid, msg.epoch, str(exc))
             self._end_lease(lease)
             return
         self._end_lease(lease)
@@ -832,7 +958,9 @@ class Dispatcher:
                 values[name] = await self.secrets.get(name)
             except Exception:
                 missing.append(name)
-        self._send(link, p.Secrets(request_id=msg.request_id, values=values, missing=missing))
+        if lease is not None:
+            lease.secrets.update(v for v in values.values() if v)
+        await self._send(link, p.Secrets(request_id=msg.request_id, values=values, missing=missing))
 
     async def _allowed_secrets(self, rec: ExecutionRecord, call_id: str) -> frozenset[str] | None:
         source, digest = await self._source(rec.workflow_name, rec.workflow_version)
@@ -877,7 +1005,7 @@ class Dispatcher:
         except StoreError as exc:
             log.warning("cache get from %s failed: %s", link.worker_id, exc)
             value = None
-        self._send(link, p.CacheValue(request_id=msg.request_id, value=value))
+        await self._send(link, p.CacheValue(request_id=msg.request_id, value=value))
 
     # ------------------------------------------------------------------ after a lease ends
 
@@ -1169,7 +1297,13 @@ class Dispatcher:
                 except StaleWriteError:
                     continue  # a grant or a write got in between: look again
                 if lease.epoch is not None and lease.epoch == rec.lease_epoch:
-                    self._send(lease.worker, p.Cancel(execution_id=execution_id, epoch=lease.epoch))
+                    # not waited for here: a worker slow to read must not hold up the API
+                    assert self._nursery is not None
+                    self._nursery.start_soon(
+                        self._send,
+                        lease.worker,
+                        p.Cancel(execution_id=execution_id, epoch=lease.epoch),
+                    )
                 log.info("cancel of %s sent to %s", execution_id, self.lease_of(execution_id))
                 return attrs.evolve(rec, state=S.CANCELLING, cancel_requested=True)
             done = await self._cancel_idle(execution_id, rec)

@@ -11,7 +11,9 @@ session, the worker's ``hello``, carries ``protocol_version`` (:data:`PROTOCOL_V
 Messages (W = worker, S = server)::
 
     hello            W->S  protocol_version, name, token, capacity
-    welcome          S->W  worker_id, heartbeat_interval, lease_ttl
+    welcome          S->W  worker_id, heartbeat_interval, lease_ttl, max_frame_size,
+                           max_value_size, request_timeout, capacity (the last four may be
+                           absent: defaults apply)
     lease            S->W  execution_id, epoch, workflow_name, workflow_version, source (utf-8
                            bytes), input, history, state, resume
     events           W->S  execution_id, epoch, batch, events, state (None: unchanged)
@@ -56,6 +58,13 @@ Rules:
   frame are ignored, for forward compatibility; every declared field must be present.
 * Leases, epochs, batches and fencing are the server's business, not this module's: it knows
   messages and session states only.
+* Fields declared ``optional`` (their metadata) may be absent from a received frame: the default
+  applies. Only fields added after version 1 are optional, so older peers keep working.
+
+Sizes: the server announces in ``welcome`` the largest frame it accepts (``max_frame_size``) and
+the largest encoded event value (``max_value_size``, smaller than the frame, leaving room for the
+envelope). The worker fails a task whose value is larger where the value is made, and splits its
+event batches with :func:`split_events` so that no frame exceeds the limit.
 """
 
 from __future__ import annotations
@@ -79,8 +88,11 @@ __all__ = [
     "COMPLETE_STATES",
     "DEFAULT_MAX_FRAME_SIZE",
     "EVENT_FIELDS",
+    "EVENT_OVERHEAD",
+    "FRAME_ENVELOPE",
     "MAX_CLOSE_REASON_BYTES",
     "MAX_ERROR_DETAIL_CHARS",
+    "MAX_WORKER_NAME",
     "MESSAGE_TYPES",
     "PROTOCOL_VERSION",
     "RELEASE_REASONS",
@@ -114,9 +126,13 @@ __all__ = [
     "WorkerSession",
     "close_code_for",
     "from_frame",
+    "oversized",
+    "split_events",
     "to_frame",
     "to_wire",
     "truncate_utf8",
+    "wire_size",
+    "worker_name_problem",
 ]
 
 #: Version of this protocol; the worker's ``hello`` must carry exactly this number.
@@ -130,6 +146,15 @@ MAX_CLOSE_REASON_BYTES = 120
 
 #: Bound on the ``detail`` text of an Error frame built from an exception.
 MAX_ERROR_DETAIL_CHARS = 1000
+
+#: Room kept in every frame for the envelope around event values (ids, types, times, keys).
+FRAME_ENVELOPE = 4096
+
+#: Estimated bytes an event takes on the wire besides its value and its strings.
+EVENT_OVERHEAD = 96
+
+#: A worker's name longer than this is cut (the server logs it and builds worker ids from it).
+MAX_WORKER_NAME = 100
 
 _MAX_INT = 2**63 - 1  # SQLite's integer range; msgpack carries it exactly
 
@@ -395,8 +420,19 @@ _EXECUTION_STATE = _choice(*(s.value for s in ExecutionState))
 _EPOCH = _int(0)
 
 
-def _field(check: _Check, **kwargs: Any) -> Any:
-    return attrs.field(metadata={"check": check}, **kwargs)
+def _field(check: _Check, *, optional: bool = False, **kwargs: Any) -> Any:
+    return attrs.field(metadata={"check": check, "optional": optional}, **kwargs)
+
+
+def worker_name_problem(name: str) -> str | None:
+    """What is wrong with a worker's name, or None: it must be non-empty and hold no control
+    (non-printable) characters, since it goes into log lines and worker ids."""
+    if not name:
+        return "must not be empty"
+    for i, c in enumerate(name):
+        if not c.isprintable():
+            return f"must not contain control characters ({c!r} at index {i})"
+    return None
 
 
 def _hide_token(token: str | None) -> str:
@@ -478,6 +514,9 @@ class Hello(_MessageBase):
                 f"is {self.protocol_version}, this side speaks version {PROTOCOL_VERSION}",
                 code="version-mismatch",
             )
+        problem = worker_name_problem(self.name)
+        if problem is not None:
+            raise _Invalid("name", problem)
 
 
 @attrs.frozen(kw_only=True)
@@ -490,6 +529,18 @@ class Welcome(_MessageBase):
     worker_id: str = _field(_str)
     heartbeat_interval: float = _field(_number(positive=True))
     lease_ttl: float = _field(_number(positive=True))
+    #: the largest frame the server accepts from this worker
+    max_frame_size: int = _field(_int(1), optional=True, default=DEFAULT_MAX_FRAME_SIZE)
+    #: the largest encoded event value the server accepts (a task's value over it fails the task)
+    max_value_size: int = _field(
+        _int(1), optional=True, default=DEFAULT_MAX_FRAME_SIZE - FRAME_ENVELOPE
+    )
+    #: seconds the worker waits for the answer to a request (ack, secrets, cache value) before
+    #: it gives the lease up (the server then leases the execution again)
+    request_timeout: float = _field(_number(positive=True), optional=True, default=30.0)
+    #: the number of executions the server will lease to this worker at once (its claimed
+    #: capacity, or the server's maximum if it claimed more)
+    capacity: int | None = _field(_optional(_int(1)), optional=True, default=None)
 
     def _check(self) -> None:
         if self.heartbeat_interval >= self.lease_ttl:
@@ -789,6 +840,47 @@ def event_from_wire(execution_id: str, e: Mapping[str, Any], now: float) -> Stor
 _EVENT_TYPE_NAMES = frozenset(t.value for t in ExecutionEventType)
 
 
+def wire_size(e: StoredEvent) -> int:
+    """An upper estimate of the bytes ``event_to_wire(e)`` takes in a frame."""
+    return (
+        len(e.value or b"")
+        + len(e.call_id.encode("utf-8"))
+        + len(e.name.encode("utf-8"))
+        + len(e.type)
+        + EVENT_OVERHEAD
+    )
+
+
+def split_events(events: list[StoredEvent], max_frame_size: int) -> list[list[StoredEvent]]:
+    """``events`` cut into consecutive batches that each fit in one ``events`` frame of at most
+    ``max_frame_size`` bytes (with :data:`FRAME_ENVELOPE` kept for the rest of the frame). An
+    event too large for any frame is a batch of its own (sending it raises ``too-large``: see
+    :func:`oversized`). An empty list gives one empty batch (a state change alone)."""
+    budget = max(max_frame_size - FRAME_ENVELOPE, 1)
+    batches: list[list[StoredEvent]] = []
+    current: list[StoredEvent] = []
+    size = 0
+    for e in events:
+        n = wire_size(e)
+        if current and size + n > budget:
+            batches.append(current)
+            current, size = [], 0
+        current.append(e)
+        size += n
+    if current or not batches:
+        batches.append(current)
+    return batches
+
+
+def oversized(events: list[StoredEvent], max_frame_size: int) -> StoredEvent | None:
+    """The first event too large to travel in any frame of ``max_frame_size`` bytes, if any."""
+    budget = max(max_frame_size - FRAME_ENVELOPE, 1)
+    for e in events:
+        if wire_size(e) > budget:
+            return e
+    return None
+
+
 def to_wire(msg: Message) -> dict[str, Any]:
     """The envelope of ``msg``: ``{"type": msg.TYPE, **fields}``, as it goes into msgpack."""
     if not isinstance(msg, _MessageBase):
@@ -864,6 +956,8 @@ def _build(cls: type[Message], payload: dict[Any, Any]) -> Message:
     kwargs = {}
     for field in attrs.fields(cls):
         if field.name not in payload:
+            if field.metadata.get("optional"):
+                continue
             raise RemoteProtocolError(
                 "bad-field", f"bad {cls.TYPE!r} message: field {field.name!r} is missing"
             )

@@ -13,6 +13,7 @@ The routes are described in :mod:`flux.net.openapi` (served at ``/openapi.json``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -27,6 +28,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from quart import Response, redirect, request, websocket
 from quart_trio import QuartTrio
+from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.exceptions import HTTPException
 
 from flux.net import openapi
@@ -45,9 +47,10 @@ from flux.net.security import (
     token_matches,
 )
 from flux.net.streams import follow
+from flux.net.uploads import workflow_names
+from flux.net.views import JsonInputError, event_json, listed, parse_json, summary
 from flux.runtime import codec
 from flux.runtime.context import to_jsonable
-from flux.runtime.engine import decode_event
 from flux.runtime.errors import (
     ExecutionNotFoundError,
     SecretNotFoundError,
@@ -56,13 +59,19 @@ from flux.runtime.errors import (
     WorkflowNotFoundError,
 )
 from flux.runtime.events import ExecutionState
-from flux.runtime.loader import check_source
 from flux.runtime.secrets import MAX_VALUE as MAX_SECRET_VALUE
 from flux.runtime.secrets import SecretKeyError, SecretStore, check_name
 from flux.runtime.settings import Settings
 from flux.runtime.store import ExecutionRecord, Store, open_store
 
-__all__ = ["ServerAddress", "ServerConfigError", "ServerSettings", "create_app", "serve_server"]
+__all__ = [
+    "ServerAddress",
+    "ServerConfigError",
+    "ServerSettings",
+    "create_app",
+    "serve_server",
+    "summary",
+]
 
 log = logging.getLogger("flux.server")
 
@@ -111,10 +120,17 @@ class ServerSettings:
     max_stream_message: int = 1024 * 1024
     #: Seconds without an event after which a stream sends a keep-alive (SSE comment).
     keepalive: float = 15.0
+    #: The most executions one worker is leased at once, whatever capacity it claims.
+    max_capacity: int = 1024
+    #: Seconds a request/response pair of a worker session may take: the worker waits this long
+    #: for an ack, secrets or a cache value (then gives the lease up), and the server this long
+    #: for room in a worker's outbox (then closes the session; its leases expire and are
+    #: granted again).
+    request_timeout: float = 30.0
 
     @property
     def dispatch(self) -> DispatchSettings:
-        return DispatchSettings(self.lease_ttl, self.heartbeat_interval)
+        return DispatchSettings(self.lease_ttl, self.heartbeat_interval, self.max_capacity)
 
 
 @attrs.frozen
@@ -142,6 +158,17 @@ class ApiError(Exception):
         self.detail = detail
 
 
+def _too_large_body(limit: int) -> Response:
+    """413 for a body over the limit. The rest of that body may still be on its way and this
+    connection cannot be trusted to find the next request after it: the connection is closed
+    after the answer, so the client's next request opens a fresh one instead of hanging."""
+    response = _error_response(
+        413, "too-large", f"the request body exceeds the server's limit of {limit} bytes"
+    )
+    response.headers["Connection"] = "close"
+    return response
+
+
 def _error_response(status: int, code: str, detail: str) -> Response:
     return Response(
         json.dumps({"error": code, "detail": detail}),
@@ -152,26 +179,6 @@ def _error_response(status: int, code: str, detail: str) -> Response:
 
 def _json_response(data: Any, status: int = 200) -> Response:
     return Response(json.dumps(to_jsonable(data)), status=status, mimetype="application/json")
-
-
-def _decode(data: bytes | None) -> Any:
-    if data is None:
-        return None
-    try:
-        return codec.decode(data)
-    except SerializationError as exc:
-        return f"<undecodable: {exc}>"
-
-
-def summary(record: ExecutionRecord) -> dict[str, Any]:
-    """The API's summary shape of an execution."""
-    return {
-        "workflow_name": record.workflow_name,
-        "execution_id": record.execution_id,
-        "input": _decode(record.input),
-        "output": _decode(record.output),
-        "state": record.state.value,
-    }
 
 
 class FluxServer:
@@ -234,23 +241,50 @@ class FluxServer:
                 finally:
                     await ws.close(p.close_code_for("unauthorized"), f"unauthorized: {why}")
             return
-        worker_id = f"{hello.name}-{uuid.uuid4().hex[:8]}"
+        name = hello.name
+        if len(name) > p.MAX_WORKER_NAME:
+            name = name[: p.MAX_WORKER_NAME - 3] + "..."
+            log.info("worker name from %s cut to %d characters: %r", peer, p.MAX_WORKER_NAME, name)
+        worker_id = f"{name}-{uuid.uuid4().hex[:8]}"
         dispatch = cfg.dispatch
+        capacity = min(hello.capacity, dispatch.max_capacity)
+        timeout = cfg.request_timeout
         await ws.send(
             session.send(
                 p.Welcome(
                     worker_id=worker_id,
                     heartbeat_interval=dispatch.heartbeat,
                     lease_ttl=dispatch.lease_ttl,
+                    max_frame_size=cfg.max_frame_size,
+                    max_value_size=max(cfg.max_frame_size - p.FRAME_ENVELOPE, 1),
+                    request_timeout=timeout,
+                    capacity=capacity,
                 )
             )
         )
-        send_frames, frames = trio.open_memory_channel[bytes](4 * hello.capacity + 64)
+        # small: a worker that reads slowly makes its senders wait, not the server's memory grow
+        send_frames, frames = trio.open_memory_channel[bytes](min(4 * capacity + 64, 1024))
+        stalled = trio.Event()
 
-        def send(msg: p.Message) -> None:
-            send_frames.send_nowait(session.send(msg))
+        async def send(msg: p.Message) -> None:
+            if session.state is p.SessionState.CLOSED:
+                raise WorkerGoneError(f"the session of {worker_id} is closed")
+            frame = session.send(msg)
+            try:
+                try:
+                    send_frames.send_nowait(frame)  # room: no need to wait
+                    return
+                except trio.WouldBlock:
+                    pass
+                with trio.move_on_after(timeout):
+                    await send_frames.send(frame)
+                    return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise WorkerGoneError(f"the session of {worker_id} is closed") from None
+            stalled.set()  # the worker reads nothing: end the session (its leases expire)
+            raise WorkerGoneError(f"worker {worker_id} took no frame for {timeout:g}s")
 
-        link = self.dispatcher.add_worker(worker_id, hello.name, hello.capacity, send)
+        link = self.dispatcher.add_worker(worker_id, name, capacity, send)
         failure: p.RemoteProtocolError | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -260,7 +294,9 @@ class FluxServer:
                         await ws.send(frame)
 
                 async def closer() -> None:
-                    await self.closing.wait()
+                    async with trio.open_nursery() as inner:
+                        for event in (self.closing, stalled):
+                            inner.start_soon(_set_then_cancel, event, inner.cancel_scope)
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(writer)
@@ -278,15 +314,29 @@ class FluxServer:
                         nursery.cancel_scope.cancel()
                         break
                     await self.dispatcher.on_message(link, msg)
-        except trio.WouldBlock:
-            failure = p.RemoteProtocolError("slow", "worker does not read its frames")
         finally:
+            # closed first, so that nothing more is put on its way to this worker
+            send_frames.close()
             self.dispatcher.remove_worker(link)
+        if stalled.is_set() and failure is None:
+            failure = p.RemoteProtocolError(
+                "slow", f"the worker read no frame for {timeout:g}s", close_code=1008
+            )
         if failure is not None:
             await _refuse(ws, session, failure, f"{peer} ({worker_id})")
         elif self.closing.is_set():
             with trio.move_on_after(1):
                 await ws.close(1001, "server shutting down")
+
+
+class WorkerGoneError(ConnectionError):
+    """A message could not be put on its way to a worker: its session is closed, closing or
+    stalled. The dispatcher treats it as not sent (the lease expires or is granted again)."""
+
+
+async def _set_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 def _frame(data: bytes | str | None) -> bytes | str:
@@ -305,6 +355,97 @@ async def _refuse(ws: Any, session: p.Session, exc: p.ProtocolError, peer: str) 
 # ---------------------------------------------------------------------------- the app
 
 
+class _HTTPConnection(TrioASGIHTTPConnection):
+    """Quart-Trio's HTTP handling, with bodies over the limit answered before Quart sees them.
+
+    Quart-Trio cancels the request's task as soon as the client's side of the exchange ends.
+    When a response is answered before its request body was all read (a 413), that end comes
+    while hypercorn is still inside the response's last ``send``, finishing the exchange;
+    cancelled there, hypercorn neither closes the connection nor makes it ready for the next
+    request, and that next request hangs. So a body whose declared ``Content-Length`` is over
+    the limit is answered here, outside Quart's cancel scope, while what arrives of the body is
+    read and dropped; the answer says ``Connection: close`` and hypercorn closes the connection
+    after it. (A chunked body over the limit is found by Quart as it reads; the last send of
+    such an early answer is shielded, and bounded, for the same reason.)"""
+
+    async def __call__(self, receive: Any, send: Any) -> None:
+        limit = self.app.config.get("MAX_CONTENT_LENGTH")
+        declared = _content_length(self.scope)
+        if limit is not None and declared is not None and declared > limit:
+            await _refuse_body(receive, send, limit)
+            return
+        body_done = False
+
+        async def receive_noting_the_end() -> Any:
+            nonlocal body_done
+            message = await receive()
+            if message.get("type") == "http.request" and not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def send_early_last_shielded(message: Any) -> None:
+            last = message.get("type") == "http.response.body" and not message.get("more_body")
+            if body_done or not last:
+                await send(message)
+                return
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                with contextlib.suppress(trio.BusyResourceError):  # see _refuse_body
+                    await send(message)
+
+        await super().__call__(receive_noting_the_end, send_early_last_shielded)
+
+
+def _content_length(scope: Any) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _refuse_body(receive: Any, send: Any, limit: int) -> None:
+    """Answer 413 at the ASGI level, dropping the body's chunks meanwhile (hypercorn can then
+    finish the exchange and close the connection)."""
+
+    async def drain() -> None:
+        while (await receive()).get("type") != "http.disconnect":
+            pass
+
+    body = json.dumps(
+        {
+            "error": "too-large",
+            "detail": f"the request body exceeds the server's limit of {limit} bytes",
+        }
+    ).encode()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(drain)
+        # BusyResourceError: hypercorn closing the connection (on the client's next bytes)
+        # races with the end of this answer; the connection is closed either way
+        with trio.move_on_after(10), contextlib.suppress(trio.BusyResourceError):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 413,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"connection", b"close"),
+                        (b"x-content-type-options", b"nosniff"),
+                        (b"cache-control", b"no-store"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+        nursery.cancel_scope.cancel()
+
+
+class _App(QuartTrio):
+    asgi_http_class = _HTTPConnection
+
+
+
 def create_app(
     settings: Settings | None = None,
     server_settings: ServerSettings | None = None,
@@ -319,7 +460,7 @@ def create_app(
     origins = check_origins(cfg.cors_origins)
     # not named "flux": Quart gives its app logger a handler, which would print every record of
     # the flux.* loggers a second time beside the root handler
-    app = QuartTrio("flux.server.app", static_folder=None)
+    app = _App("flux.server.app", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_size
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 2
     server = FluxServer(settings, cfg, store)
@@ -340,6 +481,8 @@ def create_app(
     @app.errorhandler(ApiError)
     async def _api_error(exc: ApiError) -> Response:
         response = _error_response(exc.status, exc.code, exc.detail)
+        if exc.status == 413:  # see _too_large_body
+            response.headers["Connection"] = "close"
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="flux"'
         return response
@@ -347,11 +490,7 @@ def create_app(
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
         if exc.code == 413:
-            return _error_response(
-                413,
-                "too-large",
-                f"the request body exceeds the server's limit of {cfg.max_body_size} bytes",
-            )
+            return _too_large_body(cfg.max_body_size)
         code = (exc.name or "error").lower().replace(" ", "-")
         response = _error_response(exc.code or 500, code, exc.description or exc.name)
         if exc.code == 405 and getattr(exc, "valid_methods", None):
@@ -415,14 +554,10 @@ def create_app(
                 "too-large",
                 f"the request body exceeds the server's limit of {cfg.max_body_size} bytes",
             )
-        if not data.strip():
-            return None
         try:
-            return json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "bad-json", f"the request body is not valid JSON: {exc}") from None
-        except RecursionError:
-            raise ApiError(400, "bad-json", "the request body is nested too deeply") from None
+            return parse_json(data)
+        except JsonInputError as exc:
+            raise ApiError(400, "bad-json", str(exc)) from None
 
     def encode_value(value: Any, what: str) -> bytes:
         try:
@@ -486,7 +621,7 @@ def create_app(
         out = summary(rec)
         if detailed:
             events = await server.store.load_events(rec.execution_id)
-            out["events"] = [_event_json(e) for e in events]
+            out["events"] = [event_json(e) for e in events]
         return out
 
     async def settle(execution_id: str, detailed: bool, timeout: float) -> Response:
@@ -555,7 +690,7 @@ def create_app(
             raise ApiError(400, "bad-source", f"the source is not UTF-8: {exc}") from None
         filename = upload.filename or "<upload>"
         try:
-            names = await trio.to_thread.run_sync(check_source, source, filename)
+            names = await trio.to_thread.run_sync(workflow_names, source, filename)
         except (WorkflowError, ValueError, RecursionError, MemoryError) as exc:
             raise ApiError(400, "bad-source", str(exc) or type(exc).__name__) from None
         if not names:
@@ -616,7 +751,7 @@ def create_app(
                     if e is None:
                         yield b": keep-alive\n\n"
                         continue
-                    yield _sse(_event_json(e), event_id=e.seq)
+                    yield _sse(event_json(e), event_id=e.seq)
                 final = await server.store.get_execution(eid)
                 if final is not None:
                     yield _sse(summary(final), "execution")
@@ -670,7 +805,7 @@ def create_app(
         total = await server.store.count_executions(workflow_name=workflow, state=states)
         return _json_response(
             {
-                "executions": [_listed(r) for r in records],
+                "executions": [listed(r) for r in records],
                 "total": total,
                 "limit": limit,
                 "offset": offset,
@@ -715,7 +850,7 @@ def create_app(
             ):
                 if e is None:
                     continue
-                await websocket.send(_stream_message(_event_json(e), cfg.max_stream_message))
+                await websocket.send(_stream_message(event_json(e), cfg.max_stream_message))
         except Exception as exc:
             log.exception("event stream of %s failed", execution_id)
             reason = json.dumps({"error": "internal", "detail": type(exc).__name__})
@@ -812,15 +947,6 @@ def _workflow_json(r: Any) -> dict[str, Any]:
     }
 
 
-def _listed(rec: ExecutionRecord) -> dict[str, Any]:
-    return {
-        **summary(rec),
-        "parent_id": rec.parent_id,
-        "created_at": rec.created_at,
-        "updated_at": rec.updated_at,
-    }
-
-
 def _sse(data: Any, event: str | None = None, event_id: int | None = None) -> bytes:
     lines = []
     if event:
@@ -837,20 +963,6 @@ def _stream_message(event: dict[str, Any], limit: int) -> str:
         event = dict(event, value=f"<value omitted: {len(text)} bytes, over the stream limit>")
         text = json.dumps(to_jsonable(event))
     return text
-
-
-def _event_json(e: Any) -> dict[str, Any]:
-    try:
-        return to_jsonable(decode_event(e).to_dict())
-    except SerializationError as exc:
-        return {
-            "id": e.seq,
-            "type": e.type,
-            "source_id": e.call_id,
-            "name": e.name,
-            "value": f"<undecodable: {exc}>",
-            "time": e.time,
-        }
 
 
 # ---------------------------------------------------------------------------- serving

@@ -13,12 +13,21 @@ embedded engine does, only with a journal that sends events over the session:
 * a ``reject`` (stale epoch, lease lost) or a lost connection abandons the execution at once: no
   rollback runs and nothing more is written (the next owner replays it).
 
+Flow control: every frame goes through one bounded outbox that senders wait on (nothing is
+dropped, nothing raises because a buffer is full); heartbeats skip the outbox so that they keep
+flowing during a burst. Every request (an events batch, secrets, a cache lookup) waits for its
+answer at most ``request_timeout`` seconds (from ``welcome``); past it the run gives its lease up
+and the server leases the execution again once the lease expires. Batches are split to fit the
+server's ``max_frame_size``, and a task whose value is over ``max_value_size`` fails (both
+limits come in ``welcome``).
+
 The session reconnects with exponential backoff when the server goes away. SIGTERM/SIGINT (with
 ``handle_signals``) give every execution back to the server (``release``, ``shutdown``) and stop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -27,7 +36,7 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -49,6 +58,7 @@ from flux.runtime.errors import LeaseLostError as RuntimeLeaseLost
 from flux.runtime.events import ExecutionEventType, ExecutionState
 from flux.runtime.executor import Execution
 from flux.runtime.loader import load_source, workflows_in
+from flux.runtime.secrets import redact_encoded
 from flux.runtime.store import StaleWriteError, StoredEvent
 from flux.runtime.workflow import workflow
 
@@ -61,6 +71,9 @@ S = ExecutionState
 
 #: Largest frame the worker accepts (a lease carries the whole history).
 WORKER_MAX_FRAME = 64 * 1024 * 1024
+
+#: Frames waiting for the socket at most; senders wait for room beyond it (backpressure).
+OUTBOX_SIZE = 64
 
 
 class LeaseLostError(StaleWriteError):
@@ -151,7 +164,7 @@ class _Run:
             # a long durable sleep: everything before it durable, then give the slot back
             self.pending.extend(events)
             await self._flush()
-            self.worker.send(
+            await self.worker.send(
                 p.Release(
                     execution_id=self.execution_id,
                     epoch=self.epoch,
@@ -189,20 +202,8 @@ class _Run:
                 batch, self.pending = self.pending, []
                 state, self.pending_state = self.pending_state, None
                 waiters, self.waiters = self.waiters, []
-                ack = _Pending()
-                self.inflight = ack
-                number = self.worker.track(ack)
                 try:
-                    self.worker.send(
-                        p.Events(
-                            execution_id=self.execution_id,
-                            epoch=self.epoch,
-                            batch=number,
-                            events=[p.event_to_wire(e) for e in batch],
-                            state=state,
-                        )
-                    )
-                    await ack.wait()
+                    await self._send_batch(batch, state)
                 except Exception as exc:
                     for w in waiters:
                         w.resolve(exc)
@@ -211,11 +212,83 @@ class _Run:
                     for w in waiters:
                         w.resolve(LeaseLostError(f"execution {self.execution_id}: stopped"))
                     raise
-                finally:
-                    self.inflight = None
-                    self.worker.untrack(number)
                 for w in waiters:
                     w.resolve()
+
+    async def _send_batch(
+        self, batch: list[StoredEvent], state: str | None, *, check: bool = True
+    ) -> None:
+        """Send ``batch`` in as many frames as the server's frame limit needs, each after the
+        ack of the one before; ``state`` goes with the last. Secret values are masked first."""
+        worker = self.worker
+        if self._secret_values:
+            batch = [self._masked(e) for e in batch]
+        big = p.oversized(batch, worker.max_frame_size) if check else None
+        if big is not None:
+            before = batch[: batch.index(big)]
+            if before:
+                await self._send_batch(before, None)
+            await self._fail_oversized(big)
+        parts = p.split_events(batch, worker.max_frame_size)
+        for i, part in enumerate(parts):
+            ack = _Pending()
+            self.inflight = ack
+            number = worker.track(ack)
+            try:
+                try:
+                    await worker.send(
+                        p.Events(
+                            execution_id=self.execution_id,
+                            epoch=self.epoch,
+                            batch=number,
+                            events=[p.event_to_wire(e) for e in part],
+                            state=state if i == len(parts) - 1 else None,
+                        )
+                    )
+                except LeaseLostError as exc:  # no session, or one that takes nothing
+                    self.abandon(str(exc))
+                    raise
+                await worker.answer(ack, self, f"the ack of batch {number}")
+            finally:
+                self.inflight = None
+                worker.untrack(number)
+
+    def _masked(self, e: StoredEvent) -> StoredEvent:
+        value = redact_encoded(e.value, self._secret_values)
+        if value is e.value:
+            return e
+        return StoredEvent(e.execution_id, e.seq, e.type, e.call_id, e.name, value, e.time)
+
+    async def _fail_oversized(self, big: StoredEvent) -> None:
+        """An event no frame can carry (its value passed the executor's size check, or none was
+        made): record WORKFLOW_FAILED in its place, then stop. The execution ends for good
+        rather than running its tasks again on every new lease."""
+        limit = self.worker.max_frame_size
+        error = WorkflowError(
+            f"execution {self.execution_id}: event {big.seq} ({big.type} of {big.call_id!r}) "
+            f"is {p.wire_size(big)} bytes on the wire, over the server's frame limit of "
+            f"{limit} bytes; the execution cannot be recorded further"
+        )
+        log.error("%s", error)
+        name = self.lease.workflow_name
+        failed = StoredEvent(
+            self.execution_id,
+            big.seq,
+            E.WORKFLOW_FAILED.value,
+            name,
+            name,
+            codec.encode(error),
+            time.time(),
+        )
+        try:
+            # not checked again: a server announcing a frame too small for even this gets it
+            # anyway and says so (too-large); the run stops either way
+            await self._send_batch([failed], S.FAILED.value, check=False)
+            self.finished = True
+        except p.LocalProtocolError as exc:
+            log.error("execution %s: cannot even record its failure: %s", self.execution_id, exc)
+        self.abandon("the execution failed: an event too large for a frame")
+        raise LeaseLostError(str(error))
 
     async def cancel_watcher(self) -> None:
         """Cancel the execution once asked (``cancel`` from the server), as soon as it runs."""
@@ -265,8 +338,21 @@ class _Run:
     async def cache_get(self, key: str) -> bytes | None:
         return await self.worker.cache_get(self, key)
 
+    @property
+    def max_value_size(self) -> int:
+        """The largest encoded value the server accepts (from ``welcome``); the executor fails a
+        task whose value is larger where the value is encoded."""
+        return self.worker.max_value_size
+
     async def cache_put(self, key: str, value: bytes, ttl: float | None) -> None:
-        self.worker.send(
+        if self._secret_values:  # the cache is recorded too (in the store, for everyone)
+            value = redact_encoded(value, self._secret_values) or value
+        if len(value) > self.worker.max_value_size:
+            log.info(
+                "not caching %d bytes under %s: over the server's value limit", len(value), key
+            )
+            return
+        await self.worker.send(
             p.CachePut(
                 execution_id=self.execution_id,
                 epoch=self.epoch,
@@ -300,6 +386,9 @@ class Worker:
     ):
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        problem = p.worker_name_problem(name)
+        if problem is not None:
+            raise ValueError(f"worker name {name!r} {problem}")
         self.name = name
         self.concurrency = concurrency
         self.token = token
@@ -313,7 +402,12 @@ class Worker:
         self._secret_waiters: dict[int, tuple[_Pending, list[p.Secrets]]] = {}
         self._modules: dict[str, dict[str, workflow]] = {}
         self._cache_waiters: dict[int, tuple[_Pending, list[p.CacheValue]]] = {}
-        self._send: Callable[[p.Message], None] | None = None
+        self._send: Callable[[p.Message], Awaitable[None]] | None = None
+        self._loading: dict[str, trio.Lock] = {}
+        #: limits and timing from the server's last ``welcome``
+        self.max_frame_size = p.DEFAULT_MAX_FRAME_SIZE
+        self.max_value_size = p.DEFAULT_MAX_FRAME_SIZE - p.FRAME_ENVELOPE
+        self.request_timeout = 30.0
         #: cancels that came before their run started: execution id -> epoch
         self._cancels: dict[str, int] = {}
         self.stopping = False
@@ -321,10 +415,24 @@ class Worker:
 
     # ------------------------------------------------------------------ plumbing for runs
 
-    def send(self, msg: p.Message) -> None:
+    async def send(self, msg: p.Message) -> None:
+        """Queue ``msg`` for the server, waiting for room in the outbox (backpressure). Raises
+        LeaseLostError when there is no session (or it ends meanwhile), and the session's
+        LocalProtocolError for a frame over the limit."""
         if self._send is None:
             raise LeaseLostError("not connected")
-        self._send(msg)
+        await self._send(msg)
+
+    async def answer(self, waiter: _Pending, run: _Run, what: str) -> None:
+        """Wait for the answer to a request of ``run`` for at most ``request_timeout``; past it
+        the run gives its lease up (the server leases the execution again when it expires)."""
+        with trio.move_on_after(self.request_timeout):
+            await waiter.wait()
+            return
+        why = f"no answer from the server within {self.request_timeout:g}s ({what})"
+        log.warning("execution %s: %s: giving the lease up", run.execution_id, why)
+        run.abandon(why)
+        raise LeaseLostError(f"execution {run.execution_id}: {why}")
 
     def track(self, ack: _Pending) -> int:
         """Register the ack of a new batch; returns the batch number."""
@@ -341,7 +449,7 @@ class Worker:
         box: list[p.Secrets] = []
         self._secret_waiters[number] = (waiter, box)
         try:
-            self.send(
+            await self.send(
                 p.SecretsRequest(
                     execution_id=run.execution_id,
                     epoch=run.epoch,
@@ -350,7 +458,7 @@ class Worker:
                     call_id=call_id,
                 )
             )
-            await waiter.wait()
+            await self.answer(waiter, run, f"secrets for {call_id}")
         finally:
             self._secret_waiters.pop(number, None)
         return box[0]
@@ -362,12 +470,12 @@ class Worker:
         box: list[p.CacheValue] = []
         self._cache_waiters[number] = (waiter, box)
         try:
-            self.send(
+            await self.send(
                 p.CacheGet(
                     execution_id=run.execution_id, epoch=run.epoch, request_id=number, key=key
                 )
             )
-            await waiter.wait()
+            await self.answer(waiter, run, "a cache lookup")
         finally:
             self._cache_waiters.pop(number, None)
         return box[0].value
@@ -378,11 +486,17 @@ class Worker:
         digest = hashlib.sha256(lease.source).hexdigest()
         found = self._modules.get(digest)
         if found is None:
-            # running a module's top level is user code of any cost: off the event loop, once
-            module = await trio.to_thread.run_sync(
-                load_source, lease.source.decode("utf-8"), f"flux_src_{digest[:16]}"
-            )
-            found = self._modules[digest] = workflows_in(module)
+            # one load per source version: two first leases at once share one module (and so
+            # one set of classes); running a module's top level is user code of any cost: off
+            # the event loop
+            lock = self._loading.setdefault(digest, trio.Lock())
+            async with lock:
+                found = self._modules.get(digest)
+                if found is None:
+                    module = await trio.to_thread.run_sync(
+                        load_source, lease.source.decode("utf-8"), f"flux_src_{digest[:16]}"
+                    )
+                    found = self._modules[digest] = workflows_in(module)
         wf = found.get(lease.workflow_name)
         if wf is None:
             raise WorkflowError(
@@ -410,16 +524,43 @@ class Worker:
             raise ConnectionError(f"server closed the session: {welcome.code}: {welcome.detail}")
         assert isinstance(welcome, p.Welcome)
         self.worker_id = welcome.worker_id
+        self.max_frame_size = welcome.max_frame_size
+        self.max_value_size = welcome.max_value_size
+        self.request_timeout = welcome.request_timeout
         log.info(
-            "worker %s connected as %s (lease ttl %.1fs)",
+            "worker %s connected as %s (lease ttl %.1fs, frames up to %d bytes%s)",
             self.name,
             welcome.worker_id,
             welcome.lease_ttl,
+            welcome.max_frame_size,
+            ""
+            if welcome.capacity is None or welcome.capacity >= self.concurrency
+            else f", the server leases it at most {welcome.capacity} at once",
         )
-        send_frames, frames = trio.open_memory_channel[bytes](1024)
+        send_frames, frames = trio.open_memory_channel[bytes](OUTBOX_SIZE)
+        timeout = welcome.request_timeout
 
-        def send(msg: p.Message) -> None:
-            send_frames.send_nowait(session.send(msg))
+        async def send(msg: p.Message) -> None:
+            try:
+                frame = session.send(msg)
+            except p.LocalProtocolError as exc:
+                if exc.code == "closed":
+                    raise LeaseLostError("connection to the server lost") from None
+                raise
+            try:
+                try:
+                    send_frames.send_nowait(frame)  # room: no need to wait (nor to yield)
+                    return
+                except trio.WouldBlock:
+                    pass
+                with trio.fail_after(timeout):
+                    await send_frames.send(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise LeaseLostError("connection to the server lost") from None
+            except trio.TooSlowError:
+                raise LeaseLostError(
+                    f"the connection took no frame for {timeout:g}s (the server reads nothing)"
+                ) from None
 
         self._send = send
         on_ready(welcome.worker_id)
@@ -434,18 +575,34 @@ class Worker:
                         nursery.cancel_scope.cancel()
 
                 async def heartbeat() -> None:
+                    # straight to the socket, not behind the outbox: a burst of frames must not
+                    # hold heartbeats back past the lease ttl
                     while True:
                         await trio.sleep(welcome.heartbeat_interval)
-                        send(
-                            p.Heartbeat(
-                                leases=[
-                                    (r.execution_id, r.epoch)
-                                    for r in self.runs.values()
-                                    if not r.finished
-                                ],
-                                running=len(self.runs),
-                            )
+                        beat = p.Heartbeat(
+                            leases=[
+                                (r.execution_id, r.epoch)
+                                for r in self.runs.values()
+                                if not r.finished
+                            ],
+                            running=len(self.runs),
                         )
+                        try:
+                            frame = session.send(beat)
+                        except p.LocalProtocolError:
+                            return  # the session is closing
+                        with trio.move_on_after(timeout) as waited:
+                            try:
+                                await ws.send_message(frame)
+                            except trio_websocket.ConnectionClosed:
+                                nursery.cancel_scope.cancel()
+                                return
+                        if waited.cancelled_caught:
+                            log.warning(
+                                "the connection took no heartbeat for %gs: reconnecting", timeout
+                            )
+                            nursery.cancel_scope.cancel()
+                            return
 
                 nursery.start_soon(writer)
                 nursery.start_soon(heartbeat)
@@ -511,9 +668,12 @@ class Worker:
             if run.finished:
                 continue
             try:
-                self.send(
-                    p.Release(execution_id=run.execution_id, epoch=run.epoch, reason="shutdown")
-                )
+                with trio.move_on_after(1):
+                    await self.send(
+                        p.Release(
+                            execution_id=run.execution_id, epoch=run.epoch, reason="shutdown"
+                        )
+                    )
             except Exception:
                 pass
             run.abandon("worker shutting down")
@@ -526,7 +686,8 @@ class Worker:
         if old is not None:
             old.abandon(f"leased again with epoch {lease.epoch}")
         if self.stopping:
-            self.send(p.Release(execution_id=eid, epoch=lease.epoch, reason="shutdown"))
+            with contextlib.suppress(LeaseLostError):
+                await self.send(p.Release(execution_id=eid, epoch=lease.epoch, reason="shutdown"))
             return
         run = _Run(self, lease)
         self.runs[eid] = run

@@ -45,6 +45,7 @@ from .events import ExecutionEvent, ExecutionState
 from .events import ExecutionEventType as E
 from .history import CallRecord, index_calls
 from .replay import Replay
+from .secrets import redact_value
 from .store import StaleWriteError, StoredEvent
 from .task import TaskMetadata, call_plain
 from .waits import Waits
@@ -224,8 +225,14 @@ class Execution(Waits):
     def _event(
         self, type: E, call_id: str, name: str, value: Any = None
     ) -> tuple[StoredEvent, Any]:
-        """The next event, encoded; and its value as a replay will see it (decoded)."""
-        data = codec.encode(value)
+        """The next event, encoded; and its value as a replay will see it (decoded). A value
+        holding a secret this run was given is recorded (and seen) with the secret masked; a
+        host that sends values elsewhere (a worker) bounds them: a value over the limit raises
+        SerializationError here, before anything is recorded, and fails its task."""
+        secrets = self.host.secret_values()
+        if secrets and value is not None:
+            value = redact_value(value, secrets)
+        data = codec.encode(value, max_size=getattr(self.host, "max_value_size", None))
         seen = None if value is None else codec.decode(data)
         now = self.clock()
         self.seq += 1
@@ -682,27 +689,13 @@ def _stand_in(error: BaseException) -> BaseException:
 
 
 def redact_error(error: BaseException, secrets: list[str]) -> BaseException:
-    """Return ``error``, or a stand-in with every secret value masked if anything the codec
-    would record of it (message, arguments, attributes, traceback text) holds a secret."""
+    """Return ``error``, or a copy of the same type (its traceback kept) with every secret value
+    masked in what the codec records of it: message, arguments, attributes, notes, causes (see
+    :func:`flux.runtime.secrets.redact_value`). An error whose text cannot be rebuilt from its
+    parts becomes a TaskFailedError naming the original type."""
     if not secrets:
         return error
-    from .errors import TaskFailedError
-    from .secrets import holds_secret, mask_secrets
-
-    try:
-        recorded: Any = codec.encode_exception(error)
-    except Exception:
-        recorded = str(error)
-    if not holds_secret(recorded, secrets):
-        return error
-    text = mask_secrets(str(error), secrets)
-    try:  # the same type, so `except PermissionError:` still matches on replay
-        masked = type(error)(text)
-        if str(masked) == text:
-            return masked
-    except Exception:
-        pass
-    return TaskFailedError(f"{type(error).__module__}.{type(error).__qualname__}", text)
+    return redact_value(error, secrets)
 
 
 __all__ = ["Execution", "Journal", "Host", "redact_error"]

@@ -10,6 +10,7 @@ import importlib.util
 import linecache
 import os
 import sys
+import threading
 import types
 import warnings
 from collections.abc import Iterator
@@ -168,18 +169,40 @@ def _declared_name(deco: ast.expr) -> str | None:
     return None
 
 
+#: One lock per module name (a source hash), so that one source is run once per process even
+#: when several threads load it at once: ``sys.modules`` is process-wide, and so is this guard.
+_load_locks: dict[str, threading.Lock] = {}
+_load_locks_guard = threading.Lock()
+
+
 def load_source(source: str, module_name: str) -> types.ModuleType:
     """Run uploaded workflow source as a module named ``module_name`` (registered in
-    ``sys.modules``). Uploading source is running code: only trusted callers may do it."""
-    module = types.ModuleType(module_name)
-    module.__file__ = f"<{module_name}>"
-    sys.modules[module_name] = module
-    # tracebacks of uploaded code show its lines, as they do for a file
-    linecache.cache[module.__file__] = (len(source), None, source.splitlines(True), module.__file__)
-    try:
-        with loading(f"uploaded source {module_name}"):
-            exec(compile(source, module.__file__, "exec"), module.__dict__)  # noqa: S102
-    except BaseException:
-        sys.modules.pop(module_name, None)
-        raise
-    return module
+    ``sys.modules``). Uploading source is running code: only trusted callers may do it.
+
+    ``module_name`` names one version of the source (the worker uses its hash): loading the same
+    name again, from any thread and even while a first load runs, returns the module the first
+    load made, so the classes replay rebuilds are the classes the running code catches."""
+    with _load_locks_guard:
+        lock = _load_locks.setdefault(module_name, threading.Lock())
+    with lock:
+        existing = sys.modules.get(module_name)
+        if existing is not None and getattr(existing, "__flux_loaded__", False):
+            return existing
+        module = types.ModuleType(module_name)
+        module.__file__ = f"<{module_name}>"
+        sys.modules[module_name] = module
+        # tracebacks of uploaded code show its lines, as they do for a file
+        linecache.cache[module.__file__] = (
+            len(source),
+            None,
+            source.splitlines(True),
+            module.__file__,
+        )
+        try:
+            with loading(f"uploaded source {module_name}"):
+                exec(compile(source, module.__file__, "exec"), module.__dict__)  # noqa: S102
+        except BaseException:
+            sys.modules.pop(module_name, None)
+            raise
+        module.__flux_loaded__ = True  # type: ignore[attr-defined]
+        return module

@@ -9,13 +9,17 @@ data, so a ciphertext copied under another name does not decrypt.
 from __future__ import annotations
 
 import base64
+import copy
+import dataclasses
 import os
 import re
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import anyio
+import attrs
+import msgpack
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -208,3 +212,201 @@ class SecretStore:
 
     async def names(self) -> list[str]:
         return await self.store.list_secret_names()
+
+
+# ---------------------------------------------------------------------------- redaction
+
+
+def _needles(secrets: Iterable[str]) -> list[str]:
+    """The secret values worth looking for, longest first (so that a secret containing another
+    is masked whole)."""
+    return sorted({s for s in secrets if isinstance(s, str) and s}, key=len, reverse=True)
+
+
+def _mask_str(text: str, needles: Sequence[str]) -> str:
+    # the same rule as everywhere (see mask_secrets): short values only as whole words
+    for needle in needles:
+        if needle in text:
+            return mask_secrets(text, needles)
+    return text
+
+
+def _mask_bytes(data: bytes, needles: Sequence[bytes]) -> bytes:
+    for needle in needles:
+        if needle in data:
+            data = data.replace(needle, MASK.encode())
+    return data
+
+
+class _Redactor:
+    """One walk over one value; ``seen`` guards against cycles (a cyclic value is not something
+    the codec records, but redaction must not loop on it either)."""
+
+    def __init__(self, needles: list[str]):
+        self.needles = needles
+        self.byte_needles = [n.encode("utf-8") for n in needles]
+        self.seen: dict[int, Any] = {}
+
+    def value(self, v: Any) -> Any:
+        t = type(v)
+        if v is None or t is bool or t is int or t is float:
+            return v
+        if isinstance(v, str):
+            return _mask_str(v, self.needles)
+        if isinstance(v, bytes | bytearray | memoryview):
+            data = bytes(v)
+            masked = _mask_bytes(data, self.byte_needles)
+            return v if masked == data else masked
+        key = id(v)
+        if key in self.seen:
+            return self.seen[key]
+        self.seen[key] = v
+        out = self._container(v)
+        self.seen[key] = out
+        return out
+
+    def _container(self, v: Any) -> Any:
+        if isinstance(v, dict):
+            items = [(self.value(k), self.value(x)) for k, x in v.items()]
+            if all(a is k and b is x for (a, b), (k, x) in zip(items, v.items(), strict=True)):
+                return v
+            return dict(items)
+        if isinstance(v, list | tuple | set | frozenset):
+            items = [self.value(x) for x in v]
+            if all(a is b for a, b in zip(items, v, strict=True)):
+                return v
+            if isinstance(v, list):
+                return items
+            if isinstance(v, tuple) and hasattr(v, "_fields"):  # a named tuple: keep its type
+                return type(v)(*items)
+            return type(v)(items) if type(v) in (tuple, set, frozenset) else tuple(items)
+        if isinstance(v, BaseException):
+            return self._exception(v)
+        if attrs.has(type(v)):
+            changes = {}
+            for f in attrs.fields(type(v)):
+                old = getattr(v, f.name, None)
+                new = self.value(old)
+                if new is not old:
+                    changes[f.name] = new
+            return self._rebuilt(v, changes)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            changes = {}
+            for f in dataclasses.fields(v):
+                old = getattr(v, f.name, None)
+                new = self.value(old)
+                if new is not old:
+                    changes[f.name] = new
+            return self._rebuilt(v, changes)
+        return v  # datetimes, UUIDs, decimals, enums: no text of their own to mask
+
+    @staticmethod
+    def _rebuilt(v: Any, changes: dict[str, Any]) -> Any:
+        if not changes:
+            return v
+        clone = copy.copy(v)
+        for name, value in changes.items():
+            object.__setattr__(clone, name, value)  # frozen classes included
+        return clone
+
+    def _exception(self, exc: BaseException) -> BaseException:
+        args = self.value(exc.args)
+        state = getattr(exc, "__dict__", None) or {}
+        new_state = self.value(state) if state else state
+        cause = exc.__cause__
+        new_cause = self.value(cause) if cause is not None else None
+        context = exc.__context__
+        new_context = self.value(context) if context is not None else None
+        try:
+            text = str(exc)
+        except Exception:
+            text = ""
+        unchanged = (
+            args is exc.args
+            and new_state is state
+            and new_cause is cause
+            and new_context is context
+            and _mask_str(text, self.needles) == text
+        )
+        if unchanged:
+            return exc
+        try:
+            cls = type(exc)
+            clone = cls.__new__(cls, *args)  # a copy without running __init__ again
+            clone.args = tuple(args)
+            if state:
+                clone.__dict__.update(new_state)
+            clone.__cause__ = new_cause
+            clone.__context__ = new_context
+            clone.__suppress_context__ = exc.__suppress_context__
+            clone.__traceback__ = exc.__traceback__
+            shown = str(clone)
+            if _mask_str(shown, self.needles) == shown:  # nothing left to mask
+                return clone
+        except Exception:
+            pass
+        # a type whose message is not built from its args or attributes: a stand-in that says
+        # what it was, with the message masked
+        from .errors import TaskFailedError
+
+        stand_in = TaskFailedError(
+            f"{type(exc).__module__}.{type(exc).__qualname__}", _mask_str(text, self.needles)
+        )
+        stand_in.__traceback__ = None
+        return stand_in
+
+
+def redact_value(value: Any, secrets: Iterable[str]) -> Any:
+    """``value`` with every exact occurrence of a secret value inside its strings and bytes
+    replaced by ``***``, recursively: containers, attrs classes, dataclasses and exceptions
+    (message, ``args``, attributes, cause and context) included. What holds no secret is
+    returned as itself (no copy); what does is rebuilt with the same types where it can be
+    (an exception whose text cannot be rebuilt from its parts becomes a ``TaskFailedError``
+    naming the original type). Empty secrets are ignored."""
+    needles = _needles(secrets)
+    if not needles or value is None:
+        return value
+    if isinstance(value, str):
+        return _mask_str(value, needles)
+    return _Redactor(needles).value(value)
+
+
+def redact_encoded(data: bytes | None, secrets: Iterable[str]) -> bytes | None:
+    """Codec bytes with every secret value masked, without decoding them into objects: the
+    msgpack structure is walked with ext values opened as their inner msgpack (no class is
+    looked up, nothing is built), strings and bytes are masked, and it is packed again. Bytes
+    holding no secret come back as they are. Bytes that do not parse are masked as raw bytes
+    (so nothing leaks, even if the result no longer decodes)."""
+    if data is None:
+        return None
+    needles = _needles(secrets)
+    byte_needles = [n.encode("utf-8") for n in needles]
+    if not any(n in data for n in byte_needles):
+        return data
+    try:
+        return _redact_packed(data, needles, byte_needles, 0)
+    except Exception:
+        return _mask_bytes(data, byte_needles)
+
+
+def _redact_packed(data: bytes, needles: list[str], byte_needles: list[bytes], depth: int) -> bytes:
+    if depth > 64:
+        raise ValueError("ext values nested too deeply")
+    if not any(n in data for n in byte_needles):
+        return data
+    value = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, str):
+            return _mask_str(v, needles)
+        if isinstance(v, bytes):
+            return _mask_bytes(v, byte_needles)
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        if isinstance(v, dict):
+            return {walk(k): walk(x) for k, x in v.items()}
+        if isinstance(v, msgpack.ExtType):
+            return msgpack.ExtType(v.code, _redact_packed(v.data, needles, byte_needles, depth + 1))
+        return v
+
+    return msgpack.packb(walk(value), use_bin_type=True)
