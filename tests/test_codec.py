@@ -1121,3 +1121,59 @@ def test_hostile_deep_bytes_are_an_error() -> None:
         decode(data, plain=True)
     with pytest.raises(SerializationError):
         decode(b"\x91" * 100_000 + b"\x01")
+
+
+# -- the stored format: bytes written by the first codec still read back ------------------------
+
+
+def golden_values() -> dict[str, Any]:
+    """Values whose encoding (and digest) by the codec of the first format are in
+    tests/golden/codec_v1.json."""
+    return {
+        "tuple": (1, "x", (2.5, None)),
+        "sets": [{1, 2}, frozenset({"a"})],
+        "datetime": datetime(2024, 2, 29, 12, 30, tzinfo=timezone(timedelta(hours=5))),
+        "dates": [date(2020, 1, 2), time(3, 4, 5), timedelta(days=1, seconds=2)],
+        "scalars": [uuid.UUID(int=5), Decimal("1.20"), 2**100, -(2**70)],
+        "enums": [Color.RED, Level.HIGH, Perm.R | Perm.W],
+        "attrs": Shape("tri", [Point(0), Point(1, "b")], Color.BLUE, None, frozenset({"x"})),
+        "dataclass": Box((1, 2, 3), date(2020, 5, 17), uuid.UUID(int=7), Decimal("9.99")),
+        "struct_key": {Point(1, "a"): "v", "s": {Point(2)}},
+        "private": WithPrivate(5),
+        "named_tuple": XY(1, 2),
+        "error": FormattedError("users", 7),
+        "error_with_cause": _chained(),
+    }
+
+
+def _chained() -> BaseException:
+    outer = TwoArgError(404, "missing")
+    outer.__cause__ = KeyError("inner")
+    return outer
+
+
+GOLDEN_CODEC = __import__("pathlib").Path(__file__).parent / "golden" / "codec_v1.json"
+
+
+def test_first_format_bytes_still_decode_and_digests_are_unchanged() -> None:
+    import json
+
+    recorded = json.loads(GOLDEN_CODEC.read_text())
+    values = golden_values()
+    assert set(recorded) == set(values)
+    for name, value in values.items():
+        entry = recorded[name]
+        assert digest(value) == entry["digest"], name
+        result = decode(bytes.fromhex(entry["hex"]))
+        if isinstance(value, BaseException):
+            assert type(result) is type(value)
+            assert str(result) == str(value)
+            assert result.args == value.args
+            assert {k: v for k, v in vars(result).items() if k != "__flux_traceback__"} == vars(
+                value
+            )
+        else:
+            assert result == value, name
+    errors = decode(bytes.fromhex(recorded["error_with_cause"]["hex"]))
+    assert type(errors.__cause__) is KeyError
+    assert decode(bytes.fromhex(recorded["named_tuple"]["hex"])) == (1, 2)  # was a tuple then

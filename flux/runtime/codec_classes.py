@@ -262,7 +262,8 @@ def rebuild_struct(cls: type, fields: Any, extra: Any) -> Any:
         else:
             raise SerializationError(
                 f"cannot rebuild {type_name(cls)} from the recorded fields "
-                f"{sorted(map(str, fields))}: field {f.name!r} is not recorded and has no default (was it added since?)"
+                f"{sorted(map(str, fields))}: field {f.name!r} is not recorded and has no "
+                "default (was it added since?)"
             )
         object.__setattr__(obj, f.name, value)
     if isinstance(extra, dict):
