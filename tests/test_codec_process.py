@@ -8,8 +8,7 @@ import json
 import subprocess
 import textwrap
 import uuid
-from datetime import UTC, date, datetime, timedelta, timezone
-from decimal import Decimal
+from datetime import UTC, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -246,7 +245,12 @@ def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
         | st.builds(ct.Priced, st.integers(), inner)
         | st.builds(ct.priced, st.integers(), inner)
         | st.builds(ct.Slotted, inner, inner)
-        | st.builds(ct.Order, st.integers(), st.lists(inner, max_size=3), st.dictionaries(keys, inner, max_size=2))
+        | st.builds(
+            ct.Order,
+            st.integers(),
+            st.lists(inner, max_size=3),
+            st.dictionaries(keys, inner, max_size=2),
+        )
         | st.builds(ct.Coord, inner, inner)
         | st.builds(
             ct.make_error,

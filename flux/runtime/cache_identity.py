@@ -15,8 +15,9 @@ leaves two tasks of the factory impossible to tell apart: ``cache=True`` is refu
 task is declared, naming the variable and its type. The identity is taken when the task is
 declared (a list the body appends to does not move its entries); a cell bound only after the
 declaration is taken at the first call, and if it cannot be carried then, the task runs
-uncached (a warning is logged once). A default the codec cannot carry (a sentinel ``object()``) takes part by its
-type's name: defaults are fixed when the function is defined, so that is how they differ.
+uncached (a warning is logged once). A default the codec cannot carry (a sentinel
+``object()``) takes part by its type's name: defaults are fixed when the function is defined,
+so that is how they differ.
 """
 
 from __future__ import annotations

@@ -201,9 +201,9 @@ class _Unencodable(TypeError):
 def _too_deep(obj: Any) -> _Unencodable:
     return _Unencodable(
         obj,
-        f"nested more than {MAX_DEPTH} levels deep (tuples, sets, dataclasses, attrs instances, "
-        f"named tuples, enums and exceptions inside one another), over the codec's limit of "
-        f"{MAX_DEPTH}",
+        f"nested more than {MAX_DEPTH} levels deep (the codec's limit of {MAX_DEPTH}: each "
+        "tuple, set, frozenset, dataclass, attrs instance, named tuple, enum member or exception "
+        "inside another is a level)",
     )
 
 
@@ -310,7 +310,7 @@ def _classify(obj: Any, depth: int = 0) -> tuple[int | None, Any]:
     if isinstance(obj, enum.Enum):
         return EXT_ENUM, _enum_inner(obj)
     if isinstance(obj, BaseException):
-        return EXT_EXCEPTION, codec_errors.encode_exception(obj, _ENCODABLE[depth + 1])
+        return EXT_EXCEPTION, obj  # described by codec_errors.exception_entries when packed
     cls = type(obj)
     if is_struct_class(cls):
         return EXT_STRUCT, _struct_inner(obj)
@@ -342,6 +342,8 @@ def _default_at(depth: int) -> Callable[[Any], Any]:
             return msgpack.ExtType(code, _pack_leaf(inner))
         if depth >= MAX_DEPTH:
             raise _too_deep(obj)
+        if code == EXT_EXCEPTION:
+            return msgpack.ExtType(code, _exception_payload(obj, depth + 1))
         return msgpack.ExtType(
             code,
             msgpack.packb(
@@ -370,20 +372,21 @@ def _pack_leaf(value: Any) -> bytes:
     return msgpack.packb(value, strict_types=True, use_bin_type=True, buf_size=_BUF_SIZE)
 
 
-def _encodable_at(depth: int) -> Callable[[Any], bool]:
-    def encodable(value: Any) -> bool:
-        if depth > MAX_DEPTH:
-            return False
+def _packer_at(depth: int) -> Callable[[Any], bytes | None]:
+    def pack(value: Any) -> bytes | None:
         try:
-            _pack(value, depth)
-        except Exception:
-            return False
-        return True
+            return _pack(value, depth)
+        except Exception:  # left out of the exception's description, never refused
+            return None
 
-    return encodable
+    return pack
 
 
-_ENCODABLE = [_encodable_at(d) for d in range(MAX_DEPTH + 2)]
+_PACKERS = [_packer_at(d) for d in range(MAX_DEPTH + 1)]
+
+
+def _exception_payload(exc: BaseException, depth: int) -> bytes:
+    return codec_errors.pack_map(codec_errors.exception_entries(exc, _PACKERS[depth]))
 
 
 def encode(value: Any, *, max_size: int | None = None) -> bytes:
@@ -670,8 +673,6 @@ def _canonical_inner(code: int, obj: Any, inner: Any) -> Any:
         return _canonical_decimal(obj)
     if code == EXT_STRUCT:
         return inner[:3]  # equality ignores state outside the fields
-    if code == EXT_EXCEPTION:
-        return codec_errors.legacy_form(inner)
     return inner
 
 
@@ -725,7 +726,18 @@ class _Canon:
             return code, self.array_header(len(items)) + b"".join(items)
         if code == EXT_TUPLE or code == EXT_NAMEDTUPLE:  # a named tuple equals its tuple
             return EXT_TUPLE, self.array_header(len(obj)) + b"".join(map(self, obj))
+        if code == EXT_EXCEPTION:
+            entries = codec_errors.exception_entries(obj, self._try, canonical=True)
+            return code, codec_errors.pack_map(entries, sort=True)
         return code, self(_canonical_inner(code, obj, inner))
+
+    def _try(self, value: Any) -> bytes | None:
+        depth = self.depth
+        try:
+            return self(value)
+        except (_Unencodable, TypeError, ValueError, OverflowError, RecursionError):
+            self.depth = depth
+            return None
 
 
 def canonical(value: Any) -> bytes:
@@ -852,7 +864,7 @@ def _dict_children(
 
 def _where(path: list[str]) -> str:
     if len(path) > 12:  # a deep value: its start and its end
-        path = [*path[:5], f"...({len(path) - 10} more)...", *path[-5:]]
+        path = [*path[:5], f"<{len(path) - 10} more>", *path[-5:]]
     return "".join(path)
 
 
@@ -887,9 +899,16 @@ def _encode_error(value: Any, exc: BaseException) -> SerializationError:
 
 
 def encode_exception(exc: BaseException) -> dict[str, Any]:
-    """Describe ``exc`` as a dict the codec carries (see
-    :func:`flux.runtime.codec_errors.encode_exception` for its keys)."""
-    return codec_errors.encode_exception(exc, _ENCODABLE[1])
+    """Describe ``exc`` as the map the codec records for it, decoded (see
+    :func:`flux.runtime.codec_errors.exception_entries` for its keys)."""
+    return msgpack.unpackb(
+        _exception_payload(exc, 1),
+        ext_hook=_HOOKS[1],
+        strict_map_key=False,
+        raw=False,
+        use_list=True,
+        timestamp=3,
+    )
 
 
 def decode_exception(d: dict[str, Any], *, plain: bool = False) -> BaseException:

@@ -13,10 +13,12 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
+
 from flux.runtime.codec_classes import find_class, find_dotted, type_name
 from flux.runtime.errors import SerializationError, TaskFailedError
 
-__all__ = ["MAX_CHAIN", "decode_exception", "encode_exception"]
+__all__ = ["MAX_CHAIN", "decode_exception", "exception_entries", "pack_map"]
 
 #: Links of ``__cause__``/``__context__`` recorded below one exception; a longer chain is cut
 #: there (the failure itself is always recorded; only its oldest ancestors are dropped).
@@ -42,10 +44,31 @@ def _message(exc: BaseException) -> str:
         return f"<unprintable {type(exc).__qualname__}>"
 
 
-def encode_exception(
-    exc: BaseException, encodable: Callable[[Any], bool], _seen: frozenset[int] = frozenset()
-) -> dict[str, Any]:
-    """Describe ``exc`` as a map the codec carries.
+#: Packs one value: its bytes, or None when the codec cannot carry it (then it is left out).
+Pack = Callable[[Any], "bytes | None"]
+
+
+def _map_header(n: int) -> bytes:
+    if n < 16:
+        return bytes([0x80 | n])
+    if n < 0x10000:
+        return b"\xde" + n.to_bytes(2, "big")
+    return b"\xdf" + n.to_bytes(4, "big")
+
+
+def pack_map(entries: dict[str, bytes], *, sort: bool = False) -> bytes:
+    """A msgpack map from keys and already packed values (sorted by key for canonical bytes)."""
+    items = [(msgpack.packb(k), v) for k, v in entries.items()]
+    if sort:
+        items.sort()
+    return _map_header(len(items)) + b"".join(k + v for k, v in items)
+
+
+def exception_entries(
+    exc: BaseException, pack: Pack, *, canonical: bool = False, _seen: frozenset[int] = frozenset()
+) -> dict[str, bytes]:
+    """Describe ``exc`` as the entries of a map, each value packed once by ``pack`` (so a chain
+    of exceptions holding exceptions costs its size, not a power of it).
 
     Keys: ``type`` ("module.QualName"), ``class`` ([module, qualname]), ``message``
     (``str(exc)``), ``args`` (when encodable), ``traceback`` (its own formatted frames),
@@ -53,11 +76,22 @@ def encode_exception(
     are one), ``suppress_context``, ``fields`` (``errno``, ``filename``... of built-in types) and
     ``attributes`` (the encodable entries of ``__dict__``: fields a custom ``__init__`` set,
     ``__notes__``). A :class:`TaskFailedError` standing for a recorded error is described as that
-    original error. ``encodable`` tells whether the codec carries a value.
+    original error. With ``canonical``, only the keys of the first format are given, maps sorted
+    (digests of arguments holding exceptions stay what they were).
     """
+    out: dict[str, bytes] = {}
+
+    def put(key: str, value: Any) -> None:
+        data = pack(value)
+        if data is not None:
+            out[key] = data
+
     recorded = getattr(exc, "__flux_exception__", None)
     if isinstance(exc, TaskFailedError) and isinstance(recorded, dict):
-        return dict(recorded)
+        for key, value in (legacy_form(recorded) if canonical else recorded).items():
+            if isinstance(key, str):
+                put(key, value)
+        return out
     cls = type(exc)
     remote = getattr(exc, "__flux_traceback__", None)
     if isinstance(remote, str) and remote:
@@ -66,46 +100,50 @@ def encode_exception(
         text = "".join(traceback.format_exception(exc, chain=False))
     else:
         text = ""
-    result: dict[str, Any] = {
-        "type": type_name(cls),
-        "class": [cls.__module__, cls.__qualname__],
-        "message": _message(exc),
-    }
+    put("type", type_name(cls))
+    if not canonical:
+        put("class", [cls.__module__, cls.__qualname__])
+    put("message", _message(exc))
     seen = _seen | {id(exc)}
-    args = exc.args
-    if not any(a is exc for a in args) and encodable(args):
-        result["args"] = args
-    result["traceback"] = text
+    if not any(a is exc for a in exc.args):
+        put("args", exc.args)
+    put("traceback", text)
     if len(seen) <= MAX_CHAIN:
         cause, context = exc.__cause__, exc.__context__
         if cause is not None and id(cause) not in seen:
-            result["cause"] = encode_exception(cause, encodable, seen)
-        if context is not None and context is cause and "cause" in result:
-            result["context_is_cause"] = True
+            entries = exception_entries(cause, pack, canonical=canonical, _seen=seen)
+            out["cause"] = pack_map(entries, sort=canonical)
+        if canonical:
+            pass
+        elif context is not None and context is cause and "cause" in out:
+            put("context_is_cause", True)
         elif context is not None and id(context) not in seen:
-            result["context"] = encode_exception(context, encodable, seen)
-    if exc.__suppress_context__ and exc.__cause__ is None:
-        result["suppress_context"] = True
-    fields = {
-        name: getattr(exc, name)
-        for base, names in _NATIVE_FIELDS
-        if isinstance(exc, base)
-        for name in names
-        if encodable(getattr(exc, name, None))
-    }
-    if any(v is not None for v in fields.values()):
-        result["fields"] = fields
+            entries = exception_entries(context, pack, _seen=seen)
+            out["context"] = pack_map(entries)
+    if not canonical:
+        if exc.__suppress_context__ and exc.__cause__ is None:
+            put("suppress_context", True)
+        fields: dict[str, bytes] = {}
+        for base, names in _NATIVE_FIELDS:
+            if isinstance(exc, base):
+                for name in names:
+                    value = getattr(exc, name, None)
+                    data = None if value is None else pack(value)
+                    if data is not None:
+                        fields[name] = data
+        if fields:
+            out["fields"] = pack_map(fields)
     extra = getattr(exc, "__dict__", None)
     if extra:
-        attributes = {
-            key: value
-            for key, value in extra.items()
-            if isinstance(key, str) and key not in _FLUX_ATTRS and value is not exc
-            if encodable(value)
-        }
+        attributes: dict[str, bytes] = {}
+        for key, value in extra.items():
+            if isinstance(key, str) and key not in _FLUX_ATTRS and value is not exc:
+                data = pack(value)
+                if data is not None:
+                    attributes[key] = data
         if attributes:
-            result["attributes"] = attributes
-    return result
+            out["attributes"] = pack_map(attributes, sort=canonical)
+    return out
 
 
 def _exception_class(d: dict[str, Any], load: bool) -> type[Exception] | None:
