@@ -89,35 +89,66 @@ Speed: plain values (None, bool, int, float, str, bytes, lists and dicts of them
 msgpack's C code in one call with no Python-level recursion; ``default=`` and ``ext_hook`` are only
 called for the other types, and the depth is counted by choosing the hook for the next level
 (one closure per level, made at import), so counting costs nothing per value. Measured with
-timeit (best of 5 x 200k, CPython 3.11.7, msgpack 1.2.4 C extension, on a shared 2-core machine;
-the previous codec measured in the same run in brackets): ``decode(encode({"a": 1, "b": "x" * 20}))``
-1.00 us [1.00] (encode 0.60 [0.60], decode 0.28 [0.30]); the same round trip of
-``(1, "x", {"k": 2})`` (one ext) 2.6 us [2.7]; ``canonical`` of the dict 2.6 us [2.6], ``digest``
-3.2 us [3.3]. ``canonical`` walks the value in Python (it has to sort), ``encode`` does not.
+timeit (best of 15 x 100k, process CPU time, CPython 3.11.7, msgpack 1.2.4 C extension, on a
+shared 2-core machine; the previous codec in the same run in brackets):
+``decode(encode({"a": 1, "b": "x" * 20}))`` 1.06 us [1.02] (encode 0.63 [0.61], decode 0.29
+[0.30]); the same round trip of ``(1, "x", {"k": 2})`` (one ext) 2.9 us [2.9] (encode 2.1 [1.9],
+decode 0.60 [0.56]); ``canonical`` of the dict 2.6 us [2.6], ``digest`` 3.3 us [3.3].
+``canonical`` walks the value in Python (it has to sort), ``encode`` does not.
+
+Modules: this one (encode, decode, the API), :mod:`~flux.runtime.codec_ext` (ext codes, limits,
+value to ext, error paths), :mod:`~flux.runtime.codec_canonical`,
+:mod:`~flux.runtime.codec_classes` (finding and rebuilding classes),
+:mod:`~flux.runtime.codec_errors` (exceptions).
 """
 
 from __future__ import annotations
 
 import decimal
 import enum
-import hashlib
 import uuid
-from collections.abc import Callable, Iterator
-from datetime import date, datetime, time, timedelta, timezone
+from collections.abc import Callable
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 import msgpack
 
 from flux.runtime import codec_errors
+from flux.runtime.codec_canonical import canonical, digest
 from flux.runtime.codec_classes import (
     RecordedFields,
     find_class,
     is_namedtuple_class,
     is_struct_class,
     rebuild_struct,
-    struct_state,
     type_name,
-    unreachable_reason,
+)
+from flux.runtime.codec_ext import (  # noqa: F401 - the ext codes are part of this API
+    _BUF_SIZE,
+    _EXT_ENCODERS,
+    _INT64_MIN,
+    _LEAF_CODES,
+    _UINT64_MAX,
+    EXT_BIGINT,
+    EXT_DATE,
+    EXT_DATETIME,
+    EXT_DECIMAL,
+    EXT_ENUM,
+    EXT_EXCEPTION,
+    EXT_FROZENSET,
+    EXT_NAMEDTUPLE,
+    EXT_SET,
+    EXT_STRUCT,
+    EXT_TIME,
+    EXT_TIMEDELTA,
+    EXT_TUPLE,
+    EXT_UUID,
+    MAX_DEPTH,
+    _classify,
+    _encode_error,
+    _short_repr,
+    _too_deep,
+    _tz,
 )
 from flux.runtime.errors import SerializationError
 
@@ -132,194 +163,10 @@ __all__ = [
     "encode_exception",
 ]
 
-# -- ext type codes (see the table in the module docstring) -------------------------------------
-EXT_BIGINT = 1
-EXT_TUPLE = 2
-EXT_SET = 3
-EXT_FROZENSET = 4
-EXT_DATETIME = 5
-EXT_DATE = 6
-EXT_TIME = 7
-EXT_TIMEDELTA = 8
-EXT_UUID = 9
-EXT_DECIMAL = 10
-EXT_ENUM = 11
-EXT_STRUCT = 12
-EXT_EXCEPTION = 13
-EXT_NAMEDTUPLE = 14
-
-#: Ext values inside one another (tuples in tuples, a dataclass holding a dataclass...).
-MAX_DEPTH = 100
-#: Ext codes whose payload never holds another ext (no depth is counted for them).
-_LEAF_CODES = frozenset(
-    {EXT_BIGINT, EXT_DATETIME, EXT_DATE, EXT_TIME, EXT_TIMEDELTA, EXT_UUID, EXT_DECIMAL}
-)
 #: Levels decoded by ``msgpack.unpackb``, whose parser state (about 40 KiB) lives on the C
 #: stack; deeper ones use a heap-allocated ``Unpacker`` (slower to set up, a few hundred bytes of
 #: C stack), so even ``MAX_DEPTH`` levels stay far from the end of a thread's stack.
 _FAST_DEPTH = 12
-
-_INT64_MIN = -(2**63)
-_UINT64_MAX = 2**64 - 1
-# msgpack's Packer starts with a 1 MiB buffer by default; packing an ext payload while the outer
-# packer is live then costs a fresh large allocation each time (measured: 12 us instead of 1 us
-# for a small tuple). A small start grows by doubling when needed.
-_BUF_SIZE = 512
-_DATETIME_MIN = datetime(1, 1, 1)
-_MICROSECOND = timedelta(microseconds=1)
-_CANONICAL_NAN = b"\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00"
-
-
-# -- helpers ------------------------------------------------------------------------------------
-
-
-def _offset_us(tz_offset: timedelta | None) -> int | None:
-    if tz_offset is None:
-        return None
-    return (tz_offset.days * 86400 + tz_offset.seconds) * 1_000_000 + tz_offset.microseconds
-
-
-def _tz(offset_us: int | None) -> timezone | None:
-    if offset_us is None:
-        return None
-    return timezone(timedelta(microseconds=offset_us))
-
-
-def _bigint_bytes(n: int) -> bytes:
-    return n.to_bytes(n.bit_length() // 8 + 1, "big", signed=True)
-
-
-class _Unencodable(TypeError):
-    """Raised inside the packing hooks for a value the codec does not carry."""
-
-    def __init__(self, obj: Any, reason: str = ""):
-        super().__init__(reason or type_name(type(obj)))
-        self.obj = obj
-        self.reason = reason
-
-
-def _too_deep(obj: Any) -> _Unencodable:
-    return _Unencodable(
-        obj,
-        f"nested more than {MAX_DEPTH} levels deep (the codec's limit of {MAX_DEPTH}: each "
-        "tuple, set, frozenset, dataclass, attrs instance, named tuple, enum member or exception "
-        "inside another is a level)",
-    )
-
-
-# -- from a value to (ext code, inner value) ----------------------------------------------------
-
-
-def _datetime_inner(v: datetime) -> list[Any]:
-    return [
-        v.year,
-        v.month,
-        v.day,
-        v.hour,
-        v.minute,
-        v.second,
-        v.microsecond,
-        _offset_us(v.utcoffset()),
-        v.fold,
-    ]
-
-
-def _time_inner(v: time) -> list[Any]:
-    return [v.hour, v.minute, v.second, v.microsecond, _offset_us(v.utcoffset()), v.fold]
-
-
-def _reachable(obj: Any) -> type:
-    cls = type(obj)
-    reason = unreachable_reason(cls)
-    if reason is not None:
-        raise _Unencodable(obj, reason)
-    return cls
-
-
-def _enum_inner(v: enum.Enum) -> list[Any]:
-    cls = _reachable(v)
-    return [cls.__module__, cls.__qualname__, v.value]
-
-
-def _struct_inner(v: Any) -> list[Any]:
-    cls = _reachable(v)
-    try:
-        fields, extra = struct_state(v)
-    except Exception as exc:  # a broken attrs/dataclass instance
-        raise _Unencodable(v, f"its fields could not be read: {exc}") from exc
-    if extra:
-        return [cls.__module__, cls.__qualname__, fields, extra]
-    return [cls.__module__, cls.__qualname__, fields]
-
-
-def _namedtuple_inner(v: tuple[Any, ...]) -> list[Any]:
-    cls = _reachable(v)
-    return [cls.__module__, cls.__qualname__, list(v)]
-
-
-#: Exact type -> (ext code, function giving the inner value).
-_EXT_ENCODERS: dict[type, tuple[int, Callable[[Any], Any]]] = {
-    int: (EXT_BIGINT, _bigint_bytes),
-    tuple: (EXT_TUPLE, list),
-    set: (EXT_SET, list),
-    frozenset: (EXT_FROZENSET, list),
-    datetime: (EXT_DATETIME, _datetime_inner),
-    date: (EXT_DATE, lambda v: [v.year, v.month, v.day]),
-    time: (EXT_TIME, _time_inner),
-    timedelta: (EXT_TIMEDELTA, lambda v: [v.days, v.seconds, v.microseconds]),
-    uuid.UUID: (EXT_UUID, lambda v: v.bytes),
-    decimal.Decimal: (EXT_DECIMAL, str),
-}
-
-#: Base types whose subclasses are carried as the base type, in lookup order (datetime before
-#: date, bool never reaches here since it cannot be subclassed).
-_BASES: tuple[tuple[type, Callable[[Any], Any]], ...] = (
-    (str, str.__str__),
-    (int, int.__int__),
-    (float, float.__float__),
-    (bytes, bytes),
-    (bytearray, bytes),
-    (memoryview, bytes),
-    (list, list),
-    (dict, dict),
-    (tuple, tuple),
-    (frozenset, frozenset),
-    (set, set),
-    (datetime, lambda v: datetime(*_datetime_fields(v), fold=v.fold)),
-    (date, lambda v: date(v.year, v.month, v.day)),
-    (time, lambda v: time(v.hour, v.minute, v.second, v.microsecond, v.tzinfo, fold=v.fold)),
-    (timedelta, lambda v: timedelta(v.days, v.seconds, v.microseconds)),
-    (uuid.UUID, lambda v: uuid.UUID(int=v.int)),
-    (decimal.Decimal, lambda v: decimal.Decimal(str(v))),
-)
-
-
-def _datetime_fields(v: datetime) -> tuple[Any, ...]:
-    return (v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond, v.tzinfo)
-
-
-def _classify(obj: Any, depth: int = 0) -> tuple[int | None, Any]:
-    """For a value msgpack does not pack natively: ``(ext code, inner value)``, or
-    ``(None, replacement)`` where the replacement is the same value as a plain base type.
-    ``depth`` is the ext level the value sits at. Raises :class:`_Unencodable` for a value the
-    codec does not carry."""
-    entry = _EXT_ENCODERS.get(type(obj))
-    if entry is not None:
-        code, make_inner = entry
-        return code, make_inner(obj)
-    if isinstance(obj, enum.Enum):
-        return EXT_ENUM, _enum_inner(obj)
-    if isinstance(obj, BaseException):
-        return EXT_EXCEPTION, obj  # described by codec_errors.exception_entries when packed
-    cls = type(obj)
-    if is_struct_class(cls):
-        return EXT_STRUCT, _struct_inner(obj)
-    if isinstance(obj, tuple) and is_namedtuple_class(cls):
-        return EXT_NAMEDTUPLE, _namedtuple_inner(obj)
-    for base, convert in _BASES:
-        if isinstance(obj, base):
-            return None, convert(obj)
-    raise _Unencodable(obj)
 
 
 # -- encode -------------------------------------------------------------------------------------
@@ -636,263 +483,6 @@ def _size_of(data: Any) -> str:
         return f"{len(data)} bytes"
     except TypeError:
         return f"a value of type {type_name(type(data))!r} (expected bytes)"
-
-
-# -- canonical ----------------------------------------------------------------------------------
-
-
-def _canonical_decimal(v: decimal.Decimal) -> str:
-    if not v.is_finite():
-        return "NaN" if v.is_nan() else str(v)  # one NaN (sNaN too); +/-Infinity as is
-    sign, digits, exponent = v.as_tuple()
-    assert isinstance(exponent, int)
-    digits_list = list(digits)
-    while len(digits_list) > 1 and digits_list[-1] == 0:
-        digits_list.pop()
-        exponent += 1
-    if digits_list == [0]:
-        return "0"
-    text = "".join(map(str, digits_list))
-    return f"{'-' if sign else ''}{text}E{exponent}"
-
-
-def _canonical_inner(code: int, obj: Any, inner: Any) -> Any:
-    if code == EXT_DATETIME and inner[7] is not None:
-        # The instant, as microseconds since 0001-01-01 UTC (integer arithmetic: astimezone
-        # would overflow near datetime.min/max). One element, so never like a naive one.
-        local = (obj.replace(tzinfo=None) - _DATETIME_MIN) // _MICROSECOND
-        return [local - inner[7]]
-    if code == EXT_DATETIME:
-        return [*inner[:8], 0]  # naive datetimes that differ only in fold are equal
-    if code == EXT_TIME and inner[4] is not None:
-        total = ((inner[0] * 60 + inner[1]) * 60 + inner[2]) * 1_000_000 + inner[3]
-        return [total - inner[4], 0]
-    if code == EXT_TIME:
-        return [*inner[:5], 0]
-    if code == EXT_DECIMAL:
-        return _canonical_decimal(obj)
-    if code == EXT_STRUCT:
-        return inner[:3]  # equality ignores state outside the fields
-    return inner
-
-
-class _Canon:
-    """One canonical encoding run (holds its own packer: nothing shared between calls)."""
-
-    __slots__ = ("pack", "array_header", "map_header", "depth")
-
-    def __init__(self) -> None:
-        packer = msgpack.Packer(
-            strict_types=True, use_bin_type=True, autoreset=True, buf_size=_BUF_SIZE
-        )
-        self.pack = packer.pack
-        self.array_header = packer.pack_array_header
-        self.map_header = packer.pack_map_header
-        self.depth = 0
-
-    def __call__(self, obj: Any) -> bytes:
-        t = type(obj)
-        if t is str or t is bool or obj is None or t is bytes:
-            return self.pack(obj)
-        if t is int:
-            if _INT64_MIN <= obj <= _UINT64_MAX:
-                return self.pack(obj)
-            return self.pack(msgpack.ExtType(EXT_BIGINT, self.pack(_bigint_bytes(obj))))
-        if t is float:
-            if obj != obj:
-                return _CANONICAL_NAN
-            return self.pack(obj + 0.0)  # -0.0 + 0.0 == 0.0
-        if t is list:
-            return self.array_header(len(obj)) + b"".join(map(self, obj))
-        if t is dict:
-            entries = sorted((self(k), self(v)) for k, v in obj.items())
-            return self.map_header(len(entries)) + b"".join(k + v for k, v in entries)
-        code, inner = _classify(obj, self.depth)
-        if code is None:
-            return self(inner)
-        if code in _LEAF_CODES:
-            return self.pack(msgpack.ExtType(code, self(_canonical_inner(code, obj, inner))))
-        if self.depth >= MAX_DEPTH:
-            raise _too_deep(obj)
-        self.depth += 1
-        try:
-            return self.pack(msgpack.ExtType(*self._ext(code, obj, inner)))
-        finally:
-            self.depth -= 1
-
-    def _ext(self, code: int, obj: Any, inner: Any) -> tuple[int, bytes]:
-        if code == EXT_SET or code == EXT_FROZENSET:
-            items = sorted(map(self, obj))
-            return code, self.array_header(len(items)) + b"".join(items)
-        if code == EXT_TUPLE or code == EXT_NAMEDTUPLE:  # a named tuple equals its tuple
-            return EXT_TUPLE, self.array_header(len(obj)) + b"".join(map(self, obj))
-        if code == EXT_EXCEPTION:
-            entries = codec_errors.exception_entries(obj, self._try, canonical=True)
-            return code, codec_errors.pack_map(entries, sort=True)
-        return code, self(_canonical_inner(code, obj, inner))
-
-    def _try(self, value: Any) -> bytes | None:
-        depth = self.depth
-        try:
-            return self(value)
-        except (_Unencodable, TypeError, ValueError, OverflowError, RecursionError):
-            self.depth = depth
-            return None
-
-
-def canonical(value: Any) -> bytes:
-    """Deterministic encoding of ``value`` for digests: equal values give equal bytes whatever
-    the insertion order of their dicts and sets. Meant for hashing, not for :func:`decode`."""
-    try:
-        return _Canon()(value)
-    except SerializationError:
-        raise
-    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-        raise _encode_error(value, exc) from None
-
-
-def digest(value: Any) -> str:
-    """First 32 hex characters of the sha256 of :func:`canonical`."""
-    return hashlib.sha256(canonical(value)).hexdigest()[:32]
-
-
-# -- errors with a path -------------------------------------------------------------------------
-
-
-def _short_repr(obj: Any, limit: int = 40) -> str:
-    try:
-        text = repr(obj)
-    except Exception:
-        text = f"<{type_name(type(obj))}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class _Found(Exception):
-    def __init__(self, path: list[str], obj: Any, reason: str, as_key: bool = False):
-        super().__init__(reason)
-        self.path = path
-        self.obj = obj
-        self.reason = reason
-        self.as_key = as_key
-
-
-_LIST_LIMIT = 1024  # msgpack's nesting limit for lists and dicts within one ext payload
-
-
-class _Walk:
-    """Find the first value (depth first) the codec cannot carry, and where it is. Iterative,
-    so a value nested as deeply as msgpack allows is walked without deep Python recursion."""
-
-    def __init__(self) -> None:
-        self.path: list[str] = []
-        self.active: set[int] = set()
-
-    def found(self, obj: Any, reason: str, as_key: bool = False) -> _Found:
-        return _Found(self.path[1:], obj, reason, as_key)
-
-    def run(self, value: Any) -> None:
-        frames: list[tuple[int, Iterator[tuple[str, Any, int, int, bool]]]] = [
-            (0, iter([("", value, 0, 0, False)]))
-        ]
-        while frames:
-            oid, children = frames[-1]
-            step = next(children, None)
-            if step is None:
-                frames.pop()
-                self.active.discard(oid)
-                if self.path:
-                    self.path.pop()
-                continue
-            name, obj, depth, lists, as_key = step
-            self.path.append(name)
-            inner = self.children(obj, depth, lists, as_key)
-            if inner is None:
-                self.path.pop()
-                continue
-            self.active.add(id(obj))
-            frames.append((id(obj), inner))
-
-    def children(
-        self, obj: Any, depth: int, lists: int, as_key: bool
-    ) -> Iterator[tuple[str, Any, int, int, bool]] | None:
-        t = type(obj)
-        if obj is None or t in (bool, int, float, str, bytes):
-            return None
-        if id(obj) in self.active:
-            raise self.found(obj, "cyclic reference", as_key)
-        if t is list or t is dict:
-            if lists >= _LIST_LIMIT:
-                raise self.found(
-                    obj, f"lists and dicts nested more than {_LIST_LIMIT} levels deep", as_key
-                )
-            if t is list:
-                return ((f"[{i}]", item, depth, lists + 1, False) for i, item in enumerate(obj))
-            return _dict_children(obj, depth, lists + 1)
-        try:
-            code, inner = _classify(obj, depth)
-        except _Unencodable as exc:
-            raise self.found(obj, exc.reason, as_key) from None
-        if code is None:
-            return self.children(inner, depth, lists, as_key)
-        if code in _LEAF_CODES:
-            return None
-        if depth >= MAX_DEPTH:
-            raise self.found(obj, _too_deep(obj).reason, as_key)
-        if code in (EXT_TUPLE, EXT_NAMEDTUPLE):
-            return ((f"[{i}]", item, depth + 1, 0, False) for i, item in enumerate(obj))
-        if code in (EXT_SET, EXT_FROZENSET):
-            return ((f"{{{_short_repr(item)}}}", item, depth + 1, 0, False) for item in obj)
-        if code == EXT_ENUM:
-            return iter([(".value", inner[2], depth + 1, 0, False)])
-        if code == EXT_STRUCT:
-            return (
-                (f".{key}", item, depth + 1, 0, False)
-                for part in inner[2:]
-                for key, item in part.items()
-            )
-        return None
-
-
-def _dict_children(
-    obj: dict[Any, Any], depth: int, lists: int
-) -> Iterator[tuple[str, Any, int, int, bool]]:
-    for key, item in obj.items():
-        step = f"[{_short_repr(key)}]"
-        yield step, key, depth, lists, True
-        yield step, item, depth, lists, False
-
-
-def _where(path: list[str]) -> str:
-    if len(path) > 12:  # a deep value: its start and its end
-        path = [*path[:5], f"<{len(path) - 10} more>", *path[-5:]]
-    return "".join(path)
-
-
-def _encode_error(value: Any, exc: BaseException) -> SerializationError:
-    try:
-        _Walk().run(value)
-    except _Found as found:
-        name = type_name(type(found.obj))
-        where = f"at {_where(found.path)}" if found.path else "at the top level"
-        if found.as_key:
-            where += " (as a dict key)"
-        message = f"cannot encode value of type {name!r} {where}"
-        if found.reason:
-            message += f": {found.reason}"
-        err = SerializationError(message)
-        err.type_name = name  # type: ignore[attr-defined]
-        err.path = "".join(found.path)  # type: ignore[attr-defined]
-        return err
-    except RecursionError:
-        pass
-    if isinstance(exc, RecursionError) or "recursion" in str(exc).lower():
-        message = "cannot encode value: nested too deeply (or cyclic)"
-    else:
-        message = f"cannot encode value of type {type_name(type(value))!r}: {exc}"
-    err = SerializationError(message)
-    err.type_name = type_name(type(value))  # type: ignore[attr-defined]
-    err.path = ""  # type: ignore[attr-defined]
-    return err
 
 
 # -- exceptions ---------------------------------------------------------------------------------
