@@ -1178,3 +1178,21 @@ def test_first_format_bytes_still_decode_and_digests_are_unchanged() -> None:
     errors = decode(bytes.fromhex(recorded["error_with_cause"]["hex"]))
     assert type(errors.__cause__) is KeyError
     assert decode(bytes.fromhex(recorded["named_tuple"]["hex"])) == (1, 2)  # was a tuple then
+
+
+def test_exceptions_sharing_exceptions_stay_small() -> None:
+    import time as _time
+
+    exc: BaseException = ValueError("leaf")
+    for i in range(25):  # 2**25 paths from the top to the leaf
+        nxt = ExceptionGroup(f"level {i}", [exc, exc])
+        nxt.__context__ = exc
+        exc = nxt
+    start = _time.process_time()
+    data = encode(exc)
+    result = decode(data)
+    digest(exc)
+    assert _time.process_time() - start < 10
+    assert len(data) < 8 * codec.codec_errors.MAX_ENTRY_BYTES
+    assert type(result) is ExceptionGroup
+    assert str(result) == "level 24 (2 sub-exceptions)"  # the message is always kept

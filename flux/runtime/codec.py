@@ -55,8 +55,9 @@ How classes come back (enums, attrs classes, dataclasses, named tuples, exceptio
   class or dataclass comes back as a :class:`RecordedFields` (a read-only dict of its fields,
   hashable, so a frozen instance used as a dict key or set element still is one), an enum member
   as its value, a named tuple as a plain tuple, an exception as a :class:`TaskFailedError`.
-  Exceptions are never refused: an attribute the codec cannot carry is left out, a ``__cause__``
-  chain longer than ``MAX_CHAIN`` links is cut, and a class that is not an ``Exception``
+  Exceptions are never refused: an attribute the codec cannot carry (or an entry larger than
+  ``MAX_ENTRY_BYTES`` once encoded) is left out, a ``__cause__`` chain longer than ``MAX_CHAIN``
+  links is cut, and a class that is not an ``Exception``
   subclass (``KeyboardInterrupt``, cancellation) or that is not found comes back as
   ``TaskFailedError``.
 
@@ -106,6 +107,7 @@ from __future__ import annotations
 
 import decimal
 import enum
+import threading
 import uuid
 from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
@@ -232,8 +234,27 @@ def _packer_at(depth: int) -> Callable[[Any], bytes | None]:
 _PACKERS = [_packer_at(d) for d in range(MAX_DEPTH + 1)]
 
 
+_local = threading.local()
+
+
 def _exception_payload(exc: BaseException, depth: int) -> bytes:
-    return codec_errors.pack_map(codec_errors.exception_entries(exc, _PACKERS[depth]))
+    """The ext payload of an exception. Exceptions met again inside it (an exception group's
+    members sharing a context, say) are described once: the memo lives as long as the outermost
+    exception being packed, so the cost is the number of distinct exceptions, not of paths."""
+    memo: dict[tuple[int, int], tuple[BaseException, bytes]] | None = getattr(_local, "memo", None)
+    outermost = memo is None
+    if memo is None:
+        memo = _local.memo = {}
+    try:
+        hit = memo.get((id(exc), depth))
+        if hit is not None:
+            return hit[1]
+        payload = codec_errors.pack_map(codec_errors.exception_entries(exc, _PACKERS[depth]))
+        memo[id(exc), depth] = (exc, payload)  # holding exc keeps its id from being reused
+        return payload
+    finally:
+        if outermost:
+            _local.memo = None
 
 
 def encode(value: Any, *, max_size: int | None = None) -> bytes:

@@ -82,7 +82,7 @@ def _canonical_inner(code: int, obj: Any, inner: Any) -> Any:
 class _Canon:
     """One canonical encoding run (holds its own packer: nothing shared between calls)."""
 
-    __slots__ = ("pack", "array_header", "map_header", "depth")
+    __slots__ = ("pack", "array_header", "map_header", "depth", "memo")
 
     def __init__(self) -> None:
         packer = msgpack.Packer(
@@ -92,6 +92,7 @@ class _Canon:
         self.array_header = packer.pack_array_header
         self.map_header = packer.pack_map_header
         self.depth = 0
+        self.memo: dict[tuple[int, int], tuple[Any, bytes]] = {}
 
     def __call__(self, obj: Any) -> bytes:
         t = type(obj)
@@ -129,9 +130,13 @@ class _Canon:
             return code, self.array_header(len(items)) + b"".join(items)
         if code == EXT_TUPLE or code == EXT_NAMEDTUPLE:  # a named tuple equals its tuple
             return EXT_TUPLE, self.array_header(len(obj)) + b"".join(map(self, obj))
-        if code == EXT_EXCEPTION:
-            entries = codec_errors.exception_entries(obj, self._try, canonical=True)
-            return code, codec_errors.pack_map(entries, sort=True)
+        if code == EXT_EXCEPTION:  # each distinct exception described once (see codec.py)
+            key = (id(obj), self.depth)
+            hit = self.memo.get(key)
+            if hit is None:
+                entries = codec_errors.exception_entries(obj, self._try, canonical=True)
+                hit = self.memo[key] = (obj, codec_errors.pack_map(entries, sort=True))
+            return code, hit[1]
         return code, self(_canonical_inner(code, obj, inner))
 
     def _try(self, value: Any) -> bytes | None:

@@ -44,6 +44,11 @@ def _message(exc: BaseException) -> str:
         return f"<unprintable {type(exc).__qualname__}>"
 
 
+#: An ``args``, ``attributes``, ``fields``, cause or context entry longer than this once encoded
+#: is left out of an exception's description: exceptions that share exceptions (an exception
+#: group whose members are the same one, nested) would otherwise double in size at each level.
+MAX_ENTRY_BYTES = 1 << 20
+
 #: Packs one value: its bytes, or None when the codec cannot carry it (then it is left out).
 Pack = Callable[[Any], "bytes | None"]
 
@@ -83,7 +88,12 @@ def exception_entries(
 
     def put(key: str, value: Any) -> None:
         data = pack(value)
-        if data is not None:
+        if data is not None and len(data) <= MAX_ENTRY_BYTES:
+            out[key] = data
+
+    def put_map(key: str, entries: dict[str, bytes], sort: bool = False) -> None:
+        data = pack_map(entries, sort=sort)
+        if len(data) <= MAX_ENTRY_BYTES:
             out[key] = data
 
     recorded = getattr(exc, "__flux_exception__", None)
@@ -112,14 +122,13 @@ def exception_entries(
         cause, context = exc.__cause__, exc.__context__
         if cause is not None and id(cause) not in seen:
             entries = exception_entries(cause, pack, canonical=canonical, _seen=seen)
-            out["cause"] = pack_map(entries, sort=canonical)
+            put_map("cause", entries, sort=canonical)
         if canonical:
             pass
         elif context is not None and context is cause and "cause" in out:
             put("context_is_cause", True)
         elif context is not None and id(context) not in seen:
-            entries = exception_entries(context, pack, _seen=seen)
-            out["context"] = pack_map(entries)
+            put_map("context", exception_entries(context, pack, _seen=seen))
     if not canonical:
         if exc.__suppress_context__ and exc.__cause__ is None:
             put("suppress_context", True)
@@ -132,7 +141,7 @@ def exception_entries(
                     if data is not None:
                         fields[name] = data
         if fields:
-            out["fields"] = pack_map(fields)
+            put_map("fields", fields)
     extra = getattr(exc, "__dict__", None)
     if extra:
         attributes: dict[str, bytes] = {}
@@ -142,7 +151,7 @@ def exception_entries(
                 if data is not None:
                     attributes[key] = data
         if attributes:
-            out["attributes"] = pack_map(attributes, sort=canonical)
+            put_map("attributes", attributes, sort=canonical)
     return out
 
 
