@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import textwrap
 import threading
@@ -195,3 +196,27 @@ def test_factory_entries_across_processes(tmp_path):
     assert outputs == ["[10, 15]", "[15, 10]", "[10, 20]"]
     # the second process found both entries, the third only x2's: x4 ran once
     assert marker.read_text() == "x2(5)\nx3(5)\nx4(5)\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class Pricer:
+    rate: int
+
+    async def price(self, x: int) -> int:
+        return x * self.rate
+
+
+def test_a_bound_method_counts_its_object():
+    cheap = task.with_options(cache=True)(Pricer(1).price)
+    dear = task.with_options(cache=True)(Pricer(5).price)
+    assert cheap.cache_key((2,), {}) != dear.cache_key((2,), {})
+    assert cheap.cache_key((2,), {}) == task.with_options(cache=True)(Pricer(1).price).cache_key(
+        (2,), {}
+    )
+
+    class Opaque:
+        async def price(self, x: int) -> int:
+            return x
+
+    with pytest.raises(ValueError, match="Opaque"):
+        task.with_options(cache=True)(Opaque().price)

@@ -154,7 +154,11 @@ _warned: set[str] = set()
 def _snapshot(t: task) -> str | None:
     """The digest of the task's identity beyond its name (a copy: later changes to a value it
     closes over do not move it), or None when it has none."""
-    identity = _function(t.func, frozenset(), 0)
+    func = t.func
+    if isinstance(func, types.MethodType | functools.partial):  # its object or arguments count
+        identity = _value(func, func.__class__.__name__, True, frozenset(), 0)
+    else:
+        identity = _function(func, frozenset(), 0)
     return None if identity is None else codec.digest(identity)
 
 
