@@ -21,6 +21,7 @@ EXPECTED = {
     "pipeline.py": "COMPLETED 169",
     "map.py": "COMPLETED [2, 4, 6, 8, 10, 12] peak concurrency 2",
     "cache.py": "second execution ran 0 task bodies: COMPLETED",
+    "values.py": "same values as the first run: True",
     "metadata.py": "COMPLETED ['xulf', 'upload_report.pdf succeeded on attempt 3']",
     "builtins.py": "resumed with the recorded values: True",
     "subworkflows.py": "COMPLETED {'apple': 5, 'unicorn': 'failed: no such item: unicorn'}",

@@ -2,9 +2,13 @@
 
 Values are encoded as msgpack. Types msgpack does not carry natively are msgpack *ext* values
 whose payload is itself msgpack (the "inner" value listed below), so nested values inside them
-go through the same rules. Nothing here uses pickle, dill or eval, and decoding never imports a
-module: classes (enums, attrs classes, dataclasses, exceptions) are looked up only in
-``sys.modules``; when they are not there the plain data comes back instead.
+go through the same rules. Nothing here uses pickle, dill or eval.
+
+The rule: **a value comes back equal, of the same type, or encoding it fails.** Nothing is
+committed that cannot be read back: a value nested too deeply or an instance of a class that could
+not be found again is refused by :func:`encode` with a :class:`SerializationError` naming its
+type and place (the runtime adds the task: "task 'x' (x#0) returned a value the codec cannot
+carry: cannot encode value of type ...").
 
 Ext type table (codes are part of the stored format: never renumber, only add)::
 
@@ -23,65 +27,136 @@ Ext type table (codes are part of the stored format: never renumber, only add)::
       9   uuid.UUID                   bytes (16)
      10   decimal.Decimal             str
      11   enum member                 [module, qualname, value]
-     12   attrs class / dataclass     [module, qualname, {field name: value}] (see below)
-     13   exception                   the dict of :func:`encode_exception`
+     12   attrs class / dataclass     [module, qualname, {field name: value}] or, when the
+                                      instance holds state besides its fields (set by a
+                                      ``__post_init__``, say), [module, qualname, {fields},
+                                      {other ``__dict__`` entries}]
+     13   exception                   the map of :func:`encode_exception`
+     14   named tuple                 [module, qualname, array of the items]
+
+How classes come back (enums, attrs classes, dataclasses, named tuples, exceptions):
+
+- :func:`decode` (the trusted store format) finds ``module.qualname``, importing the module if
+  it is not loaded yet, so a value of a class from a module the task imported lazily reads back
+  in a fresh process. ``decode(..., plain=True)`` (bytes from an untrusted peer) never imports
+  and never looks a class up: the plain data comes back (below).
+- Instances are rebuilt **without calling their constructors**: attrs classes and dataclasses
+  (frozen and slotted ones too) by ``object.__new__`` and ``object.__setattr__`` of each field
+  and of the other recorded ``__dict__`` entries (caches of ``functools.cached_property``
+  excepted), so no ``__init__``, ``__post_init__``, validator or converter runs again (an amount
+  a ``__post_init__`` scaled once is not scaled twice); named tuples by ``tuple.__new__``;
+  exceptions as described in :mod:`flux.runtime.codec_errors` (same ``str()``, ``args``,
+  ``__dict__``, ``__notes__``, cause and context chains, traceback text, ``errno``/``filename``
+  of ``OSError``). A field added to a class since the value was recorded takes its default;
+  without a default, decoding raises ``SerializationError``.
+- Encoding refuses an instance whose class is not reachable as its own ``module.qualname``
+  (defined inside a function, made dynamically, redefined): it could not be rebuilt.
+- When the class cannot be found at decode (its module is gone, or ``plain=True``): an attrs
+  class or dataclass comes back as a :class:`RecordedFields` (a read-only dict of its fields,
+  hashable, so a frozen instance used as a dict key or set element still is one), an enum member
+  as its value, a named tuple as a plain tuple, an exception as a :class:`TaskFailedError`.
+  Exceptions are never refused: an attribute the codec cannot carry (or an entry larger than
+  ``MAX_ENTRY_BYTES`` once encoded) is left out, a ``__cause__`` chain longer than ``MAX_CHAIN``
+  links is cut, and a class that is not an ``Exception``
+  subclass (``KeyboardInterrupt``, cancellation) or that is not found comes back as
+  ``TaskFailedError``.
 
 Other rules:
 
-- ``bytearray`` and ``memoryview`` come back as ``bytes``. Subclasses of ``str``, ``int``,
+- ``bytearray`` and ``memoryview`` come back as ``bytes``. Other subclasses of ``str``, ``int``,
   ``float``, ``bytes``, ``list``, ``dict``, ``tuple``, ``set``, ``frozenset`` (``OrderedDict``,
-  ``defaultdict``, named tuples, ...) and of the date/time types (e.g. freezegun's) are carried
-  as their base type: they come back equal, but as the base type.
+  ``defaultdict``, ``Counter``, ``IntEnum``-free str/int subclasses...) and of the date/time
+  types (e.g. freezegun's) are carried as their base type: they come back equal, as the base
+  type. Named tuples are the exception: they come back as themselves.
 - Time zones come back as fixed UTC offsets (``datetime.timezone``); the instant is kept.
-- Enum members come back as members when the enum class is in ``sys.modules`` and still has
-  that value, else as the raw value.
-- attrs classes and dataclasses go through the module's one cattrs converter, which maps an
-  instance to the dict of its fields and back; each field *value* is then carried by this codec
-  like any other value (a nested instance is its own ext with its own class path). So nothing is
-  lost to cattrs' type-directed unstructuring (tuples becoming lists, nested instances becoming
-  dicts under ``Any`` or a base-class annotation, union disambiguation by keys). An instance comes
-  back as itself when its class is in ``sys.modules``, else as the plain dict of fields; a class
-  that is found but can no longer be built from the recorded fields (a required field was
-  added, say) raises ``SerializationError``.
+- Enum members come back as members when the enum class is found and still has that value, else
+  as the raw value.
+- Depth is bounded, when encoding and when decoding: values carried as exts (tuples, sets,
+  frozensets, dataclasses, attrs instances, named tuples, enums, exceptions) may sit inside one
+  another at most ``MAX_DEPTH`` (100) levels deep, and lists and dicts at most 1024 levels deep
+  between two such levels (msgpack's own limit). Deeper values (a linked list of 250 dataclass
+  nodes, 200 nested tuples) raise ``SerializationError`` naming the type and the limit; hostile
+  bytes nested deeper raise it too rather than exhaust the C stack. Cycles are refused.
 - ``canonical`` differs from ``encode`` only in that dict entries and set elements are sorted by
   their encoded bytes and that values Python calls equal get equal bytes: ``-0.0`` is written as
   ``0.0`` and every NaN as the same NaN, decimals without trailing zeros (``1.0 == 1.00``), aware
-  datetimes in UTC and aware times as offset-adjusted. Python's cross-type equality
-  (``1 == 1.0 == True``) is *not* collapsed: an argument's type is part of its identity.
+  datetimes in UTC and aware times as offset-adjusted, a named tuple as the tuple it equals, an
+  instance without the non-field state equality ignores, an exception in its first recorded form.
+  Python's cross-type equality (``1 == 1.0 == True``) is *not* collapsed: an argument's type is
+  part of its identity. ``canonical`` bytes are stored (call digests, cache keys): never change
+  them for a value that could be encoded before.
 
 Speed: plain values (None, bool, int, float, str, bytes, lists and dicts of them) are packed by
 msgpack's C code in one call with no Python-level recursion; ``default=`` and ``ext_hook`` are only
-called for the other types. Measured with timeit (best of 5 x 200k, CPython 3.11.7, msgpack 1.2.4
-C extension): ``decode(encode({"a": 1, "b": "x" * 20}))`` 0.8 us (encode 0.48, decode 0.21);
-the same round trip of ``(1, "x", {"k": 2})`` (one ext) 2.1 us; ``canonical`` of the dict 2.0 us,
-``digest`` 2.5 us. ``canonical`` walks the value in Python (it has to sort), ``encode`` does not.
-Limits: nesting is bounded (msgpack allows 511 levels of lists/dicts; values inside exts such as
-tuples recurse in Python, so a few hundred tuple levels at most); deeper values raise
-``SerializationError``.
+called for the other types, and the depth is counted by choosing the hook for the next level
+(one closure per level, made at import), so counting costs nothing per value. Measured with
+timeit (best of 15 x 100k, process CPU time, CPython 3.11.7, msgpack 1.2.4 C extension, on a
+shared 2-core machine; the previous codec in the same run in brackets):
+``decode(encode({"a": 1, "b": "x" * 20}))`` 1.06 us [1.02] (encode 0.63 [0.61], decode 0.29
+[0.30]); the same round trip of ``(1, "x", {"k": 2})`` (one ext) 2.9 us [2.9] (encode 2.1 [1.9],
+decode 0.60 [0.56]); ``canonical`` of the dict 2.6 us [2.6], ``digest`` 3.3 us [3.3].
+``canonical`` walks the value in Python (it has to sort), ``encode`` does not.
+
+Modules: this one (encode, decode, the API), :mod:`~flux.runtime.codec_ext` (ext codes, limits,
+value to ext, error paths), :mod:`~flux.runtime.codec_canonical`,
+:mod:`~flux.runtime.codec_classes` (finding and rebuilding classes),
+:mod:`~flux.runtime.codec_errors` (exceptions).
 """
 
 from __future__ import annotations
 
-import builtins
-import dataclasses
 import decimal
 import enum
-import hashlib
-import sys
-import traceback
+import threading
 import uuid
 from collections.abc import Callable
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
-import attrs
-import cattrs
-import cattrs.gen
 import msgpack
 
-from flux.runtime.errors import SerializationError, TaskFailedError
+from flux.runtime import codec_errors
+from flux.runtime.codec_canonical import canonical, digest
+from flux.runtime.codec_classes import (
+    RecordedFields,
+    find_class,
+    is_namedtuple_class,
+    is_struct_class,
+    rebuild_struct,
+    type_name,
+)
+from flux.runtime.codec_ext import (  # noqa: F401 - the ext codes are part of this API
+    _BUF_SIZE,
+    _EXT_ENCODERS,
+    _INT64_MIN,
+    _LEAF_CODES,
+    _UINT64_MAX,
+    EXT_BIGINT,
+    EXT_DATE,
+    EXT_DATETIME,
+    EXT_DECIMAL,
+    EXT_ENUM,
+    EXT_EXCEPTION,
+    EXT_FROZENSET,
+    EXT_NAMEDTUPLE,
+    EXT_SET,
+    EXT_STRUCT,
+    EXT_TIME,
+    EXT_TIMEDELTA,
+    EXT_TUPLE,
+    EXT_UUID,
+    MAX_DEPTH,
+    _classify,
+    _encode_error,
+    _short_repr,
+    _too_deep,
+    _tz,
+)
+from flux.runtime.errors import SerializationError
 
 __all__ = [
+    "MAX_DEPTH",
+    "RecordedFields",
     "canonical",
     "decode",
     "decode_exception",
@@ -90,269 +165,104 @@ __all__ = [
     "encode_exception",
 ]
 
-# -- ext type codes (see the table in the module docstring) -------------------------------------
-EXT_BIGINT = 1
-EXT_TUPLE = 2
-EXT_SET = 3
-EXT_FROZENSET = 4
-EXT_DATETIME = 5
-EXT_DATE = 6
-EXT_TIME = 7
-EXT_TIMEDELTA = 8
-EXT_UUID = 9
-EXT_DECIMAL = 10
-EXT_ENUM = 11
-EXT_STRUCT = 12
-EXT_EXCEPTION = 13
-
-_INT64_MIN = -(2**63)
-_UINT64_MAX = 2**64 - 1
-# msgpack's Packer starts with a 1 MiB buffer by default; packing an ext payload while the outer
-# packer is live then costs a fresh large allocation each time (measured: 12 us instead of 1 us
-# for a small tuple). A small start grows by doubling when needed.
-_BUF_SIZE = 512
-_DATETIME_MIN = datetime(1, 1, 1)
-_MICROSECOND = timedelta(microseconds=1)
-_CANONICAL_NAN = b"\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00"
-
-
-def _is_struct_class(cls: Any) -> bool:
-    return isinstance(cls, type) and (attrs.has(cls) or dataclasses.is_dataclass(cls))
-
-
-def _identity_structure(value: Any, _type: Any) -> Any:
-    return value
-
-
-def _identity_unstructure(value: Any) -> Any:
-    return value
-
-
-def _field_names(cls: type) -> list[str]:
-    if attrs.has(cls):
-        return [a.name for a in attrs.fields(cls)]
-    return [f.name for f in dataclasses.fields(cls)]
-
-
-def _make_converter() -> cattrs.Converter:
-    """cattrs maps an attrs class or dataclass to the dict of its fields and back (names,
-    aliases such as ``_x``/``x``, defaults, ``init=False`` fields). The field *values* are left
-    as they are: the codec carries each one exactly (a nested instance, an enum member, a tuple
-    in a field typed ``Any``, an instance of a subclass ...), so no type-directed conversion is
-    wanted, and none of cattrs' lossy ones (tuples to lists, nested classes to dicts, union
-    disambiguation by keys) happens."""
-    converter = cattrs.Converter(detailed_validation=False)
-
-    def unstructure_factory(cls: type) -> Callable[[Any], dict[str, Any]]:
-        keep = cattrs.gen.override(unstruct_hook=_identity_unstructure)
-        return cattrs.gen.make_dict_unstructure_fn(
-            cls,
-            converter,
-            _cattrs_include_init_false=True,
-            **{name: keep for name in _field_names(cls)},
-        )
-
-    def structure_factory(cls: type) -> Callable[[Any, Any], Any]:
-        keep = cattrs.gen.override(struct_hook=_identity_structure)
-        return cattrs.gen.make_dict_structure_fn(
-            cls,
-            converter,
-            _cattrs_include_init_false=True,
-            **{name: keep for name in _field_names(cls)},
-        )
-
-    converter.register_unstructure_hook_factory(_is_struct_class, unstructure_factory)
-    converter.register_structure_hook_factory(_is_struct_class, structure_factory)
-    return converter
-
-
-#: The one converter for attrs classes and dataclasses. Configured once, here, at import.
-_CONVERTER = _make_converter()
-
-
-# -- helpers ------------------------------------------------------------------------------------
-
-
-def _type_name(cls: type) -> str:
-    return f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', cls.__name__)}"
-
-
-def _find_class(module: str, qualname: str) -> Any:
-    """The object at ``module.qualname`` if that module is already loaded, else None.
-
-    Reads ``__dict__`` entries only, so no module ``__getattr__`` (which may import lazily) and
-    no descriptor runs."""
-    mod = sys.modules.get(module)
-    if mod is None or "<locals>" in qualname:
-        return None
-    obj: Any = mod
-    for part in qualname.split("."):
-        namespace = getattr(obj, "__dict__", None)
-        obj = namespace.get(part) if namespace is not None else None
-        if obj is None:
-            return None
-    return obj
-
-
-def _find_dotted(name: str) -> Any:
-    """Look up ``"pkg.mod.Outer.Inner"``: the longest loaded module prefix, then attributes."""
-    parts = name.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        module = ".".join(parts[:i])
-        if module in sys.modules:
-            return _find_class(module, ".".join(parts[i:]))
-    if len(parts) == 1:
-        return vars(builtins).get(name)
-    return None
-
-
-def _offset_us(tz_offset: timedelta | None) -> int | None:
-    if tz_offset is None:
-        return None
-    return (tz_offset.days * 86400 + tz_offset.seconds) * 1_000_000 + tz_offset.microseconds
-
-
-def _tz(offset_us: int | None) -> timezone | None:
-    if offset_us is None:
-        return None
-    return timezone(timedelta(microseconds=offset_us))
-
-
-def _bigint_bytes(n: int) -> bytes:
-    return n.to_bytes(n.bit_length() // 8 + 1, "big", signed=True)
-
-
-class _Unencodable(TypeError):
-    """Raised inside the packing hooks for a value the codec does not carry."""
-
-    def __init__(self, obj: Any, reason: str = ""):
-        super().__init__(reason or _type_name(type(obj)))
-        self.obj = obj
-        self.reason = reason
-
-
-# -- from a value to (ext code, inner value) ----------------------------------------------------
-
-
-def _datetime_inner(v: datetime) -> list[Any]:
-    return [
-        v.year,
-        v.month,
-        v.day,
-        v.hour,
-        v.minute,
-        v.second,
-        v.microsecond,
-        _offset_us(v.utcoffset()),
-        v.fold,
-    ]
-
-
-def _time_inner(v: time) -> list[Any]:
-    return [v.hour, v.minute, v.second, v.microsecond, _offset_us(v.utcoffset()), v.fold]
-
-
-def _enum_inner(v: enum.Enum) -> list[Any]:
-    cls = type(v)
-    return [cls.__module__, cls.__qualname__, v.value]
-
-
-def _struct_inner(v: Any) -> list[Any]:
-    cls = type(v)
-    try:
-        data = _CONVERTER.unstructure(v)
-    except Exception as exc:  # a broken attrs/dataclass instance
-        raise _Unencodable(v, f"cattrs could not unstructure it: {exc}") from exc
-    return [cls.__module__, cls.__qualname__, data]
-
-
-#: Exact type -> (ext code, function giving the inner value).
-_EXT_ENCODERS: dict[type, tuple[int, Callable[[Any], Any]]] = {
-    int: (EXT_BIGINT, _bigint_bytes),
-    tuple: (EXT_TUPLE, list),
-    set: (EXT_SET, list),
-    frozenset: (EXT_FROZENSET, list),
-    datetime: (EXT_DATETIME, _datetime_inner),
-    date: (EXT_DATE, lambda v: [v.year, v.month, v.day]),
-    time: (EXT_TIME, _time_inner),
-    timedelta: (EXT_TIMEDELTA, lambda v: [v.days, v.seconds, v.microseconds]),
-    uuid.UUID: (EXT_UUID, lambda v: v.bytes),
-    decimal.Decimal: (EXT_DECIMAL, str),
-}
-
-#: Base types whose subclasses are carried as the base type, in lookup order (datetime before
-#: date, bool never reaches here since it cannot be subclassed).
-_BASES: tuple[tuple[type, Callable[[Any], Any]], ...] = (
-    (str, str.__str__),
-    (int, int.__int__),
-    (float, float.__float__),
-    (bytes, bytes),
-    (bytearray, bytes),
-    (memoryview, bytes),
-    (list, list),
-    (dict, dict),
-    (tuple, tuple),
-    (frozenset, frozenset),
-    (set, set),
-    (datetime, lambda v: datetime(*_datetime_fields(v), fold=v.fold)),
-    (date, lambda v: date(v.year, v.month, v.day)),
-    (time, lambda v: time(v.hour, v.minute, v.second, v.microsecond, v.tzinfo, fold=v.fold)),
-    (timedelta, lambda v: timedelta(v.days, v.seconds, v.microseconds)),
-    (uuid.UUID, lambda v: uuid.UUID(int=v.int)),
-    (decimal.Decimal, lambda v: decimal.Decimal(str(v))),
-)
-
-
-def _datetime_fields(v: datetime) -> tuple[Any, ...]:
-    return (v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond, v.tzinfo)
-
-
-def _classify(obj: Any) -> tuple[int | None, Any]:
-    """For a value msgpack does not pack natively: ``(ext code, inner value)``, or
-    ``(None, replacement)`` where the replacement is the same value as a plain base type.
-    Raises :class:`_Unencodable` for a value the codec does not carry."""
-    entry = _EXT_ENCODERS.get(type(obj))
-    if entry is not None:
-        code, make_inner = entry
-        return code, make_inner(obj)
-    if isinstance(obj, enum.Enum):
-        return EXT_ENUM, _enum_inner(obj)
-    if isinstance(obj, BaseException):
-        return EXT_EXCEPTION, encode_exception(obj)
-    if _is_struct_class(type(obj)):
-        return EXT_STRUCT, _struct_inner(obj)
-    for base, convert in _BASES:
-        if isinstance(obj, base):
-            return None, convert(obj)
-    raise _Unencodable(obj)
+#: Levels decoded by ``msgpack.unpackb``, whose parser state (about 40 KiB) lives on the C
+#: stack; deeper ones use a heap-allocated ``Unpacker`` (slower to set up, a few hundred bytes of
+#: C stack), so even ``MAX_DEPTH`` levels stay far from the end of a thread's stack.
+_FAST_DEPTH = 12
 
 
 # -- encode -------------------------------------------------------------------------------------
 
 
-def _default(obj: Any) -> Any:
-    code, inner = _classify(obj)
-    if code is None:  # a subclass of a base type, now as the base type
-        t = type(inner)
-        if t is int and _INT64_MIN <= inner <= _UINT64_MAX:
+def _default_at(depth: int) -> Callable[[Any], Any]:
+    """The ``default=`` hook for values found at ext level ``depth`` (one per level, so that
+    counting the depth costs nothing per value)."""
+
+    def default(obj: Any) -> Any:
+        code, inner = _classify(obj, depth)
+        if code is None:  # a subclass of a base type, now as the base type
+            t = type(inner)
+            if t is int and _INT64_MIN <= inner <= _UINT64_MAX:
+                return inner
+            if t in _EXT_ENCODERS:  # a big int, a tuple, a datetime...: needs an ext of its own
+                return default(inner)
             return inner
-        if t in _EXT_ENCODERS:  # a big int, a tuple, a datetime...: needs an ext of its own
-            return _default(inner)
-        return inner
-    return msgpack.ExtType(code, _pack(inner))
+        if code in _LEAF_CODES:
+            return msgpack.ExtType(code, _pack_leaf(inner))
+        if depth >= MAX_DEPTH:
+            raise _too_deep(obj)
+        if code == EXT_EXCEPTION:
+            return msgpack.ExtType(code, _exception_payload(obj, depth + 1))
+        return msgpack.ExtType(
+            code,
+            msgpack.packb(
+                inner,
+                default=_DEFAULTS[depth + 1],
+                strict_types=True,
+                use_bin_type=True,
+                buf_size=_BUF_SIZE,
+            ),
+        )
+
+    return default
 
 
-def _pack(value: Any) -> bytes:
+#: ``_DEFAULTS[d]`` packs the values found at ext level ``d``.
+_DEFAULTS = [_default_at(d) for d in range(MAX_DEPTH + 1)]
+
+
+def _pack(value: Any, depth: int = 0) -> bytes:
     return msgpack.packb(
-        value, default=_default, strict_types=True, use_bin_type=True, buf_size=_BUF_SIZE
+        value, default=_DEFAULTS[depth], strict_types=True, use_bin_type=True, buf_size=_BUF_SIZE
     )
+
+
+def _pack_leaf(value: Any) -> bytes:
+    return msgpack.packb(value, strict_types=True, use_bin_type=True, buf_size=_BUF_SIZE)
+
+
+def _packer_at(depth: int) -> Callable[[Any], bytes | None]:
+    def pack(value: Any) -> bytes | None:
+        try:
+            return _pack(value, depth)
+        except Exception:  # left out of the exception's description, never refused
+            return None
+
+    return pack
+
+
+_PACKERS = [_packer_at(d) for d in range(MAX_DEPTH + 1)]
+
+
+_local = threading.local()
+
+
+def _exception_payload(exc: BaseException, depth: int) -> bytes:
+    """The ext payload of an exception. Exceptions met again inside it (an exception group's
+    members sharing a context, say) are described once: the memo lives as long as the outermost
+    exception being packed, so the cost is the number of distinct exceptions, not of paths."""
+    memo: dict[tuple[int, int], tuple[BaseException, bytes]] | None = getattr(_local, "memo", None)
+    outermost = memo is None
+    if memo is None:
+        memo = _local.memo = {}
+    try:
+        hit = memo.get((id(exc), depth))
+        if hit is not None:
+            return hit[1]
+        payload = codec_errors.pack_map(codec_errors.exception_entries(exc, _PACKERS[depth]))
+        memo[id(exc), depth] = (exc, payload)  # holding exc keeps its id from being reused
+        return payload
+    finally:
+        if outermost:
+            _local.memo = None
 
 
 def encode(value: Any, *, max_size: int | None = None) -> bytes:
     """Encode ``value`` as msgpack bytes.
 
     Raises :class:`SerializationError` naming the type and the place of the first value that
-    cannot be carried, or the size and limit when the result is longer than ``max_size`` bytes.
+    cannot be carried (or is nested too deeply), or the size and limit when the result is longer
+    than ``max_size`` bytes.
     """
     try:
         data = _pack(value)
@@ -372,27 +282,64 @@ def encode(value: Any, *, max_size: int | None = None) -> bytes:
 
 def _decode_enum(inner: Any) -> Any:
     module, qualname, value = inner
-    cls = _find_class(module, qualname)
+    cls = find_class(module, qualname, load=True)
     if isinstance(cls, type) and issubclass(cls, enum.Enum):
         try:
             return cls(value)
-        except (ValueError, TypeError):  # no longer a member: the raw value
-            return value
+        except ValueError:
+            pass
     return value
 
 
+def _struct_parts(inner: Any) -> tuple[str, str, Any, Any]:
+    if not isinstance(inner, list) or len(inner) not in (3, 4):
+        raise SerializationError(f"not an encoded instance: {_short_repr(inner)}")
+    module, qualname, fields = inner[:3]
+    return module, qualname, fields, inner[3] if len(inner) == 4 else None
+
+
+def _fields_fallback(module: Any, qualname: Any, fields: Any) -> Any:
+    if not isinstance(fields, dict):
+        raise SerializationError(f"not the fields of an instance: {_short_repr(fields)}")
+    return RecordedFields(fields, f"{module}.{qualname}")
+
+
 def _decode_struct(inner: Any) -> Any:
-    module, qualname, data = inner
-    cls = _find_class(module, qualname)
-    if _is_struct_class(cls):
-        try:
-            return _CONVERTER.structure(data, cls)
-        except Exception as exc:
-            raise SerializationError(
-                f"cannot rebuild {module}.{qualname} from the recorded fields "
-                f"{list(data) if isinstance(data, dict) else _short_repr(data)}: {exc}"
-            ) from exc
-    return data
+    module, qualname, fields, extra = _struct_parts(inner)
+    cls = find_class(module, qualname, load=True)
+    if is_struct_class(cls):
+        return rebuild_struct(cls, fields, extra)
+    return _fields_fallback(module, qualname, fields)
+
+
+def _plain_struct(inner: Any) -> Any:
+    module, qualname, fields, _ = _struct_parts(inner)
+    return _fields_fallback(module, qualname, fields)
+
+
+def _namedtuple_parts(inner: Any) -> tuple[str, str, list[Any]]:
+    if not isinstance(inner, list) or len(inner) != 3 or not isinstance(inner[2], list):
+        raise SerializationError(f"not an encoded named tuple: {_short_repr(inner)}")
+    return inner[0], inner[1], inner[2]
+
+
+def _decode_namedtuple(inner: Any) -> Any:
+    module, qualname, items = _namedtuple_parts(inner)
+    cls = find_class(module, qualname, load=True)
+    if isinstance(cls, type) and is_namedtuple_class(cls):
+        fields: tuple[str, ...] = cls._fields  # type: ignore[attr-defined]
+        defaults: dict[str, Any] = getattr(cls, "_field_defaults", {})
+        if len(items) < len(fields):  # fields added since, with defaults
+            missing = [f for f in fields[len(items) :] if f not in defaults]
+            if missing:
+                raise SerializationError(
+                    f"cannot rebuild {module}.{qualname}: {len(items)} items recorded, field "
+                    f"{missing[0]!r} has no default (was it added since?)"
+                )
+            items = items + [defaults[f] for f in fields[len(items) :]]
+        if len(items) == len(fields):
+            return tuple.__new__(cls, items)
+    return tuple(items)
 
 
 def _decode_datetime(v: Any) -> datetime:
@@ -415,10 +362,6 @@ def _decode_uuid(v: Any) -> uuid.UUID:
     return uuid.UUID(bytes=v)
 
 
-def _decode_exception_inner(v: Any) -> BaseException:
-    return decode_exception(v)
-
-
 _EXT_DECODERS: dict[int, Callable[[Any], Any]] = {
     EXT_BIGINT: _decode_bigint,
     EXT_TUPLE: tuple,
@@ -432,53 +375,87 @@ _EXT_DECODERS: dict[int, Callable[[Any], Any]] = {
     EXT_DECIMAL: decimal.Decimal,
     EXT_ENUM: _decode_enum,
     EXT_STRUCT: _decode_struct,
-    EXT_EXCEPTION: _decode_exception_inner,
+    EXT_EXCEPTION: lambda v: codec_errors.decode_exception(v, load=True),
+    EXT_NAMEDTUPLE: _decode_namedtuple,
 }
-
-
-def _unpack(data: bytes) -> Any:
-    # timestamp=3: msgpack's own timestamp ext (-1), which Flux never writes, comes back as an
-    # aware datetime rather than as a msgpack.Timestamp, so decode only ever yields carried types.
-    return msgpack.unpackb(
-        data, ext_hook=_ext_hook, strict_map_key=False, raw=False, use_list=True, timestamp=3
-    )
-
-
-def _ext_hook(code: int, payload: bytes) -> Any:
-    builder = _EXT_DECODERS.get(code)
-    if builder is None:
-        raise SerializationError(f"cannot decode: unknown ext type code {code}")
-    return builder(_unpack(payload))
-
-
-def _plain_exception(v: Any) -> BaseException:
-    if not isinstance(v, dict) or not isinstance(v.get("type"), str):
-        raise SerializationError(f"not an encoded exception: {_short_repr(v)}")
-    message = v.get("message") if isinstance(v.get("message"), str) else ""
-    text = v.get("traceback") if isinstance(v.get("traceback"), str) else None
-    return TaskFailedError(v["type"], message, text)
-
 
 #: decoders for untrusted input: no class is looked up, nothing user-defined is constructed
 _PLAIN_DECODERS: dict[int, Callable[[Any], Any]] = {
     **_EXT_DECODERS,
     EXT_ENUM: lambda inner: inner[2],
-    EXT_STRUCT: lambda inner: inner[2],
-    EXT_EXCEPTION: _plain_exception,
+    EXT_STRUCT: _plain_struct,
+    EXT_EXCEPTION: codec_errors.plain_exception,
+    EXT_NAMEDTUPLE: lambda inner: tuple(_namedtuple_parts(inner)[2]),
+}
+
+# timestamp=3: msgpack's own timestamp ext (-1), which Flux never writes, comes back as an aware
+# datetime rather than as a msgpack.Timestamp, so decode only ever yields carried types.
+_UNPACK_OPTIONS: dict[str, Any] = {
+    "strict_map_key": False,
+    "raw": False,
+    "use_list": True,
+    "timestamp": 3,
 }
 
 
-def _plain_hook(code: int, payload: bytes) -> Any:
-    builder = _PLAIN_DECODERS.get(code)
-    if builder is None:
-        raise SerializationError(f"cannot decode: unknown ext type code {code}")
-    return builder(_unpack_plain(payload))
+def _unpack_leaf(payload: bytes) -> Any:
+    return msgpack.unpackb(payload, **_UNPACK_OPTIONS)
 
 
-def _unpack_plain(data: bytes) -> Any:
-    return msgpack.unpackb(
-        data, ext_hook=_plain_hook, strict_map_key=False, raw=False, use_list=True, timestamp=3
+def _unpack_deep(data: bytes, hook: Callable[[int, bytes], Any]) -> Any:
+    unpacker = msgpack.Unpacker(
+        None, ext_hook=hook, max_buffer_size=max(len(data), 1), **_UNPACK_OPTIONS
     )
+    unpacker.feed(data)
+    value = unpacker.unpack()
+    try:
+        unpacker.unpack()
+    except msgpack.OutOfData:
+        return value
+    raise SerializationError("cannot decode: extra data after a value")
+
+
+def _hook_at(depth: int, decoders: dict[int, Callable[[Any], Any]], hooks: list[Any]) -> Any:
+    """The ext hook for ext values found at level ``depth``: it decodes their payloads at level
+    ``depth + 1`` with the hooks of that level."""
+
+    def hook(code: int, payload: bytes) -> Any:
+        builder = decoders.get(code)
+        if builder is None:
+            raise SerializationError(f"cannot decode: unknown ext type code {code}")
+        if code in _LEAF_CODES:
+            return builder(_unpack_leaf(payload))
+        if depth >= MAX_DEPTH:
+            raise SerializationError(
+                f"cannot decode: values nested more than {MAX_DEPTH} levels deep, over the "
+                f"codec's limit of {MAX_DEPTH}"
+            )
+        return builder(_unpack_deep(payload, hooks[depth + 1]))
+
+    def fast_hook(code: int, payload: bytes) -> Any:
+        builder = decoders.get(code)
+        if builder is None:
+            raise SerializationError(f"cannot decode: unknown ext type code {code}")
+        if code in _LEAF_CODES:
+            return builder(_unpack_leaf(payload))
+        return builder(
+            msgpack.unpackb(
+                payload,
+                ext_hook=hooks[depth + 1],
+                strict_map_key=False,
+                raw=False,
+                use_list=True,
+                timestamp=3,
+            )
+        )
+
+    return fast_hook if depth + 1 < _FAST_DEPTH else hook
+
+
+_HOOKS: list[Any] = []
+_HOOKS.extend(_hook_at(d, _EXT_DECODERS, _HOOKS) for d in range(MAX_DEPTH + 1))
+_PLAIN_HOOKS: list[Any] = []
+_PLAIN_HOOKS.extend(_hook_at(d, _PLAIN_DECODERS, _PLAIN_HOOKS) for d in range(MAX_DEPTH + 1))
 
 
 def decode_opaque(data: bytes) -> Any:
@@ -500,14 +477,23 @@ def encode_opaque(value: Any) -> bytes:
 def decode(data: bytes, *, plain: bool = False) -> Any:
     """Decode bytes made by :func:`encode`.
 
-    With ``plain=True`` (for bytes from an untrusted peer) no class is looked up: attrs classes
-    and dataclasses come back as dicts of fields, enum members as their values, exceptions as
-    :class:`TaskFailedError`. Corrupt or foreign bytes raise :class:`SerializationError`."""
+    Classes are found by their recorded ``module.qualname``, the module imported if needed. With
+    ``plain=True`` (for bytes from an untrusted peer) nothing is imported and no class is looked
+    up: attrs classes and dataclasses come back as :class:`RecordedFields`, enum members as their
+    values, named tuples as tuples, exceptions as :class:`TaskFailedError`. Corrupt, foreign or
+    too deeply nested bytes raise :class:`SerializationError`."""
     try:
-        return _unpack_plain(data) if plain else _unpack(data)
+        return msgpack.unpackb(
+            data,
+            ext_hook=_PLAIN_HOOKS[0] if plain else _HOOKS[0],
+            strict_map_key=False,
+            raw=False,
+            use_list=True,
+            timestamp=3,
+        )
     except SerializationError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # msgpack, a builder, RecursionError: never anything else
         raise SerializationError(
             f"cannot decode {_size_of(data)}: {type(exc).__name__}: {exc}"
         ) from None
@@ -517,332 +503,29 @@ def _size_of(data: Any) -> str:
     try:
         return f"{len(data)} bytes"
     except TypeError:
-        return f"a value of type {_type_name(type(data))!r} (expected bytes)"
-
-
-# -- canonical ----------------------------------------------------------------------------------
-
-
-def _canonical_decimal(v: decimal.Decimal) -> str:
-    if not v.is_finite():
-        return "NaN" if v.is_nan() else str(v)  # one NaN (sNaN too); +/-Infinity as is
-    sign, digits, exponent = v.as_tuple()
-    assert isinstance(exponent, int)
-    digits_list = list(digits)
-    while len(digits_list) > 1 and digits_list[-1] == 0:
-        digits_list.pop()
-        exponent += 1
-    if digits_list == [0]:
-        return "0"
-    text = "".join(map(str, digits_list))
-    return f"{'-' if sign else ''}{text}E{exponent}"
-
-
-def _canonical_inner(code: int, obj: Any, inner: Any) -> Any:
-    if code == EXT_DATETIME and inner[7] is not None:
-        # The instant, as microseconds since 0001-01-01 UTC (integer arithmetic: astimezone
-        # would overflow near datetime.min/max). One element, so never like a naive one.
-        local = (obj.replace(tzinfo=None) - _DATETIME_MIN) // _MICROSECOND
-        return [local - inner[7]]
-    if code == EXT_DATETIME:
-        return [*inner[:8], 0]  # naive datetimes that differ only in fold are equal
-    if code == EXT_TIME and inner[4] is not None:
-        total = ((inner[0] * 60 + inner[1]) * 60 + inner[2]) * 1_000_000 + inner[3]
-        return [total - inner[4], 0]
-    if code == EXT_TIME:
-        return [*inner[:5], 0]
-    if code == EXT_DECIMAL:
-        return _canonical_decimal(obj)
-    return inner
-
-
-class _Canon:
-    """One canonical encoding run (holds its own packer: nothing shared between calls)."""
-
-    __slots__ = ("pack", "array_header", "map_header")
-
-    def __init__(self) -> None:
-        packer = msgpack.Packer(
-            strict_types=True, use_bin_type=True, autoreset=True, buf_size=_BUF_SIZE
-        )
-        self.pack = packer.pack
-        self.array_header = packer.pack_array_header
-        self.map_header = packer.pack_map_header
-
-    def __call__(self, obj: Any) -> bytes:
-        t = type(obj)
-        if t is str or t is bool or obj is None or t is bytes:
-            return self.pack(obj)
-        if t is int:
-            if _INT64_MIN <= obj <= _UINT64_MAX:
-                return self.pack(obj)
-            return self.pack(msgpack.ExtType(EXT_BIGINT, self.pack(_bigint_bytes(obj))))
-        if t is float:
-            if obj != obj:
-                return _CANONICAL_NAN
-            return self.pack(obj + 0.0)  # -0.0 + 0.0 == 0.0
-        if t is list:
-            return self.array_header(len(obj)) + b"".join(map(self, obj))
-        if t is dict:
-            entries = sorted((self(k), self(v)) for k, v in obj.items())
-            return self.map_header(len(entries)) + b"".join(k + v for k, v in entries)
-        code, inner = _classify(obj)
-        if code is None:
-            return self(inner)
-        if code == EXT_SET or code == EXT_FROZENSET:
-            items = sorted(map(self, obj))
-            payload = self.array_header(len(items)) + b"".join(items)
-        elif code == EXT_TUPLE:
-            payload = self.array_header(len(obj)) + b"".join(map(self, obj))
-        else:
-            payload = self(_canonical_inner(code, obj, inner))
-        return self.pack(msgpack.ExtType(code, payload))
-
-
-def canonical(value: Any) -> bytes:
-    """Deterministic encoding of ``value`` for digests: equal values give equal bytes whatever
-    the insertion order of their dicts and sets. Meant for hashing, not for :func:`decode`."""
-    try:
-        return _Canon()(value)
-    except SerializationError:
-        raise
-    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-        raise _encode_error(value, exc) from None
-
-
-def digest(value: Any) -> str:
-    """First 32 hex characters of the sha256 of :func:`canonical`."""
-    return hashlib.sha256(canonical(value)).hexdigest()[:32]
-
-
-# -- errors with a path -------------------------------------------------------------------------
-
-
-def _short_repr(obj: Any, limit: int = 40) -> str:
-    try:
-        text = repr(obj)
-    except Exception:
-        text = f"<{_type_name(type(obj))}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class _Found(Exception):
-    def __init__(self, path: str, obj: Any, reason: str, as_key: bool = False):
-        super().__init__(path)
-        self.path = path
-        self.obj = obj
-        self.reason = reason
-        self.as_key = as_key
-
-
-def _walk(obj: Any, path: str, active: set[int], as_key: bool = False) -> None:
-    """Raise :class:`_Found` at the first value (depth first) the codec cannot carry."""
-    t = type(obj)
-    if obj is None or t in (bool, int, float, str, bytes):
-        return
-    if id(obj) in active:
-        raise _Found(path, obj, "cyclic reference", as_key)
-    active.add(id(obj))
-    try:
-        if t is list:
-            for i, item in enumerate(obj):
-                _walk(item, f"{path}[{i}]", active)
-            return
-        if t is dict:
-            for key, item in obj.items():
-                sub = f"{path}[{_short_repr(key)}]"
-                _walk(key, sub, active, as_key=True)
-                _walk(item, sub, active)
-            return
-        try:
-            code, inner = _classify(obj)
-        except _Unencodable as exc:
-            raise _Found(path, obj, exc.reason, as_key) from None
-        if code is None:
-            _walk(inner, path, active, as_key)
-        elif code == EXT_TUPLE:
-            for i, item in enumerate(obj):
-                _walk(item, f"{path}[{i}]", active)
-        elif code in (EXT_SET, EXT_FROZENSET):
-            for item in obj:
-                _walk(item, f"{path}{{{_short_repr(item)}}}", active)
-        elif code == EXT_ENUM:
-            _walk(inner[2], f"{path}.value", active)
-        elif code == EXT_STRUCT:
-            data = inner[2]
-            if isinstance(data, dict):
-                for key, item in data.items():
-                    _walk(item, f"{path}.{key}", active)
-            else:
-                _walk(data, path, active)
-        elif code == EXT_EXCEPTION:
-            _walk(inner, path, active)
-    finally:
-        active.discard(id(obj))
-
-
-def _encode_error(value: Any, exc: BaseException) -> SerializationError:
-    try:
-        _walk(value, "", set())
-    except _Found as found:
-        type_name = _type_name(type(found.obj))
-        where = f"at {found.path}" if found.path else "at the top level"
-        if found.as_key:
-            where += " (as a dict key)"
-        if found.reason == "cyclic reference":
-            message = f"cannot encode value of type {type_name!r} {where}: cyclic reference"
-        else:
-            message = f"cannot encode value of type {type_name!r} {where}"
-            if found.reason:
-                message += f": {found.reason}"
-        err = SerializationError(message)
-        err.type_name = type_name  # type: ignore[attr-defined]
-        err.path = found.path  # type: ignore[attr-defined]
-        return err
-    except RecursionError:
-        pass
-    if isinstance(exc, RecursionError) or "recursion" in str(exc).lower():
-        message = "cannot encode value: nested too deeply (or cyclic)"
-    else:
-        message = f"cannot encode value of type {_type_name(type(value))!r}: {exc}"
-    err = SerializationError(message)
-    err.type_name = _type_name(type(value))  # type: ignore[attr-defined]
-    err.path = ""  # type: ignore[attr-defined]
-    return err
+        return f"a value of type {type_name(type(data))!r} (expected bytes)"
 
 
 # -- exceptions ---------------------------------------------------------------------------------
 
-_FLUX_ATTRS = ("__flux_traceback__", "__flux_exception__")
-
-
-def _encodable(value: Any) -> bool:
-    try:
-        _pack(value)
-    except Exception:
-        return False
-    return True
-
 
 def encode_exception(exc: BaseException) -> dict[str, Any]:
-    """Describe ``exc`` as a dict the codec carries.
-
-    Keys: ``type`` ("module.QualName"), ``message`` (``str(exc)``), ``args`` (when encodable),
-    ``traceback`` (formatted text, possibly empty), ``cause`` (``__cause__``, same shape), and
-    ``attributes`` (the encodable entries of the exception's ``__dict__``, e.g. ``__notes__`` or
-    fields a custom ``__init__`` sets). A :class:`TaskFailedError` standing for a recorded error
-    is described as that original error.
-    """
-    return _encode_exception(exc, frozenset())
-
-
-def _encode_exception(exc: BaseException, seen: frozenset[int]) -> dict[str, Any]:
-    recorded = getattr(exc, "__flux_exception__", None)
-    if isinstance(exc, TaskFailedError) and isinstance(recorded, dict):
-        return dict(recorded)
-    try:
-        message = str(exc)
-    except Exception:
-        message = f"<unprintable {type(exc).__qualname__}>"
-    remote = getattr(exc, "__flux_traceback__", None)
-    if isinstance(remote, str) and remote:
-        text = remote
-    elif exc.__traceback__ is not None:
-        text = "".join(traceback.format_exception(exc, chain=False))
-    else:
-        text = ""
-    result: dict[str, Any] = {"type": _type_name(type(exc)), "message": message}
-    seen = seen | {id(exc)}
-    args = exc.args
-    if not any(a is exc for a in args) and _encodable(args):
-        result["args"] = args
-    result["traceback"] = text
-    cause = exc.__cause__
-    if cause is not None and id(cause) not in seen:
-        result["cause"] = _encode_exception(cause, seen)
-    extra = getattr(exc, "__dict__", None)
-    if extra:
-        attributes = {
-            key: value
-            for key, value in extra.items()
-            if isinstance(key, str)
-            and key not in _FLUX_ATTRS
-            and value is not exc
-            and _encodable(value)
-        }
-        if attributes:
-            result["attributes"] = attributes
-    return result
-
-
-def _exception_class(type_name: str) -> type[Exception] | None:
-    cls = _find_dotted(type_name)
-    if isinstance(cls, type) and issubclass(cls, Exception):
-        return cls
-    return None
-
-
-def _rebuild(cls: type[Exception], args: tuple[Any, ...]) -> Exception | None:
-    try:
-        exc = cls(*args)
-        if isinstance(exc, cls):
-            return exc
-    except Exception:
-        pass
-    try:
-        exc = cls.__new__(cls)
-        exc.args = args
-        return exc
-    except Exception:
-        return None
-
-
-def decode_exception(d: dict[str, Any]) -> BaseException:
-    """Rebuild an exception from :func:`encode_exception`'s dict.
-
-    The original class is used when it is found without importing anything (in ``sys.modules``),
-    derives from ``Exception`` and can be constructed; otherwise the result is a
-    :class:`TaskFailedError`. The traceback text is attached as ``__flux_traceback__``.
-    """
-    if not isinstance(d, dict) or not isinstance(d.get("type"), str):
-        raise SerializationError(f"not an encoded exception: {_short_repr(d)}")
-    type_name: str = d["type"]
-    message = d.get("message")
-    message = message if isinstance(message, str) else ""
-    text = d.get("traceback")
-    text = text if isinstance(text, str) else ""
-    raw_args = d.get("args")
-    args = (
-        tuple(raw_args) if isinstance(raw_args, list | tuple) else ((message,) if message else ())
+    """Describe ``exc`` as the map the codec records for it, decoded (see
+    :func:`flux.runtime.codec_errors.exception_entries` for its keys)."""
+    return msgpack.unpackb(
+        _exception_payload(exc, 1),
+        ext_hook=_HOOKS[1],
+        strict_map_key=False,
+        raw=False,
+        use_list=True,
+        timestamp=3,
     )
 
-    exc: BaseException | None = None
-    cls = _exception_class(type_name)
-    if cls is not None:
-        exc = _rebuild(cls, args)
-        if exc is not None:
-            attributes = d.get("attributes")
-            if isinstance(attributes, dict):
-                for key, value in attributes.items():
-                    try:
-                        setattr(exc, key, value)
-                    except Exception:
-                        pass
-            try:
-                str(exc)
-            except Exception:  # e.g. a __str__ reading attributes a bare __new__ never set
-                exc = None
-    if exc is None:
-        exc = TaskFailedError(type_name, message, text or None)
-        exc.__flux_exception__ = d  # type: ignore[attr-defined]
-    try:
-        exc.__flux_traceback__ = text  # type: ignore[attr-defined]
-    except Exception:
-        pass
-    cause = d.get("cause")
-    if isinstance(cause, dict):
-        try:
-            exc.__cause__ = decode_exception(cause)
-        except SerializationError:
-            pass
-    return exc
+
+def decode_exception(d: dict[str, Any], *, plain: bool = False) -> BaseException:
+    """Rebuild an exception from :func:`encode_exception`'s dict, without calling its
+    constructor: as its original class when that is found (its module imported unless
+    ``plain``) and derives from ``Exception``, else as a :class:`TaskFailedError`."""
+    if plain:
+        return codec_errors.plain_exception(d)
+    return codec_errors.decode_exception(d, load=True)

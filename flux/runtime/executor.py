@@ -375,8 +375,7 @@ class Execution(Waits):
             rec = CallRecord(call_id, name, digest)
         try:
             cache_key = None
-            if opts.cache:
-                cache_key = codec.digest([t.qualified_name, list(args), kwargs])
+            if opts.cache and (cache_key := t.cache_key(args, kwargs)) is not None:
                 hit = await self.host.cache_get(cache_key)
                 if hit is not None:
                     return await self.commit(E.TASK_COMPLETED, call_id, name, codec.decode(hit))

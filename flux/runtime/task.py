@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 
 from . import frames
+from .cache_identity import cache_key, check_cache_identity
 
 
 @attrs.frozen
@@ -155,6 +156,8 @@ class task:  # noqa: N801 - the 0.2.7 name is lowercase
         self._templated = "{" in self.name
         _check_injected(func, self.options)
         functools.update_wrapper(self, func)
+        if self.options.cache:
+            check_cache_identity(self)  # two tasks of one factory must not share entries
 
     @classmethod
     def with_options(cls, **options: Any) -> Callable[[Callable[..., Any]], task]:
@@ -172,6 +175,12 @@ class task:  # noqa: N801 - the 0.2.7 name is lowercase
         if instance is None:
             return self
         return functools.partial(self.__call__, instance)
+
+    def cache_key(self, args: tuple, kwargs: dict) -> str | None:
+        """The cache entry of a call: its arguments and the task's whole identity (qualified
+        name, closure values, defaults; see :mod:`flux.runtime.cache_identity`). None when this
+        call cannot be cached."""
+        return cache_key(self, args, kwargs)
 
     def display_name(self, args: tuple, kwargs: dict) -> str:
         """The task name, with ``{arg}`` placeholders filled from the call's arguments."""
