@@ -530,6 +530,7 @@ async def test_the_first_run_sees_what_a_replay_sees():
     seen, charged, point_type, point = done.output
     assert seen == {"id": 7} and charged == {"id": 7}
     assert point == [1, 2]
+    assert point_type == "Point"  # a named tuple comes back as itself, so p.x works after a crash
     # the same type on the first run as on replay
     async with open_engine() as engine:
         first = await values_wf.arun(engine=engine)
