@@ -231,6 +231,15 @@ async def start_server(
     show_default=True,
     help="give an execution back during durable sleeps longer than this (seconds)",
 )
+@click.option(
+    "--load-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    envvar="FLUX_LOAD_TIMEOUT",
+    help="seconds a workflow source may take to load (its top level runs) before the "
+    "execution that needs it fails",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 @startup_errors
 async def start_worker(
@@ -239,6 +248,7 @@ async def start_worker(
     concurrency: int,
     token: str | None,
     release_sleeps_after: float,
+    load_timeout: float,
     log_level: str,
 ) -> None:
     """Connect to a server and run the executions it leases to this worker."""
@@ -251,6 +261,7 @@ async def start_worker(
         concurrency,
         token=token,
         release_sleeps_after=release_sleeps_after,
+        load_timeout=load_timeout,
         handle_signals=True,
     )
 

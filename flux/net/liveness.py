@@ -1,10 +1,14 @@
 """How long a worker may trust its leases: the last time the server was heard, as a deadline.
 
-The server extends a worker's leases when a heartbeat reaches it. After each heartbeat the
-worker sends a WebSocket ping on the same connection; the pong proves that the server read
-everything sent before it, that heartbeat included, so every lease the worker held then is
-valid for at least ``lease_ttl`` seconds from the moment the heartbeat was *sent*. That moment
-is what :meth:`LeaseClock.confirm` records.
+The server extends a worker's leases when a heartbeat reaches it. The worker hears from the
+server in two ways, and each moves the deadline on:
+
+- after each heartbeat it sends a WebSocket ping on the same connection; the pong proves that
+  the server read everything sent before it, that heartbeat included, so the leases hold for
+  ``lease_ttl`` from the moment the heartbeat was *sent* (:meth:`LeaseClock.confirm`; an old
+  pong read late moves nothing);
+- every frame it reads (:meth:`LeaseClock.heard`), but only when it comes within the ttl of the
+  last word: a frame read after a longer silence may have waited in the socket all that time.
 
 A worker that has not been confirmed within the ttl (a frozen process woken by SIGCONT, a long
 pause, a network that drops everything) may have lost every lease without being told: the
@@ -35,6 +39,15 @@ class LeaseClock:
         """The server has read everything this worker sent up to ``sent_at`` (monotonic)."""
         if sent_at > self.confirmed:
             self.confirmed = sent_at
+
+    def heard(self) -> bool:
+        """A frame from the server was just read: True (and the deadline moves to now) when it
+        came within the ttl of the last word; False when the worker had gone longer without word
+        (the frame may be stale: act on nothing, reconnect)."""
+        if not self.trusted():
+            return False
+        self.confirmed = self.clock()
+        return True
 
     @property
     def deadline(self) -> float:

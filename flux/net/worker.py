@@ -43,6 +43,7 @@ import trio
 import trio_websocket
 
 from flux.net import protocol as p
+from flux.net.liveness import LeaseClock
 from flux.net.signal import Signal
 from flux.runtime import codec
 from flux.runtime.context import ExecutionContext
@@ -138,11 +139,22 @@ class _Run:
         self._secret_values: list[str] = []
         self.suspend_sleep_after = worker.release_sleeps_after
         self.cancel_requested = trio.Event()
+        #: cancelled when the execution is cancelled while its source is still loading
+        self.load_scope = trio.CancelScope()
 
     #: on a worker, user code raising SystemExit, KeyboardInterrupt... fails its execution
     base_exceptions_fail = True
 
     async def ensure_lease(self, execution: Execution) -> None:
+        """No user code starts once this run's lease is lost, or may be: the server rejected
+        it, or the worker went the lease ttl without word from the server."""
+        if self.dead is None and not self.worker.trusted():
+            clock = self.worker.lease_clock
+            silence = clock.silence() if clock is not None else 0.0
+            self.abandon(
+                f"no word from the server for {silence:.1f}s, past the lease ttl: the lease "
+                "may have moved to another worker"
+            )
         if self.dead is not None:
             execution.abandon()
 
@@ -298,6 +310,8 @@ class _Run:
             if execution is not None and execution.root_scope is not None:
                 execution.request_cancel()
                 return
+            if execution is None:  # still loading its source (maybe hung): stop that
+                self.load_scope.cancel()
             await trio.sleep(0.005)
 
     def abandon(self, why: str) -> None:
@@ -383,6 +397,7 @@ class Worker:
         token: str | None = None,
         release_sleeps_after: float | None = 1.0,
         linger: float = 0.05,
+        load_timeout: float = 60.0,
     ):
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -394,6 +409,13 @@ class Worker:
         self.token = token
         self.release_sleeps_after = release_sleeps_after
         self.linger = linger
+        #: seconds a workflow source may take to load (its top level runs) before the execution
+        #: that needs it fails
+        self.load_timeout = load_timeout
+        #: how long the leases are known to hold (see flux.net.liveness); None: no session
+        self.lease_clock: LeaseClock | None = None
+        #: set once the session went a lease ttl without word from the server: act on nothing
+        self.stale = False
         self.worker_id: str | None = None
         self.runs: dict[str, _Run] = {}
         self._acks: dict[int, _Pending] = {}
@@ -412,6 +434,12 @@ class Worker:
         self._cancels: dict[str, int] = {}
         self.stopping = False
         self.completed = 0
+
+    def trusted(self) -> bool:
+        """May this worker act on its leases now (start a body, act on a frame)? Not once it
+        went a lease ttl without word from the server (a frozen process, a dead network)."""
+        clock = self.lease_clock
+        return not self.stale and (clock is None or clock.trusted())
 
     # ------------------------------------------------------------------ plumbing for runs
 
@@ -493,8 +521,13 @@ class Worker:
             async with lock:
                 found = self._modules.get(digest)
                 if found is None:
+                    # abandoned when cancelled or timed out: a source that hangs at import
+                    # keeps its thread, never this worker
                     module = await trio.to_thread.run_sync(
-                        load_source, lease.source.decode("utf-8"), f"flux_src_{digest[:16]}"
+                        load_source,
+                        lease.source.decode("utf-8"),
+                        f"flux_src_{digest[:16]}",
+                        abandon_on_cancel=True,
                     )
                     found = self._modules[digest] = workflows_in(module)
         wf = found.get(lease.workflow_name)
@@ -537,6 +570,8 @@ class Worker:
             if welcome.capacity is None or welcome.capacity >= self.concurrency
             else f", the server leases it at most {welcome.capacity} at once",
         )
+        clock = self.lease_clock = LeaseClock(welcome.lease_ttl)
+        self.stale = False
         send_frames, frames = trio.open_memory_channel[bytes](OUTBOX_SIZE)
         timeout = welcome.request_timeout
 
@@ -574,11 +609,42 @@ class Worker:
                     except (trio_websocket.ConnectionClosed, trio.BrokenResourceError):
                         nursery.cancel_scope.cancel()
 
+                pings = itertools.count(1)
+
+                async def confirm(sent: float) -> None:
+                    # the pong proves the server read everything sent before the ping, this
+                    # heartbeat included: the leases hold until ``sent`` + ttl
+                    payload = next(pings).to_bytes(8, "big")
+                    with trio.move_on_after(timeout):
+                        try:
+                            await ws.ping(payload)
+                        except (trio_websocket.ConnectionClosed, ValueError):
+                            return
+                        clock.confirm(sent)
+
+                async def watchdog() -> None:
+                    # a worker that went the lease ttl without word from the server (frozen,
+                    # cut off) may have lost every lease unknowingly: drop the session, act on
+                    # nothing that arrived meanwhile, and connect again
+                    while True:
+                        await trio.sleep(clock.margin / 2)
+                        if not clock.trusted():
+                            self.stale = True
+                            log.warning(
+                                "no word from the server for %.1fs (lease ttl %gs): its leases "
+                                "may have moved; dropping them and reconnecting",
+                                clock.silence(),
+                                welcome.lease_ttl,
+                            )
+                            nursery.cancel_scope.cancel()
+                            return
+
                 async def heartbeat() -> None:
                     # straight to the socket, not behind the outbox: a burst of frames must not
                     # hold heartbeats back past the lease ttl
                     while True:
                         await trio.sleep(welcome.heartbeat_interval)
+                        sent = time.monotonic()
                         beat = p.Heartbeat(
                             leases=[
                                 (r.execution_id, r.epoch)
@@ -603,12 +669,23 @@ class Worker:
                             )
                             nursery.cancel_scope.cancel()
                             return
+                        nursery.start_soon(confirm, sent)
 
                 nursery.start_soon(writer)
                 nursery.start_soon(heartbeat)
+                nursery.start_soon(watchdog)
                 try:
                     while True:
                         msg = session.receive_bytes(await ws.get_message())
+                        if self.stale or not clock.heard():  # may be from before a freeze
+                            self.stale = True
+                            log.warning(
+                                "no word from the server for %.1fs: not acting on a %s that may "
+                                "be stale; dropping the leases and reconnecting",
+                                clock.silence(),
+                                msg.TYPE,
+                            )
+                            return
                         if isinstance(msg, p.Lease):
                             nursery.start_soon(self._run_lease, msg)
                         elif isinstance(msg, p.Ack):
@@ -708,25 +785,43 @@ class Worker:
             if self.runs.get(eid) is run:
                 del self.runs[eid]
 
-    async def _execute(self, run: _Run, lease: p.Lease) -> None:
-        try:
-            wf = await self._workflow(lease)
-            eid = lease.execution_id
-            events = [decode_event(p.event_from_wire(eid, e, 0.0)) for e in lease.history]
-            data = lease.input
-            value = codec.decode(data) if isinstance(data, bytes) else data
-        except Exception as exc:
-            log.error("cannot load execution %s: %s", lease.execution_id, exc)
-            seq = lease.history[-1]["seq"] if lease.history else 0
-            await self._fail(
-                run,
-                seq,
-                WorkflowError(
-                    f"cannot load workflow {lease.workflow_name!r} version "
-                    f"{lease.workflow_version}: {type(exc).__name__}: {exc}"
-                ),
+    async def _load(self, run: _Run, lease: p.Lease) -> tuple[workflow, Any, list] | None:
+        """The workflow, input and history of ``lease``; None when loading failed (the
+        execution is then FAILED: a source raising anything at import, SystemExit included, or
+        taking longer than ``load_timeout``) or was cancelled (then CANCELLED)."""
+        seq = lease.history[-1]["seq"] if lease.history else 0
+        what = f"workflow {lease.workflow_name!r} version {lease.workflow_version}"
+        error: BaseException | None = None
+        with trio.move_on_after(self.load_timeout) as timer, run.load_scope:
+            try:
+                wf = await self._workflow(lease)
+                eid = lease.execution_id
+                events = [decode_event(p.event_from_wire(eid, e, 0.0)) for e in lease.history]
+                data = lease.input
+                value = codec.decode(data) if isinstance(data, bytes) else data
+                return wf, value, events
+            except trio.Cancelled:
+                raise
+            except BaseException as exc:  # user code at import: SystemExit is its failure too
+                error = WorkflowError(f"cannot load {what}: {type(exc).__name__}: {exc}")
+        if run.load_scope.cancelled_caught:
+            await self._end(run, seq, E.WORKFLOW_CANCELLED, None, S.CANCELLED)
+            return None
+        if timer.cancelled_caught:
+            error = WorkflowError(
+                f"cannot load {what}: its source took longer than {self.load_timeout:g}s to "
+                "load (a module that hangs at import?); the worker's --load-timeout"
             )
+        assert error is not None
+        log.error("execution %s: %s", lease.execution_id, error)
+        await self._fail(run, seq, error)
+        return None
+
+    async def _execute(self, run: _Run, lease: p.Lease) -> None:
+        loaded = await self._load(run, lease)
+        if loaded is None:
             return
+        wf, value, events = loaded
         ctx = ExecutionContext(
             lease.execution_id,
             lease.workflow_name,
@@ -758,17 +853,16 @@ class Worker:
             log.debug("execution %s: %s", lease.execution_id, result.state.value)
 
     async def _fail(self, run: _Run, seq: int, error: BaseException) -> None:
+        await self._end(run, seq, E.WORKFLOW_FAILED, error, S.FAILED)
+
+    async def _end(
+        self, run: _Run, seq: int, type_: ExecutionEventType, value: Any, state: S
+    ) -> None:
         name = run.lease.workflow_name
         ev = StoredEvent(
-            run.execution_id,
-            seq + 1,
-            E.WORKFLOW_FAILED.value,
-            name,
-            name,
-            codec.encode(error),
-            time.time(),
+            run.execution_id, seq + 1, type_.value, name, name, codec.encode(value), time.time()
         )
-        await run.commit([ev], {"state": S.FAILED})
+        await run.commit([ev], {"state": state})
 
 
 # ---------------------------------------------------------------------------- serving
@@ -785,6 +879,7 @@ async def serve_worker(
     *,
     token: str | None = None,
     release_sleeps_after: float | None = 1.0,
+    load_timeout: float = 60.0,
     backoff: tuple[float, float] = (0.05, 2.0),
     handle_signals: bool = False,
     worker: Worker | None = None,
@@ -801,6 +896,7 @@ async def serve_worker(
         concurrency,
         token=token,
         release_sleeps_after=release_sleeps_after,
+        load_timeout=load_timeout,
     )
     url = ws_url(server_url)
     started = False
