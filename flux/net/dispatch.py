@@ -59,7 +59,6 @@ from flux.net.security import declared_secrets, secrets_for_call, task_secret_de
 from flux.net.signal import Signal
 from flux.runtime import codec
 from flux.runtime.errors import (
-    ExecutionCancelledError,
     ExecutionNotFoundError,
     FluxError,
     StoreError,
@@ -67,6 +66,7 @@ from flux.runtime.errors import (
     WorkflowNotFoundError,
 )
 from flux.runtime.events import ExecutionEvent, ExecutionEventType, ExecutionState
+from flux.runtime.history import child_failure, resume_targets
 from flux.runtime.patterns import child_execution_id
 from flux.runtime.secrets import redact_encoded
 from flux.runtime.store import ExecutionRecord, StaleWriteError, Store, StoredEvent, Write
@@ -1124,9 +1124,8 @@ class Dispatcher:
                 type_, value = E.TASK_COMPLETED, child.output
             elif child.state is S.FAILED and child.output is not None:
                 type_, value = E.TASK_FAILED, child.output
-            else:
-                what = "was cancelled" if child.state is S.CANCELLED else "failed"
-                error = ExecutionCancelledError(f"subworkflow {started.name!r} ({child_id}) {what}")
+            else:  # the same error the embedded engine records (flux.runtime.history)
+                error = child_failure(started.name, child_id, child.state is S.CANCELLED)
                 type_, value = E.TASK_FAILED, codec.encode(error)
             seq += 1
             out.append(StoredEvent(eid, seq, type_.value, call_id, started.name, value, now))
@@ -1223,7 +1222,6 @@ class Dispatcher:
     async def resume(self, execution_id: str, value_data: bytes) -> ExecutionRecord:
         """Resume a paused execution: append WORKFLOW_RESUMED and TASK_RESUMED (carrying the
         codec-encoded ``value_data``) for each waiting pause, and queue it."""
-        from flux.runtime.history import pending_pauses
 
         rec = await self.store.get_execution(execution_id)
         if rec is None:
@@ -1243,9 +1241,7 @@ class Dispatcher:
         seq = events[-1].seq if events else 0
         now = self.wall()
         name = rec.workflow_name
-        targets = [(E.WORKFLOW_RESUMED, name, name)] + [
-            (E.TASK_RESUMED, ev.source_id, ev.name) for ev in pending_pauses(_view(events))
-        ]
+        targets = resume_targets(name, _view(events))
         new = [
             StoredEvent(execution_id, seq + i, type_.value, source, label, value_data, now)
             for i, (type_, source, label) in enumerate(targets, start=1)
