@@ -196,12 +196,18 @@ def test_an_execution_with_its_timeline_and_error(site, browser):
         "bar seg-retry out-completed",
     ]
     assert "bar seg-fallback out-completed" in bars("loyalty_points#1")
-    assert bars("reserve_gift#2") == ["bar seg-attempt out-failed", "bar seg-rollback out-completed"]
+    assert bars("reserve_gift#2") == [
+        "bar seg-attempt out-failed",
+        "bar seg-rollback out-completed",
+    ]
     assert bars("sleep#3") == ["bar seg-sleep out-completed"]
     assert bars("parallel#4") == ["bar seg-group out-completed"]
     assert bars("pause#6") == ["bar seg-pause out-running"]
     # each bar is drawn where its call ran: the prices after the sleep, in the same stretch
-    left = {c: float(rows[c].find_element(By.CSS_SELECTOR, "rect").get_attribute("x")) for c in rows}
+    left = {
+        c: float(row.find_element(By.CSS_SELECTOR, "rect").get_attribute("x"))
+        for c, row in rows.items()
+    }
     assert left["fetch_stock#0"] <= left["sleep#3"] < left["parallel#4/price#0"] <= left["pause#6"]
     # the child execution is linked both ways
     child_link = rows["invoice#5"].find_element(By.CSS_SELECTOR, "a.child-link")
