@@ -266,7 +266,9 @@ def build_timeline(
             seg.left = round(max(seg.start - start, 0.0) / span * 100, 3)
             seg.width = round(max((seg_end - seg.start) / span * 100, 0.4), 3)
             seg.left = min(seg.left, 100 - seg.width) if seg.width < 100 else 0.0
-    return Timeline(flat, start, end, len(rows), max(len(rows) - len(flat), 0))
+    every: list[Row] = []
+    _flatten(roots, every, 1 << 62)
+    return Timeline(flat, start, end, len(rows), len(every) - len(flat))
 
 
 def _tree(rows: dict[str, Row]) -> list[Row]:
