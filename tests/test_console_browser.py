@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
@@ -77,7 +78,24 @@ def browser() -> Iterator[webdriver.Chrome]:
 
 
 def until(driver: webdriver.Chrome, predicate: Any, timeout: float = 15) -> Any:
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(predicate)
+    # the live regions are swapped while we look: an element may go stale between two reads
+    wait = WebDriverWait(
+        driver, timeout, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException]
+    )
+    return wait.until(predicate)
+
+
+def settled_as(state: str) -> Any:
+    """The page shows ``state`` and has reloaded to its final form (no actions left)."""
+
+    def check(driver: webdriver.Chrome) -> bool:
+        return (
+            driver.find_element(By.ID, "state").text == state
+            and not driver.find_elements(By.CSS_SELECTOR, ".actions form")
+            and not driver.find_elements(By.CSS_SELECTOR, "#live[data-poll]")
+        )
+
+    return check
 
 
 def text_of(driver: webdriver.Chrome, css: str, timeout: float = 15) -> str:
@@ -236,7 +254,7 @@ def test_resume_a_paused_execution(site, browser):
     field.clear()
     field.send_keys('"Grace"')
     browser.find_element(By.ID, "resume").click()
-    until(browser, lambda d: d.find_element(By.ID, "state").text == "COMPLETED", 30)
+    until(browser, settled_as("COMPLETED"), 30)
     output = text_of(browser, "#output")
     assert '"approved_by": "Grace"' in output and '"total": 120' in output
     rows = browser.find_elements(By.CSS_SELECTOR, "#timeline tr.call")
@@ -258,7 +276,7 @@ def test_cancel_a_running_execution(site, browser):
     alert = until(browser, ec.alert_is_present())
     assert long_id in alert.text
     alert.accept()
-    until(browser, lambda d: d.find_element(By.ID, "state").text == "CANCELLED", 30)
+    until(browser, settled_as("CANCELLED"), 30)
     assert api_state(site, long_id) == "CANCELLED"
     assert browser.find_elements(By.ID, "cancel") == []
 
@@ -290,6 +308,9 @@ def test_workers_and_secrets(site, browser):
     browser.get(f"{site['url']}/ui/workers")
     table = text_of(browser, "#workers-table")
     assert "console-worker-" in table and "ago" in table
+    # the worker has been connected since the module started: seconds, not "0 ms"
+    connected = browser.find_element(By.CSS_SELECTOR, "#workers-table tbody td:last-child").text
+    assert connected.endswith(" s") and float(connected.split()[0]) > 1
     shot(browser, "workers")
     browser.get(f"{site['url']}/ui/secrets")
     browser.find_element(By.ID, "secret-name").send_keys("PAYMENT_KEY")

@@ -394,7 +394,7 @@ def console_blueprint(server: Any) -> Blueprint:
             "workers.html",
             title="Workers",
             workers=info,
-            now=trio.current_time(),
+            now=time.time(),  # the dispatcher stamps connections and heartbeats in wall time
             stats=server.dispatcher.statistics(),
             live_url=url_for("console.workers") + "?partial=1",
             partial=bool(request.args.get("partial")),

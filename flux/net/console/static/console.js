@@ -122,13 +122,17 @@
 
   document.addEventListener("input", (event) => {
     const form = event.target.form;
-    if (form && form.dataset.json === event.target.name) event.target.setCustomValidity("");
+    if (!form || form.dataset.json !== event.target.name) return;
+    event.target.setCustomValidity("");
+    const box = form.querySelector(".json-error");
+    if (box) box.hidden = true;
   });
 
   function start() {
     localTimes(document);
     document.querySelectorAll("[data-poll]").forEach(poll);
     document.documentElement.dataset.ready = "1";
+    if (window.performance && performance.mark) performance.mark("flux:ready"); // bench/console.py
   }
 
   document.addEventListener("flux:settled", () => {
