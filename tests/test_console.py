@@ -163,6 +163,22 @@ async def test_the_list_filters_by_time_and_id_prefix(open_live):
         assert "COMPLETED <b>3</b>" in every.text
 
 
+@pytest.mark.trio
+async def test_hostile_values_are_shown_escaped(open_live):
+    hostile = '<img src=x onerror="alert(1)"></pre><script>alert(2)</script>'
+    async with httpx.AsyncClient(base_url=open_live.url) as c:
+        r = await c.post("/workflows/hello/run/sync", json=hostile)
+        eid = r.json()["execution_id"]
+        page = await c.get(f"/ui/executions/{eid}")
+        assert page.status_code == 200
+        assert "<img src=x" not in page.text and "<script>alert" not in page.text
+        assert "&lt;img src=x" in page.text
+        r = await c.post("/workflows/hello/run/sync", json="x" * 300_000)
+        big = await c.get(f"/ui/executions/{r.json()['execution_id']}")
+        assert "more characters: GET the API for all" in big.text
+        assert len(big.text) < 400_000
+
+
 # ---------------------------------------------------------------------------- pure parts
 
 

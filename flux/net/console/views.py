@@ -63,9 +63,16 @@ def decode(data: bytes | None) -> Any:
         return f"<undecodable: {exc}>"
 
 
-def pretty(value: Any) -> str:
-    """A JSON value indented for a <pre> block."""
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+#: The most characters of one value a page shows (the API has it whole).
+MAX_SHOWN = 100_000
+
+
+def pretty(value: Any, limit: int = MAX_SHOWN) -> str:
+    """A JSON value indented for a <pre> block, cut past ``limit`` characters with a note."""
+    text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+    if len(text) > limit:
+        return f"{text[:limit]}\n... ({len(text) - limit} more characters: GET the API for all)"
+    return text
 
 
 def as_error(value: Any) -> dict[str, str] | None:
