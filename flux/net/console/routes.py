@@ -1,7 +1,7 @@
 """The console's routes: a Quart blueprint mounted at ``/ui`` that renders the store's records
 with Jinja2 templates (``templates/console``) and acts through the server's dispatcher, exactly
-as the HTTP API does. Pages are whole documents; the few fragments the script polls for live
-updates (``?partial=1``) are the same templates' blocks."""
+as the HTTP API does. Pages are whole documents; the fragments the script polls for live
+updates (``?partial=1``, ``/live``) are rendered by the same templates."""
 
 from __future__ import annotations
 
@@ -24,10 +24,13 @@ from flux.runtime.errors import (
     WorkflowNotFoundError,
 )
 from flux.runtime.events import ExecutionState
+from flux.runtime.records import ExecutionRecord
 from flux.runtime.secrets import MAX_VALUE as MAX_SECRET_VALUE
-from flux.runtime.secrets import check_name
+from flux.runtime.secrets import SecretKeyError, check_name
 
+#: Executions a page of the list shows.
 PAGE_SIZE = 50
+#: Events a page of an execution's events table shows.
 EVENTS_PAGE = 100
 #: Executions a filtered search (id prefix, time range) looks through at most.
 SCAN_LIMIT = 100_000
@@ -54,13 +57,53 @@ def console_blueprint(server: Any) -> Blueprint:
         static_folder="static",
         static_url_path="/static",
     )
-    cfg = server.server_settings
-    rules = a.ConsoleAuth(cfg.api_token)
+    c = Console(server)
+    bp.before_request(c.guard)
+    bp.after_request(c.headers)
+    bp.register_error_handler(ConsoleError, c.refused)
+    routes: list[tuple[str, Any, list[str]]] = [
+        ("/login", c.login, ["GET", "POST"]),
+        ("/logout", c.logout, ["POST"]),
+        ("", c.home, ["GET"]),
+        ("/", c.home, ["GET"]),
+        ("/executions", c.executions, ["GET"]),
+        ("/executions/<execution_id>", c.execution, ["GET"]),
+        ("/executions/<execution_id>/live", c.execution_live, ["GET"]),
+        ("/executions/<execution_id>/resume", c.resume, ["POST"]),
+        ("/executions/<execution_id>/cancel", c.cancel, ["POST"]),
+        ("/workflows", c.workflows, ["GET"]),
+        ("/workflows/<name>", c.workflow, ["GET"]),
+        ("/workflows/<name>/run", c.run, ["POST"]),
+        ("/workers", c.workers, ["GET"]),
+        ("/secrets", c.secrets_page, ["GET"]),
+        ("/secrets", c.secrets_set, ["POST"]),
+        ("/secrets/remove", c.secrets_remove, ["POST"]),
+    ]
+    for rule, view, methods in routes:
+        endpoint = "home_slash" if rule == "/" else view.__name__
+        bp.add_url_rule(rule, endpoint, view, methods=methods)
+    return bp
+
+
+def _static_prefix() -> str:
+    return url_for("console.static", filename="x")[:-1]
+
+
+class Console:
+    """The console's request handlers for one server."""
+
+    def __init__(self, server: Any):
+        self.server = server
+        self.store = server.store
+        self.dispatcher = server.dispatcher
+        self.cfg = server.server_settings
+        self.rules = a.ConsoleAuth(self.cfg.api_token)
 
     # ------------------------------------------------------------------ guard and headers
 
-    @bp.before_request
-    async def _guard() -> Response | None:
+    async def guard(self) -> Response | None:
+        """Loopback rule, session and CSRF token, login: before every console request."""
+        rules = self.rules
         if not rules.needs_login and not (
             a.loopback_peer(request.remote_addr) and a.loopback_host(request.headers.get("Host"))
         ):
@@ -79,25 +122,25 @@ def console_blueprint(server: Any) -> Blueprint:
                 raise ConsoleError(
                     403, "The form's security token is missing or stale: reload the page and retry."
                 )
-        open_paths = (url_for("console.login"), url_for("console.static", filename="x")[:-1])
+        open_paths = (url_for("console.login"), _static_prefix())
         if not g.logged_in and not request.path.startswith(open_paths):
             if request.method != "GET" or request.args.get("partial"):
                 raise ConsoleError(401, "Log in to the console first.")
             return redirect(url_for("console.login", next=request.full_path.rstrip("?")))
         return None
 
-    @bp.after_request
-    async def _headers(response: Response) -> Response:
+    async def headers(self, response: Response) -> Response:
         response.headers["Content-Security-Policy"] = a.CSP
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["Referrer-Policy"] = "same-origin"
-        if request.path.startswith(url_for("console.static", filename="x")[:-1]):
+        if request.path.startswith(_static_prefix()):
             response.headers["Cache-Control"] = "public, max-age=300"
         new = getattr(g, "new_session", None)
         if new:
-            _cookie(response, a.SESSION_COOKIE, new)
+            self._cookie(response, a.SESSION_COOKIE, new)
         return response
 
+    @staticmethod
     def _cookie(response: Response, name: str, value: str, max_age: int | None = None) -> None:
         response.set_cookie(
             name,
@@ -109,22 +152,22 @@ def console_blueprint(server: Any) -> Blueprint:
             secure=request.scheme == "https",
         )
 
-    @bp.errorhandler(ConsoleError)
-    async def _refused(exc: ConsoleError) -> tuple[str, int]:
-        return await page("error.html", title="Error", message=exc.message), exc.status
+    async def refused(self, exc: ConsoleError) -> tuple[str, int]:
+        return await self.page("error.html", title="Error", message=exc.message), exc.status
 
-    async def page(template: str, **context: Any) -> str:
+    async def page(self, template: str, **context: Any) -> str:
         context.setdefault("title", "Flux")
         return await render_template(
             f"console/{template}",
             csrf=getattr(g, "csrf", ""),
             logged_in=getattr(g, "logged_in", False),
-            needs_login=rules.needs_login,
+            needs_login=self.rules.needs_login,
             notice=request.args.get("notice", ""),
             v=v,
             **context,
         )
 
+    @staticmethod
     def back(endpoint: str, notice: str = "", **values: Any) -> Response:
         if notice:
             values["notice"] = notice
@@ -132,38 +175,34 @@ def console_blueprint(server: Any) -> Blueprint:
 
     # ------------------------------------------------------------------ login
 
-    @bp.route("/login", methods=["GET", "POST"])
-    async def login() -> Any:
+    async def login(self) -> Any:
         nxt = request.args.get("next") or url_for("console.executions")
         if not nxt.startswith("/ui") or nxt.startswith("//"):
             nxt = url_for("console.executions")
-        if not rules.needs_login:
+        if not self.rules.needs_login:
             return redirect(nxt, 303)
         if request.method == "POST":
             form = await request.form
-            if rules.check_login(form.get("token")):
+            if self.rules.check_login(form.get("token")):
                 response = redirect(nxt, 303)
-                _cookie(response, a.TOKEN_COOKIE, rules.api_token or "", max_age=30 * 86400)
+                token = self.rules.api_token or ""
+                self._cookie(response, a.TOKEN_COOKIE, token, max_age=30 * 86400)
                 return response
-            body = await page("login.html", title="Log in", next=nxt, failed=True)
+            body = await self.page("login.html", title="Log in", next=nxt, failed=True)
             return body, 401
-        return await page("login.html", title="Log in", next=nxt, failed=False)
+        return await self.page("login.html", title="Log in", next=nxt, failed=False)
 
-    @bp.post("/logout")
-    async def logout() -> Response:
+    async def logout(self) -> Response:
         response = redirect(url_for("console.login"), 303)
         response.delete_cookie(a.TOKEN_COOKIE, path=a.COOKIE_PATH)
         return response
 
     # ------------------------------------------------------------------ executions
 
-    @bp.get("")
-    @bp.get("/")
-    async def home() -> Response:
+    async def home(self) -> Response:
         return redirect(url_for("console.executions"), 302)
 
-    @bp.get("/executions")
-    async def executions() -> Any:
+    async def executions(self) -> Any:
         args = request.args
         query = (args.get("q") or "").strip()
         workflow = args.get("workflow") or None
@@ -177,33 +216,25 @@ def console_blueprint(server: Any) -> Blueprint:
         except ValueError as exc:
             raise ConsoleError(400, str(exc)) from None
         if query and not args.get("partial"):
-            exact = await server.store.get_execution(query)
-            if exact is not None:
+            if await self.store.get_execution(query) is not None:
                 return redirect(url_for("console.execution", execution_id=query), 303)
-        store = server.store
         offset = (page_no - 1) * PAGE_SIZE
         if query or since is not None or until is not None:
-            every = await store.list_executions(
-                workflow_name=workflow, state=state, limit=SCAN_LIMIT
-            )
-            chosen = [
-                r
-                for r in every
-                if (not query or r.execution_id.startswith(query))
-                and (since is None or r.created_at >= since)
-                and (until is None or r.created_at <= until)
-            ]
-            total, records = len(chosen), chosen[offset : offset + PAGE_SIZE]
+            total, records = await self._scan(workflow, state, query, since, until, offset)
         else:
-            records = await store.list_executions(
+            records = await self.store.list_executions(
                 workflow_name=workflow, state=state, limit=PAGE_SIZE, offset=offset
             )
-            total = await store.count_executions(workflow_name=workflow, state=state)
-        counts = {s: await store.count_executions(workflow_name=workflow, state=s) for s in _STATES}
-        filters = {
-            k: args.get(k, "") for k in ("q", "workflow", "state", "since", "until") if args.get(k)
+            total = await self.store.count_executions(workflow_name=workflow, state=state)
+        counts = {
+            s: await self.store.count_executions(workflow_name=workflow, state=s) for s in _STATES
         }
-        context = dict(
+        filters = {
+            k: args[k] for k in ("q", "workflow", "state", "since", "until") if args.get(k)
+        }
+        live_query = urlencode({**filters, "partial": 1, "page": page_no})
+        return await self.page(
+            "_executions.html" if args.get("partial") else "executions.html",
             title="Executions",
             records=records,
             total=total,
@@ -213,37 +244,58 @@ def console_blueprint(server: Any) -> Blueprint:
             counts=counts,
             filters=filters,
             query_for=lambda **kw: "?" + urlencode({**filters, **kw}),
-            workflows=[w.name for w in await store.list_workflows()],
+            workflows=[w.name for w in await self.store.list_workflows()],
             states=_STATES,
-            live=any(r.state.value not in _SETTLED for r in records) or page_no == 1,
-            live_url=url_for("console.executions") + "?" + urlencode({**filters, "partial": 1,
-                                                                      "page": page_no}),
+            live=page_no == 1 or any(r.state.value not in _SETTLED for r in records),
+            live_url=f"{url_for('console.executions')}?{live_query}",
         )
-        template = "_executions.html" if args.get("partial") else "executions.html"
-        return await page(template, **context)
 
-    async def one_execution(execution_id: str) -> Any:
-        rec = await server.store.get_execution(execution_id)
+    async def _scan(
+        self,
+        workflow: str | None,
+        state: str | None,
+        query: str,
+        since: float | None,
+        until: float | None,
+        offset: int,
+    ) -> tuple[int, list[ExecutionRecord]]:
+        """Filters the store cannot apply (id prefix, time range), over at most SCAN_LIMIT."""
+        every = await self.store.list_executions(
+            workflow_name=workflow, state=state, limit=SCAN_LIMIT
+        )
+        chosen = [
+            r
+            for r in every
+            if (not query or r.execution_id.startswith(query))
+            and (since is None or r.created_at >= since)
+            and (until is None or r.created_at <= until)
+        ]
+        return len(chosen), chosen[offset : offset + PAGE_SIZE]
+
+    async def _one(self, execution_id: str) -> ExecutionRecord:
+        rec = await self.store.get_execution(execution_id)
         if rec is None:
             raise ConsoleError(404, f"No execution {execution_id!r}.")
         return rec
 
-    async def execution_context(execution_id: str) -> dict[str, Any]:
-        rec = await one_execution(execution_id)
-        events = await server.store.load_events(execution_id)
+    async def _execution_context(self, execution_id: str) -> dict[str, Any]:
+        """What the execution page's live part shows."""
+        rec = await self._one(execution_id)
+        events = await self.store.load_events(execution_id)
         timeline = await trio.to_thread.run_sync(v.build_timeline, events)
-        error = None
         output = v.decode(rec.output)
+        error = None
         if rec.state is ExecutionState.FAILED:
             failed = [e for e in events if e.type == "WORKFLOW_FAILED"]
-            error = v.as_error(v.decode(failed[-1].value) if failed else output) or v.as_error(
+            error = v.as_error(v.decode(failed[-1].value) if failed else None) or v.as_error(
                 output
             )
         pause = None
         if rec.state is ExecutionState.PAUSED:
             paused = [e for e in events if e.type == "WORKFLOW_PAUSED"]
             pause = v.decode(paused[-1].value) if paused else None
-        end = rec.updated_at if rec.state.value in _SETTLED else time.time()
+        settled = rec.state.value in _SETTLED
+        end = rec.updated_at if settled else time.time()
         return dict(
             rec=rec,
             input=v.decode(rec.input),
@@ -253,13 +305,12 @@ def console_blueprint(server: Any) -> Blueprint:
             events=events,
             timeline=timeline,
             took=v.duration(end - rec.created_at),
-            settled=rec.state.value in _SETTLED,
+            settled=settled,
             live_url=url_for("console.execution_live", execution_id=execution_id),
         )
 
-    @bp.get("/executions/<execution_id>")
-    async def execution(execution_id: str) -> Any:
-        context = await execution_context(execution_id)
+    async def execution(self, execution_id: str) -> Any:
+        context = await self._execution_context(execution_id)
         rec, events = context["rec"], context["events"]
         pages = max((len(events) + EVENTS_PAGE - 1) // EVENTS_PAGE, 1)
         try:
@@ -267,12 +318,10 @@ def console_blueprint(server: Any) -> Blueprint:
         except ValueError:
             raise ConsoleError(400, "events must be a page number") from None
         shown = events[(page_no - 1) * EVENTS_PAGE : page_no * EVENTS_PAGE]
-        rows = [
-            {"e": e, "value": v.decode(e.value) if e.value is not None else None} for e in shown
-        ]
-        parent = await server.store.get_execution(rec.parent_id) if rec.parent_id else None
-        children = await server.store.list_executions(parent_id=execution_id, limit=200)
-        return await page(
+        rows = [{"e": e, "value": v.decode(e.value)} for e in shown]
+        parent = await self.store.get_execution(rec.parent_id) if rec.parent_id else None
+        children = await self.store.list_executions(parent_id=execution_id, limit=200)
+        return await self.page(
             "execution.html",
             title=f"Execution {execution_id}",
             event_rows=rows,
@@ -283,11 +332,12 @@ def console_blueprint(server: Any) -> Blueprint:
             **context,
         )
 
-    @bp.get("/executions/<execution_id>/live")
-    async def execution_live(execution_id: str) -> Any:
-        return await page("_execution_live.html", **await execution_context(execution_id))
+    async def execution_live(self, execution_id: str) -> Any:
+        context = await self._execution_context(execution_id)
+        return await self.page("_execution_live.html", **context)
 
-    def encoded(raw: str, what: str) -> bytes:
+    def _encoded(self, raw: str, what: str) -> bytes:
+        """A form's JSON text as the codec's bytes, within the server's value limit."""
         try:
             value = json.loads(raw) if raw.strip() else None
         except ValueError as exc:
@@ -298,59 +348,54 @@ def console_blueprint(server: Any) -> Blueprint:
             data = codec.encode(value)
         except (SerializationError, ValueError, TypeError, OverflowError, RecursionError) as exc:
             raise ConsoleError(400, f"{what} cannot be stored: {exc}") from None
-        if len(data) > cfg.max_value_size:
-            raise ConsoleError(
-                413, f"{what} is {len(data)} bytes encoded, over the limit of {cfg.max_value_size}"
-            )
+        limit = self.cfg.max_value_size
+        if len(data) > limit:
+            detail = f"{what} is {len(data)} bytes encoded, over the limit of {limit}"
+            raise ConsoleError(413, detail)
         return data
 
-    async def act(fn: Any, *args: Any) -> Any:
+    @staticmethod
+    async def _act(fn: Any, *args: Any) -> Any:
         try:
             return await fn(*args)
-        except ExecutionNotFoundError as exc:
-            raise ConsoleError(404, str(exc)) from None
-        except WorkflowNotFoundError as exc:
+        except (ExecutionNotFoundError, WorkflowNotFoundError) as exc:
             raise ConsoleError(404, str(exc)) from None
         except ExecutionConflictError as exc:
             raise ConsoleError(409, str(exc)) from None
 
-    @bp.post("/executions/<execution_id>/resume")
-    async def resume(execution_id: str) -> Response:
-        await one_execution(execution_id)
+    async def resume(self, execution_id: str) -> Response:
+        await self._one(execution_id)
         form = await request.form
-        data = encoded(form.get("value", ""), "The resume value")
-        await act(server.dispatcher.resume, execution_id, data)
-        return back("console.execution", "Resumed.", execution_id=execution_id)
+        data = self._encoded(form.get("value", ""), "The resume value")
+        await self._act(self.dispatcher.resume, execution_id, data)
+        return self.back("console.execution", "Resumed.", execution_id=execution_id)
 
-    @bp.post("/executions/<execution_id>/cancel")
-    async def cancel(execution_id: str) -> Response:
-        await one_execution(execution_id)
-        rec = await act(server.dispatcher.cancel, execution_id)
+    async def cancel(self, execution_id: str) -> Response:
+        await self._one(execution_id)
+        rec = await self._act(self.dispatcher.cancel, execution_id)
         note = "Cancelled." if rec.state is ExecutionState.CANCELLED else "Cancel requested."
-        return back("console.execution", note, execution_id=execution_id)
+        return self.back("console.execution", note, execution_id=execution_id)
 
     # ------------------------------------------------------------------ workflows
 
-    @bp.get("/workflows")
-    async def workflows() -> Any:
-        records = await server.store.list_workflows()
-        return await page("workflows.html", title="Workflows", records=records)
+    async def workflows(self) -> Any:
+        records = await self.store.list_workflows()
+        return await self.page("workflows.html", title="Workflows", records=records)
 
-    @bp.get("/workflows/<name>")
-    async def workflow(name: str) -> Any:
-        versions = await server.store.list_workflow_versions(name)
+    async def workflow(self, name: str) -> Any:
+        versions = await self.store.list_workflow_versions(name)
         if not versions:
             raise ConsoleError(404, f"No workflow {name!r}.")
         try:
             wanted = int(request.args.get("version") or versions[-1].version)
         except ValueError:
             raise ConsoleError(400, "version must be a number") from None
-        record = await server.store.get_workflow(name, wanted)
+        record = await self.store.get_workflow(name, wanted)
         if record is None:
             raise ConsoleError(404, f"Workflow {name!r} has no version {wanted}.")
-        recent = await server.store.list_executions(workflow_name=name, limit=10)
+        recent = await self.store.list_executions(workflow_name=name, limit=10)
         lines = await trio.to_thread.run_sync(v.highlight, record.source)
-        return await page(
+        return await self.page(
             "workflow.html",
             title=f"Workflow {name}",
             record=record,
@@ -359,56 +404,53 @@ def console_blueprint(server: Any) -> Blueprint:
             recent=recent,
         )
 
-    @bp.post("/workflows/<name>/run")
-    async def run(name: str) -> Response:
+    async def run(self, name: str) -> Response:
         form = await request.form
         mode = form.get("mode", "async")
         if mode not in ("sync", "async"):
             raise ConsoleError(400, f"Unknown run mode {mode!r}: sync or async.")
-        data = encoded(form.get("input", ""), "The input")
+        data = self._encoded(form.get("input", ""), "The input")
         raw_version = form.get("version") or ""
         if raw_version and not raw_version.isdigit():
             raise ConsoleError(400, f"version must be a number, not {raw_version!r}")
         version = int(raw_version) if raw_version else None
-        if version is not None and await server.store.get_workflow(name, version) is None:
+        if version is not None and await self.store.get_workflow(name, version) is None:
             raise ConsoleError(404, f"Workflow {name!r} has no version {version}.")
-        rec = await act(functools.partial(server.dispatcher.start, version=version), name, data)
-        eid = rec.execution_id
+        start = functools.partial(self.dispatcher.start, version=version)
+        rec = await self._act(start, name, data)
         if mode == "sync":
-            event = server.dispatcher.watch(eid)
-            try:
-                current = await server.store.get_execution(eid)
-                if current is not None and current.state.value not in (*_SETTLED, "PAUSED"):
-                    with trio.move_on_after(cfg.sync_timeout):
-                        await event.wait()
-            finally:
-                server.dispatcher.unwatch(eid, event)
-        return back("console.execution", "Started.", execution_id=eid)
+            await self._settle(rec.execution_id)
+        return self.back("console.execution", "Started.", execution_id=rec.execution_id)
+
+    async def _settle(self, execution_id: str) -> None:
+        """Wait until the execution completes, fails, is cancelled or pauses (sync_timeout)."""
+        event = self.dispatcher.watch(execution_id)
+        try:
+            current = await self.store.get_execution(execution_id)
+            if current is not None and current.state.value not in (*_SETTLED, "PAUSED"):
+                with trio.move_on_after(self.cfg.sync_timeout):
+                    await event.wait()
+        finally:
+            self.dispatcher.unwatch(execution_id, event)
 
     # ------------------------------------------------------------------ workers and secrets
 
-    @bp.get("/workers")
-    async def workers() -> Any:
-        info = server.dispatcher.workers_info()
-        return await page(
+    async def workers(self) -> Any:
+        return await self.page(
             "workers.html",
             title="Workers",
-            workers=info,
+            workers=self.dispatcher.workers_info(),
             now=time.time(),  # the dispatcher stamps connections and heartbeats in wall time
-            stats=server.dispatcher.statistics(),
+            stats=self.dispatcher.statistics(),
             live_url=url_for("console.workers") + "?partial=1",
             partial=bool(request.args.get("partial")),
         )
 
-    secrets = server.dispatcher.secrets
+    async def secrets_page(self) -> Any:
+        names = sorted(await self.dispatcher.secrets.names())
+        return await self.page("secrets.html", title="Secrets", names=names)
 
-    @bp.get("/secrets")
-    async def secrets_page() -> Any:
-        names = sorted(await secrets.names())
-        return await page("secrets.html", title="Secrets", names=names)
-
-    @bp.post("/secrets")
-    async def secrets_set() -> Response:
+    async def secrets_set(self) -> Response:
         form = await request.form
         try:
             name = check_name(form.get("name", "").strip())
@@ -420,20 +462,19 @@ def console_blueprint(server: Any) -> Blueprint:
         if len(value.encode("utf-8")) > MAX_SECRET_VALUE:
             raise ConsoleError(413, f"A secret's value is limited to {MAX_SECRET_VALUE} bytes.")
         try:
-            await secrets.set(name, value)
+            await self.dispatcher.secrets.set(name, value)
+        except SecretKeyError as exc:
+            raise ConsoleError(503, str(exc)) from None
         except ValueError as exc:
             raise ConsoleError(400, str(exc)) from None
-        return back("console.secrets_page", f"Secret {name} set.")
+        return self.back("console.secrets_page", f"Secret {name} set.")
 
-    @bp.post("/secrets/remove")
-    async def secrets_remove() -> Response:
+    async def secrets_remove(self) -> Response:
         form = await request.form
         try:
             name = check_name(form.get("name", ""))
         except ValueError as exc:
             raise ConsoleError(400, str(exc)) from None
-        if not await secrets.remove(name):
+        if not await self.dispatcher.secrets.remove(name):
             raise ConsoleError(404, f"Secret {name!r} is not set.")
-        return back("console.secrets_page", f"Secret {name} removed.")
-
-    return bp
+        return self.back("console.secrets_page", f"Secret {name} removed.")
