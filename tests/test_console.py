@@ -158,6 +158,9 @@ async def test_the_list_filters_by_time_and_id_prefix(open_live):
         assert exact.status_code == 303 and exact.headers["location"].endswith(ids[2])
         later = await c.get("/ui/executions", params={"since": "2999-01-01T00:00"})
         assert "No executions match these filters" in later.text
+        assert "COMPLETED <b>" not in later.text  # the counts are the filtered ones
+        one = await c.get("/ui/executions", params={"q": ids[0][:12], "state": "COMPLETED"})
+        assert "COMPLETED <b>1</b>" in one.text and ids[0] in one.text
         every = await c.get("/ui/executions", params={"since": "2000-01-01T00:00"})
         assert all(i in every.text for i in ids)
         assert "COMPLETED <b>3</b>" in every.text

@@ -220,15 +220,16 @@ class Console:
                 return redirect(url_for("console.execution", execution_id=query), 303)
         offset = (page_no - 1) * PAGE_SIZE
         if query or since is not None or until is not None:
-            total, records = await self._scan(workflow, state, query, since, until, offset)
+            counts, total, records = await self._scan(workflow, state, query, since, until, offset)
         else:
             records = await self.store.list_executions(
                 workflow_name=workflow, state=state, limit=PAGE_SIZE, offset=offset
             )
             total = await self.store.count_executions(workflow_name=workflow, state=state)
-        counts = {
-            s: await self.store.count_executions(workflow_name=workflow, state=s) for s in _STATES
-        }
+            counts = {
+                s: await self.store.count_executions(workflow_name=workflow, state=s)
+                for s in _STATES
+            }
         filters = {
             k: args[k] for k in ("q", "workflow", "state", "since", "until") if args.get(k)
         }
@@ -258,19 +259,22 @@ class Console:
         since: float | None,
         until: float | None,
         offset: int,
-    ) -> tuple[int, list[ExecutionRecord]]:
-        """Filters the store cannot apply (id prefix, time range), over at most SCAN_LIMIT."""
-        every = await self.store.list_executions(
-            workflow_name=workflow, state=state, limit=SCAN_LIMIT
-        )
-        chosen = [
+    ) -> tuple[dict[str, int], int, list[ExecutionRecord]]:
+        """Filters the store cannot apply (id prefix, time range), over at most SCAN_LIMIT
+        executions: the counts by state of the matches, how many are in ``state``, the page."""
+        every = await self.store.list_executions(workflow_name=workflow, limit=SCAN_LIMIT)
+        matching = [
             r
             for r in every
             if (not query or r.execution_id.startswith(query))
             and (since is None or r.created_at >= since)
             and (until is None or r.created_at <= until)
         ]
-        return len(chosen), chosen[offset : offset + PAGE_SIZE]
+        counts = dict.fromkeys(_STATES, 0)
+        for r in matching:
+            counts[r.state.value] += 1
+        chosen = [r for r in matching if state is None or r.state.value == state]
+        return counts, len(chosen), chosen[offset : offset + PAGE_SIZE]
 
     async def _one(self, execution_id: str) -> ExecutionRecord:
         rec = await self.store.get_execution(execution_id)
