@@ -631,12 +631,12 @@ def test_json_input_errors_and_the_wrong_key_message_as_documented(local):
 
 
 @pytest.mark.trio
-async def test_root_redirects_to_the_docs_page_which_needs_no_script(nursery, tmp_path):
+async def test_root_redirects_to_the_console_and_the_docs_page_needs_no_script(nursery, tmp_path):
     live = await start_live(nursery, tmp_path, worker=False, upload_source=False)
     async with httpx.AsyncClient(base_url=live.url) as c:
         root = await c.get("/")
         page = await c.get("/docs")
-    assert root.status_code == 302 and root.headers["location"] == "/docs"
+    assert root.status_code == 302 and root.headers["location"] == "/ui"  # the console (issue 12)
     html = page.text
     without_scripts = re.sub(r"<script.*?</script>", "", html, flags=re.S)
     # everything is in the HTML itself: routes, the run body's schema, schemas

@@ -290,8 +290,8 @@ def _paths() -> dict[str, Any]:
     return {
         "/": {
             "get": _op(
-                "Redirects to the interactive documentation (/docs)",
-                {"302": {"description": "Location: /docs"}},
+                "Redirects to the console (/ui)",
+                {"302": {"description": "Location: /ui"}},
                 tag="meta",
                 public=True,
                 op_id="root",

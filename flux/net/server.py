@@ -31,7 +31,7 @@ from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.exceptions import HTTPException
 
-from flux.net import openapi
+from flux.net import console, openapi
 from flux.net import protocol as p
 from flux.net.dispatch import (
     Dispatcher,
@@ -521,7 +521,8 @@ def create_app(
     # ------------------------------------------------------------------ auth and CORS
 
     def public(path: str) -> bool:
-        return path in _PUBLIC_PATHS
+        # the console checks its own login cookie and CSRF token (flux/net/console/auth.py)
+        return path in _PUBLIC_PATHS or console.owns(path)
 
     @app.before_request
     async def _guard() -> Response | None:
@@ -658,7 +659,7 @@ def create_app(
 
     @app.get("/")
     async def root() -> Response:
-        return redirect("/docs", 302)  # to the console, once there is one
+        return redirect(console.PREFIX, 302)
 
     @app.get("/docs")
     async def docs() -> Response:
@@ -920,6 +921,7 @@ def create_app(
             raise ApiError(404, "secret-not-found", f"secret {name!r} is not set")
         return _json_response({"name": name, "removed": True})
 
+    app.register_blueprint(console.console_blueprint(server))
     return app
 
 
