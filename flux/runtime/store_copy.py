@@ -189,3 +189,24 @@ async def copy_store_locations(
             target_name=f"target {target_name}",
         )
     return CopyResult(source_name, target_name, counts)
+
+
+def key_file_note(result: CopyResult, environ: dict[str, str] | None = None) -> str | None:
+    """When secrets were copied and the target's default key file (``FLUX_SECRET_KEY_FILE``, else
+    beside its database) is not the source's: the line telling where the key must come from.
+    Secrets are copied as ciphertext; only the source's key decrypts them."""
+    from flux.runtime.settings import Settings
+
+    if not result.counts.get("secrets"):
+        return None
+    env = dict(os.environ if environ is None else environ)
+    env.pop("FLUX_STORE", None)
+    env.pop("FLUX_DB", None)
+    source_key = Settings.from_env(environ=env, store=result.source).secret_key_file
+    target_key = Settings.from_env(environ=env, store=result.target).secret_key_file
+    if source_key == target_key:
+        return None
+    return (
+        f"the secrets are encrypted with {source_key}: give the target that key file "
+        f"(FLUX_SECRET_KEY_FILE={source_key}, or copy it to {target_key})"
+    )
