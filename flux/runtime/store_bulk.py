@@ -148,8 +148,10 @@ def records_and_cursor(
     if t.record is ExecutionRecord:
         records = [ExecutionRecord(**dict(zip(t.columns, r[width:], strict=True))) for r in rows]
     else:
-        records = [t.record(*(bytes(v) if isinstance(v, memoryview) else v for v in r[width:]))
-                   for r in rows]
+        records = [
+            t.record(*(bytes(v) if isinstance(v, memoryview) else v for v in r[width:]))
+            for r in rows
+        ]
     cursor = tuple(rows[-1][:width]) if rows else None
     return records, cursor
 
