@@ -505,9 +505,11 @@ async def store_copy(source: str, target: str, batch_size: int, quiet: bool) -> 
     """
     from .runtime.store_copy import copy_store_locations, key_file_note
 
-    def progress(table: str, copied: int) -> None:
-        if not quiet:
-            click.echo(f"  {table}: {copied}", err=True)
+    step = max(batch_size, 50_000)
+
+    def progress(table: str, copied: int, total: int) -> None:
+        if not quiet and (copied >= total or copied % step < batch_size):
+            click.echo(f"  {table}: {copied} of {total}", err=True)
 
     result = await copy_store_locations(
         source, target, batch_size=batch_size, progress=progress

@@ -85,12 +85,14 @@ async def test_round_trip_sqlite_postgres_sqlite_keeps_every_row(tmp_path, pg_ur
     await fill_sqlite(first, key)
     original = await everything(first)
     assert all(original[t] for t in TABLES), {t: len(v) for t, v in original.items()}
-    seen: list[tuple[str, int]] = []
+    seen: list[tuple[str, int, int]] = []
     to_pg = await copy_store_locations(
-        first, pg_url, batch_size=2, progress=lambda t, n: seen.append((t, n))
+        first, pg_url, batch_size=2, progress=lambda *args: seen.append(args)
     )
     assert to_pg.counts == {t: len(original[t]) for t in TABLES}
-    assert ("events", 2) in seen and ("events", 4) in seen  # batch by batch
+    events = len(original["events"])
+    assert ("events", 2, events) in seen and ("events", 4, events) in seen  # batch by batch
+    assert seen[-1] == ("cache", len(original["cache"]), len(original["cache"]))
     assert await everything(pg_url) == original
     to_sqlite = await copy_store_locations(pg_url, back, batch_size=1000)
     assert to_sqlite.counts == to_pg.counts
@@ -202,7 +204,7 @@ def test_cli_store_copy(tmp_path, pg_url):
     result = flux_cli("store", "copy", source, pg_url)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("copied 0 workflow versions, 1 execution, ")
-    assert "  events: " in result.stderr
+    assert "  executions: 1 of 1\n" in result.stderr
     again = flux_cli("store", "copy", source, pg_url)
     assert again.returncode != 0
     lines = again.stderr.strip().splitlines()

@@ -32,8 +32,9 @@ __all__ = ["CopyResult", "copy_store", "copy_store_locations"]
 #: Rows read and written per batch, unless asked otherwise.
 DEFAULT_BATCH = 500
 
-#: Called after each batch written: (table, rows of that table copied so far).
-Progress = Callable[[str, int], None]
+#: Called after each batch written: (table, rows of it copied so far, rows of it in the source
+#: when the copy began).
+Progress = Callable[[str, int, int], None]
 
 
 @attrs.frozen
@@ -87,7 +88,9 @@ async def copy_store(
     copied = dict.fromkeys(store_bulk.TABLES, 0)
     for name in store_bulk.TABLES:
         try:
-            copied[name] = await _copy_table(source, target, name, batch_size, progress)
+            copied[name] = await _copy_table(
+                source, target, name, batch_size, progress, before[name]
+            )
         except StoreError as exc:
             raise StoreError(
                 f"copying {name} from {source_name} to {target_name} failed: {exc}; "
@@ -99,7 +102,12 @@ async def copy_store(
 
 
 async def _copy_table(
-    source: StoreAPI, target: StoreAPI, name: str, batch_size: int, progress: Progress | None
+    source: StoreAPI,
+    target: StoreAPI,
+    name: str,
+    batch_size: int,
+    progress: Progress | None,
+    total: int,
 ) -> int:
     """Read batches of ``name`` while writing the previous one; returns the rows written."""
     send, receive = anyio.create_memory_object_stream[list[Any]](1)
@@ -120,7 +128,7 @@ async def _copy_table(
             async for records in receive:
                 written += await target.import_rows(name, records)
                 if progress is not None:
-                    progress(name, written)
+                    progress(name, written, total)
     return written
 
 
