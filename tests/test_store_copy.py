@@ -211,3 +211,22 @@ def test_cli_store_copy(tmp_path, pg_url):
     assert len(lines) == 1 and "is not empty: it holds 1 execution, " in lines[0], lines
     listed = flux_cli("executions", "list", "--store", pg_url)
     assert listed.returncode == 0 and "COMPLETED" in listed.stdout, listed
+
+
+def test_example_moves_a_paused_execution_to_postgres(tmp_path, pg_url):
+    from tests.conftest import PYTHON, ROOT, subprocess_env
+
+    out = subprocess.run(
+        [PYTHON, os.path.join(ROOT, "examples", "store_copy.py"), pg_url],
+        cwd=tmp_path,
+        env=subprocess_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "copied 0 workflow versions, 1 execution, 5 events, 1 secret, 0 cache entries" in lines
+    assert "resumed in the copy: COMPLETED reserved a lamp, approved by Grace" in lines
+    assert "secret readable in the copy: tok-1234567890" in lines
+    assert out.stdout.count("reserving a lamp") == 1
