@@ -230,3 +230,17 @@ def test_example_moves_a_paused_execution_to_postgres(tmp_path, pg_url):
     assert "resumed in the copy: COMPLETED reserved a lamp, approved by Grace" in lines
     assert "secret readable in the copy: tok-1234567890" in lines
     assert out.stdout.count("reserving a lamp") == 1
+
+
+@pytest.mark.trio
+async def test_a_row_the_target_cannot_hold_fails_with_one_clear_error(tmp_path, pg_url):
+    source = str(tmp_path / "a.db")
+    async with open_store(source) as store:  # SQLite text may hold NUL; PostgreSQL's may not
+        await store.import_rows("secrets", [SecretRecord("bad\x00name", b"c", 1.0)])
+    with pytest.raises(StoreError) as info:
+        await copy_store_locations(source, pg_url)
+    message = str(info.value)
+    assert message.startswith(f"copying secrets from source {source} to target postgresql://")
+    assert "cannot import 1 secret into secrets: PostgreSQL text fields cannot" in message
+    assert "now holds a partial copy" in message
+    assert (await everything(pg_url))["secrets"] == []  # the refused batch stored nothing

@@ -122,14 +122,28 @@ async def _copy_table(
                     return
                 await send.send(records)
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(read)
-        async with receive:
-            async for records in receive:
-                written += await target.import_rows(name, records)
-                if progress is not None:
-                    progress(name, written, total)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            async with receive:
+                async for records in receive:
+                    written += await target.import_rows(name, records)
+                    if progress is not None:
+                        progress(name, written, total)
+    except BaseExceptionGroup as group:  # the reader's or the writer's error, as itself
+        raise _single(group) from None
     return written
+
+
+def _single(group: BaseExceptionGroup) -> BaseException:
+    """The first error inside nested groups that is not a cancellation, else the group."""
+    cancelled = anyio.get_cancelled_exc_class()
+    for exc in group.exceptions:
+        while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]
+        if not isinstance(exc, cancelled):
+            return exc
+    return group
 
 
 async def _verify(
