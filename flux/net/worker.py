@@ -52,7 +52,14 @@ from flux.runtime.loader import load_source, workflows_in
 from flux.runtime.store import StaleWriteError, StoredEvent
 from flux.runtime.workflow import workflow
 
-__all__ = ["LeaseLostError", "Worker", "WorkerRefusedError", "serve_worker", "ws_url"]
+__all__ = [
+    "LeaseLostError",
+    "Worker",
+    "WorkerRefusedError",
+    "serve_worker",
+    "server_urls",
+    "ws_url",
+]
 
 log = logging.getLogger("flux.worker")
 
