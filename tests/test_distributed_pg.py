@@ -119,7 +119,9 @@ def test_worker_fails_over_to_the_next_server(procs, tmp_path, pg_url):  # noqa:
     b, url_b = procs.server(store=pg_url, lease_ttl=1.5)
     worker = procs.worker([url_a, url_b], "both")
     ws_a, ws_b = (u.replace("http://", "ws://") + "/workers/connect" for u in (url_a, url_b))
-    assert f"serving executions from {ws_a}" in worker.log()  # the first that answers
+    wait_for(  # the first that answers
+        lambda: f"serving executions from {ws_a}" in worker.log(), 10, "worker on A", worker
+    )
     assert upload(url_a).status_code == 200
     log = tmp_path / "tasks.log"
     eid = start_chain(url_a, log)
@@ -159,7 +161,8 @@ def test_worker_takes_comma_separated_server_urls_from_the_environment(
     procs.env["FLUX_SERVER_URL"] = f"{dead}, {url}"
     worker = procs.worker([], "env")
     assert "connection to ws://127.0.0.1:9/workers/connect lost or refused" in worker.log()
-    assert f"serving executions from {url.replace('http', 'ws')}/workers/connect" in worker.log()
+    serving = f"serving executions from {url.replace('http', 'ws')}/workers/connect"
+    wait_for(lambda: serving in worker.log(), 10, "worker on the second URL", worker)
     assert upload(url).status_code == 200
     assert run(url, "hello", 1).json()["output"] == {"doubled": 2}
 
