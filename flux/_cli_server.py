@@ -205,10 +205,13 @@ async def start_server(
 @click.argument("name", required=False)
 @click.option(
     "--server-url",
-    default="http://127.0.0.1:8000",
+    "server_urls",
+    multiple=True,
+    default=["http://127.0.0.1:8000"],
     show_default=True,
     envvar="FLUX_SERVER_URL",
-    help="the server's http(s) address",
+    help="a server's http(s) address; repeat it (or separate with commas) to fail over "
+    "between several, round robin",
 )
 @click.option(
     "--concurrency",
@@ -244,20 +247,21 @@ async def start_server(
 @startup_errors
 async def start_worker(
     name: str | None,
-    server_url: str,
+    server_urls: tuple[str, ...],
     concurrency: int,
     token: str | None,
     release_sleeps_after: float,
     load_timeout: float,
     log_level: str,
 ) -> None:
-    """Connect to a server and run the executions it leases to this worker."""
+    """Connect to a server and run the executions it leases to this worker; with several
+    servers, move to the next one when the session drops."""
     from .net.worker import serve_worker
 
     _log_to_stderr(log_level)
     await serve_worker(
         name,
-        server_url,
+        server_urls,
         concurrency,
         token=token,
         release_sleeps_after=release_sleeps_after,

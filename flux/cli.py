@@ -1,6 +1,6 @@
 """The ``flux`` command line (asyncclick on trio). Thin: parsing and printing only.
 
-The commands live in ``flux._cli_local`` (``run``, ``executions``, ``secrets``) and
+The commands live in ``flux._cli_local`` (``run``, ``executions``, ``secrets``, ``store``) and
 ``flux._cli_server`` (``start``, ``workflow``); this module assembles them and is the entry point.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncclick as click
 
-from ._cli_local import executions, run_command, secrets
+from ._cli_local import executions, run_command, secrets, store_group
 from ._cli_server import start, workflow_group
 
 
@@ -21,7 +21,7 @@ async def cli() -> None:
     """Flux: durable workflows on structured concurrency."""
 
 
-for _command in (run_command, executions, secrets, start, workflow_group):
+for _command in (run_command, executions, secrets, store_group, start, workflow_group):
     cli.add_command(_command)
 
 

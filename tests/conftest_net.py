@@ -187,8 +187,17 @@ class Procs:
         self.all: list[Proc] = []
 
     def server(
-        self, db: str, port: int | None = None, *, lease_ttl: float = 5.0, extra: tuple = ()
+        self,
+        db: str | None = None,
+        port: int | None = None,
+        *,
+        store: str | None = None,
+        lease_ttl: float = 5.0,
+        extra: tuple = (),
     ) -> tuple[Proc, str]:
+        """A server on ``db`` (a SQLite path) or ``store`` (any store URL, e.g. PostgreSQL)."""
+        if (db is None) == (store is None):
+            raise TypeError("give the server a db or a store, not both")
         port = port or free_port()
         log = str(self.tmp_path / f"server-{port}-{len(self.all)}.log")
         proc = Proc(
@@ -197,8 +206,7 @@ class Procs:
                 "server",
                 "--port",
                 str(port),
-                "--db",
-                db,
+                *(["--db", db] if db is not None else ["--store", store]),
                 "--lease-ttl",
                 str(lease_ttl),
                 "--durability",
@@ -213,10 +221,15 @@ class Procs:
         wait_for(lambda: _healthy(url), 20, f"server on {url}", proc)
         return proc, url
 
-    def worker(self, url: str, name: str, *, concurrency: int = 1, wait: bool = True) -> Proc:
+    def worker(
+        self, url: str | list[str], name: str, *, concurrency: int = 1, wait: bool = True
+    ) -> Proc:
+        """A worker on the server at ``url``, or failing over between several (a list)."""
         log = str(self.tmp_path / f"worker-{name}-{len(self.all)}.log")
+        urls = [url] if isinstance(url, str) else url
+        options = [word for u in urls for word in ("--server-url", u)]
         proc = Proc(
-            ["start", "worker", name, "--server-url", url, "--concurrency", str(concurrency)],
+            ["start", "worker", name, *options, "--concurrency", str(concurrency)],
             log,
             self.env,
         )

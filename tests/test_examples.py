@@ -29,6 +29,7 @@ EXPECTED = {
     "state_inspection.py": "COMPLETED 2.5 / FAILED ZeroDivisionError",
     "secret_management.py": "value in the history: False | in the database files: False",
     "ownership.py": "COMPLETED ['reserved', 'paid']",
+    "store_copy.py": "resumed in the copy: COMPLETED reserved a lamp, approved by Grace",
 }
 
 SCRIPTS = sorted(

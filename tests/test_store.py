@@ -1313,3 +1313,125 @@ async def test_random_batches_give_the_same_outcomes_on_every_path(
     assert careful == sqlite
     flat = [o for round_ in sqlite[0] for o in round_]
     assert "ok" in flat and "stale" in flat and len(set(flat)) >= 4  # a real mixture
+
+
+# -- whole tables (count_rows, export_rows, import_rows: what flux store copy uses) -------------
+
+
+def _bulk_rows():
+    """One record of every kind and shape a table holds (NULLs, flags, leases, equal times)."""
+    from flux.runtime.records import CacheRecord, SecretRecord
+
+    executions = [
+        record("zz-first", created_at=5.0, updated_at=6.0),
+        record(
+            "aa-second",
+            created_at=5.0,  # same instant: insertion order decides
+            workflow_version=3,
+            parent_id="zz-first",
+            output=b"\x93\x01\x02\x03",
+            state=ExecutionState.PAUSED,
+            lease_owner="owner-1",
+            lease_epoch=7,
+            lease_expires_at=99.5,
+            wake_at=123.25,
+            cancel_requested=True,
+        ),
+        record("mm-third", input=b"", state=ExecutionState.COMPLETED, created_at=1.0),
+    ]
+    events = [
+        event("aa-second", 1, None),
+        event("aa-second", 2, b"\x00" * 70_000),  # large values go through as they are
+        event("zz-first", 1),
+    ]
+    workflows = [
+        WorkflowRecord("w", 1, "source 1 \u00e9", "h1", 1.5),
+        WorkflowRecord("w", 2, "source 2", "h2", 2.5),
+        WorkflowRecord("a", 1, "", "h", 3.5),
+    ]
+    secrets = [SecretRecord("api", b"\x00cipher", 4.0), SecretRecord("db", b"c2", 4.5)]
+    cache = [CacheRecord("k1", b"\xc2", 8.0, 100.0), CacheRecord("k0", None, 9.0, None)]
+    return {
+        "workflows": workflows,
+        "executions": executions,
+        "events": events,
+        "secrets": secrets,
+        "cache": cache,
+    }
+
+
+async def _export_all(store, table, limit):
+    out, after, batches = [], None, 0
+    while True:
+        records, after = await store.export_rows(table, after=after, limit=limit)
+        if not records:
+            assert after is None
+            return out, batches
+        assert len(records) <= limit
+        batches += 1
+        out.extend(records)
+
+
+@pytest.mark.trio
+async def test_bulk_import_then_export_keeps_every_row_as_it_was(location):
+    from flux.runtime.store_bulk import TABLES
+
+    rows = _bulk_rows()
+    async with open_store(location) as store:
+        for table in TABLES:
+            assert await store.count_rows(table) == 0
+            assert await store.export_rows(table) == ([], None)
+        for table in TABLES:
+            assert await store.import_rows(table, rows[table]) == len(rows[table])
+            assert await store.count_rows(table) == len(rows[table])
+        for table in TABLES:
+            exported, batches = await _export_all(store, table, limit=2)
+            assert batches == (len(rows[table]) + 1) // 2
+            if table == "executions":  # insertion order, not key order
+                assert exported == rows[table]
+            else:
+                assert sorted(exported, key=repr) == sorted(rows[table], key=repr)
+        # what was imported serves through the ordinary methods
+        paused = await store.get_execution("aa-second")
+        assert paused == rows["executions"][1] and paused.cancel_requested is True
+        assert [e.value for e in await store.load_events("aa-second")] == [None, b"\x00" * 70_000]
+        assert await store.last_seq("aa-second") == 2
+        listed = await store.list_executions(limit=None)
+        assert [r.execution_id for r in listed] == ["aa-second", "zz-first", "mm-third"]
+        assert (await store.get_workflow("w")).source == "source 2"
+        assert (await store.get_workflow("w", 1)).created_at == 1.5
+        assert await store.get_secret("api") == b"\x00cipher"
+        assert await store.cache_get("k1", 50.0) == b"\xc2"
+        assert await store.cache_get("k1", 100.0) is None
+        await store.commit(append("zz-first", 2))  # the history goes on after the import
+        assert await store.last_seq("zz-first") == 2
+
+
+@pytest.mark.trio
+async def test_bulk_import_refuses_a_batch_whole(location):
+    from flux.runtime.records import SecretRecord
+
+    rows = _bulk_rows()
+    async with open_store(location) as store:
+        await store.import_rows("executions", rows["executions"][:1])
+        # one key already stored: nothing of the batch is stored
+        with pytest.raises(StoreError, match="cannot import 2 executions into executions"):
+            await store.import_rows("executions", rows["executions"][1:2] + rows["executions"][:1])
+        assert await store.count_rows("executions") == 1
+        # an event of an execution that is not stored
+        with pytest.raises(StoreError, match="cannot import 3 events into events"):
+            await store.import_rows("events", rows["events"])
+        assert await store.count_rows("events") == 0
+        with pytest.raises(TypeError, match="expected SecretRecord records, got ExecutionRecord"):
+            await store.import_rows("secrets", rows["executions"][:1])
+        with pytest.raises(StoreError, match="unknown table 'users'"):
+            await store.count_rows("users")
+        with pytest.raises(StoreError, match="unknown table 'flux_meta'"):
+            await store.export_rows("flux_meta")
+        with pytest.raises(StoreError, match="not one returned by export_rows"):
+            await store.export_rows("events", after=("x",))
+        with pytest.raises(StoreError, match="limit must be a positive integer"):
+            await store.export_rows("events", limit=0)
+        assert await store.import_rows("secrets", []) == 0
+        await store.import_rows("secrets", [SecretRecord("s", b"c", 1.0)])
+        assert await store.list_secret_names() == ["s"]

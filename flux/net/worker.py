@@ -36,7 +36,7 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -63,7 +63,14 @@ from flux.runtime.secrets import redact_encoded
 from flux.runtime.store import StaleWriteError, StoredEvent
 from flux.runtime.workflow import workflow
 
-__all__ = ["LeaseLostError", "Worker", "WorkerRefusedError", "serve_worker", "ws_url"]
+__all__ = [
+    "LeaseLostError",
+    "Worker",
+    "WorkerRefusedError",
+    "serve_worker",
+    "server_urls",
+    "ws_url",
+]
 
 log = logging.getLogger("flux.worker")
 
@@ -84,6 +91,24 @@ class LeaseLostError(StaleWriteError):
 
 class WorkerRefusedError(FluxError):
     """The server refused this worker for good (wrong protocol version, bad token)."""
+
+
+def server_urls(server_url: str | Sequence[str]) -> list[str]:
+    """The servers a worker fails over between, in order: each item may hold several
+    addresses separated by commas (as ``FLUX_SERVER_URL`` does); blanks are dropped, a repeated
+    address is kept once. ValueError when none is left."""
+    items = [server_url] if isinstance(server_url, str) else list(server_url)
+    urls: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"a server URL must be a string, not {type(item).__name__}")
+        for part in item.split(","):
+            part = part.strip()
+            if part and part not in urls:
+                urls.append(part)
+    if not urls:
+        raise ValueError(f"no server URL in {server_url!r}")
+    return urls
 
 
 def ws_url(server_url: str) -> str:
@@ -874,7 +899,7 @@ def default_worker_name() -> str:
 
 async def serve_worker(
     name: str | None = None,
-    server_url: str = "http://127.0.0.1:8000",
+    server_url: str | Sequence[str] = "http://127.0.0.1:8000",
     concurrency: int = 10,
     *,
     token: str | None = None,
@@ -890,6 +915,11 @@ async def serve_worker(
     Reports its worker id through ``task_status`` once the server has welcomed it; reconnects
     with exponential backoff (``backoff`` = first and longest wait, with jitter) whenever the
     connection is lost or cannot be made.
+
+    ``server_url`` may name several servers (a sequence, or one string with commas): the worker
+    connects to the first that answers, and when its session drops or a server does not answer
+    it tries the next one at once, round robin; it backs off only once a whole round of them
+    failed.
     """
     worker = worker or Worker(
         name or default_worker_name(),
@@ -898,11 +928,16 @@ async def serve_worker(
         release_sleeps_after=release_sleeps_after,
         load_timeout=load_timeout,
     )
-    url = ws_url(server_url)
+    urls = [ws_url(u) for u in server_urls(server_url)]
+    url = urls[0]
     started = False
+    welcomed = False
 
     def on_ready(worker_id: str) -> None:
-        nonlocal started
+        nonlocal started, welcomed
+        welcomed = True
+        if len(urls) > 1:
+            log.info("worker %s serving executions from %s", worker.name, url)
         if not started:
             started = True
             task_status.started(worker_id)
@@ -927,7 +962,11 @@ async def serve_worker(
                 outer.start_soon(stop_on_signal)
 
             delay = backoff[0]
+            index = 0  # of the server tried next, round robin
+            failed = 0  # connections that failed or dropped since the last welcome
             while True:
+                url = urls[index % len(urls)]
+                welcomed = False
                 connected_at = trio.current_time()
                 try:
                     async with trio_websocket.open_websocket_url(
@@ -960,8 +999,11 @@ async def serve_worker(
                         log.warning("worker session ended: %r", exc, exc_info=exc)
                 if trio.current_time() - connected_at > 5:
                     delay = backoff[0]  # it worked for a while: start the backoff again
-                await trio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, backoff[1])
+                index += 1
+                failed = 1 if welcomed else failed + 1
+                if failed % len(urls) == 0:  # every server tried once since: back off
+                    await trio.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, backoff[1])
     except BaseExceptionGroup as group:
         refused, _ = group.split(WorkerRefusedError)
         if refused is not None:  # one clear error, not a group (the CLI prints it)

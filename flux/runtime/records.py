@@ -17,12 +17,14 @@ from flux.runtime.errors import StoreError
 from flux.runtime.events import ExecutionState
 
 __all__ = [
+    "CacheRecord",
     "Claim",
     "EVENT_COLUMNS",
     "EXECUTION_COLUMNS",
     "UPDATABLE_COLUMNS",
     "WORKFLOW_COLUMNS",
     "ExecutionRecord",
+    "SecretRecord",
     "StaleWriteError",
     "StoreStatistics",
     "StoredEvent",
@@ -83,6 +85,25 @@ class WorkflowRecord:
     source: str
     source_hash: str
     created_at: float
+
+
+@attrs.frozen
+class SecretRecord:
+    """One stored secret: its ciphertext as the secrets layer wrote it (never decrypted here)."""
+
+    name: str
+    ciphertext: bytes
+    updated_at: float
+
+
+@attrs.frozen
+class CacheRecord:
+    """One task-cache entry, its value still encoded (``expires_at`` None: never expires)."""
+
+    key: str
+    value: bytes | None
+    created_at: float
+    expires_at: float | None = None
 
 
 def _tuple(events: Iterable[StoredEvent]) -> tuple[StoredEvent, ...]:

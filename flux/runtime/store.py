@@ -32,6 +32,7 @@ import anyio
 import attrs
 import sqlite_utils
 
+from flux.runtime import store_bulk
 from flux.runtime.errors import StoreError, StoreUnavailableError
 from flux.runtime.events import ExecutionState
 from flux.runtime.records import (
@@ -847,6 +848,32 @@ class Store:
             _execute, "DELETE FROM cache WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
         )
 
+    # -- whole tables, for moving a store (see flux.runtime.store_bulk) ---------------------------
+
+    async def count_rows(self, table: str) -> int:
+        """How many rows ``table`` (one of :data:`~flux.runtime.store_bulk.TABLES`) holds."""
+        return await self._run(_scalar, store_bulk.count_sql(table), ())
+
+    async def export_rows(
+        self, table: str, *, after: Any = None, limit: int = 500
+    ) -> tuple[list[Any], Any]:
+        """Up to ``limit`` records of ``table`` after cursor ``after`` (None: from the start),
+        and the cursor for the next batch (None when this one is empty)."""
+        sql, params = store_bulk.export_sql(
+            table, placeholder="?", insertion_order="rowid", after=after, limit=limit
+        )
+        rows = await self._run(_rows, sql, params)
+        return store_bulk.records_and_cursor(table, rows, "rowid")
+
+    async def import_rows(self, table: str, records: Sequence[Any]) -> int:
+        """Insert ``records`` into ``table`` as they are, in one transaction: all of them, or
+        none and a StoreError (e.g. a key already stored). Returns how many were inserted."""
+        rows = store_bulk.import_values(table, records)
+        if not rows:
+            return 0
+        sql = store_bulk.import_sql(table, "?")
+        return await self._run(_import_rows, table, sql, rows)
+
 
 # ---------------------------------------------------------------------------------------------
 # Helpers running in the worker thread (lock held)
@@ -949,6 +976,26 @@ def _scalar(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> Any:
 
 def _column(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
     return [row[0] for row in conn.execute(sql, params)]
+
+
+def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+    return conn.execute(sql, params).fetchall()
+
+
+def _import_rows(
+    conn: sqlite3.Connection, table: str, sql: str, rows: list[tuple[Any, ...]]
+) -> int:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany(sql, rows)
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.IntegrityError | sqlite3.InterfaceError | OverflowError):
+            raise store_bulk.import_error(table, len(rows), exc) from exc
+        raise
+    return len(rows)
 
 
 def _execution(row: Sequence[Any]) -> ExecutionRecord:

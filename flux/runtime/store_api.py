@@ -240,3 +240,28 @@ class StoreAPI(Protocol):
     async def cache_evict_expired(self, now: float) -> int:
         """Delete the entries expired at ``now``; returns how many."""
         ...
+
+    # -- whole tables, for moving a store (flux.runtime.store_bulk) ------------------------------
+
+    async def count_rows(self, table: str) -> int:
+        """How many rows ``table`` holds: one of ``workflows``, ``executions``, ``events``,
+        ``secrets``, ``cache`` (:data:`flux.runtime.store_bulk.TABLES`); another name raises
+        StoreError."""
+        ...
+
+    async def export_rows(
+        self, table: str, *, after: Any = None, limit: int = 500
+    ) -> tuple[list[Any], Any]:
+        """Up to ``limit`` rows of ``table`` after cursor ``after`` (None: from the start), as
+        records (WorkflowRecord with its source, ExecutionRecord, StoredEvent, SecretRecord,
+        CacheRecord), and the cursor for the next batch (None when this one is empty). A stable
+        order: executions in insertion order, the others by key. One indexed range read per
+        batch, so a whole table is read in bounded memory."""
+        ...
+
+    async def import_rows(self, table: str, records: Sequence[Any]) -> int:
+        """Insert ``records`` (of ``table``'s record type, else TypeError) as they are, in one
+        transaction: all of them, or none and a StoreError naming the table (a key already
+        stored, an event of an execution that is not stored). Returns how many were inserted.
+        Bypasses group commit and fencing: for filling an empty store, not a live one."""
+        ...

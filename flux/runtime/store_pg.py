@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from flux.runtime import store_pg_lease
+from flux.runtime import store_bulk, store_pg_lease
 from flux.runtime.errors import StoreError
 from flux.runtime.events import ExecutionState
 from flux.runtime.group_commit import GroupCommit
@@ -536,6 +536,32 @@ class PostgresStore:
             _execute, "DELETE FROM cache WHERE expires_at IS NOT NULL AND expires_at <= %s", (now,)
         )
 
+    # -- whole tables, for moving a store (see flux.runtime.store_bulk) -------------------------
+
+    async def count_rows(self, table: str) -> int:
+        """How many rows ``table`` (one of :data:`~flux.runtime.store_bulk.TABLES`) holds."""
+        return await self._run(_scalar, store_bulk.count_sql(table), (), retry=True)
+
+    async def export_rows(
+        self, table: str, *, after: Any = None, limit: int = 500
+    ) -> tuple[list[Any], Any]:
+        """Up to ``limit`` records of ``table`` after cursor ``after`` (None: from the start),
+        and the cursor for the next batch (None when this one is empty)."""
+        sql, params = store_bulk.export_sql(
+            table, placeholder="%s", insertion_order="row_id", after=after, limit=limit
+        )
+        rows = await self._run(_rows, sql, params, retry=True)
+        return store_bulk.records_and_cursor(table, rows, "row_id")
+
+    async def import_rows(self, table: str, records: Sequence[Any]) -> int:
+        """Insert ``records`` into ``table`` as they are, in one transaction (one ``COPY``):
+        all of them, or none and a StoreError (e.g. a key already stored). Returns how many
+        were inserted."""
+        rows = store_bulk.import_values(table, records)
+        if not rows:
+            return 0
+        return await self._transaction(_copy_rows, table, rows)
+
 
 # ---------------------------------------------------------------------------------------------
 # Helpers running in worker threads
@@ -555,6 +581,23 @@ def _scalar(conn: Any, sql: str, params: Sequence[Any]) -> Any:
 
 def _column(conn: Any, sql: str, params: Sequence[Any]) -> list[Any]:
     return [row[0] for row in conn.execute(sql, params, binary=True)]
+
+
+def _rows(conn: Any, sql: str, params: Sequence[Any]) -> list[Any]:
+    return conn.execute(sql, params, binary=True).fetchall()
+
+
+def _copy_rows(conn: Any, table: str, rows: list[tuple[Any, ...]]) -> int:
+    columns = ", ".join(store_bulk.table(table).columns)
+    try:
+        with conn.cursor() as cursor, cursor.copy(
+            f"COPY {table} ({columns}) FROM STDIN"
+        ) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except (psycopg.errors.IntegrityError, psycopg.DataError) as exc:
+        raise store_bulk.import_error(table, len(rows), exc) from exc
+    return len(rows)
 
 
 def _execution(row: Sequence[Any]) -> ExecutionRecord:
