@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 
-from flux.runtime.errors import StoreError
+from flux.runtime.errors import StoreError, StoreUnavailableError
 from flux.runtime.records import StoreStatistics, Write, check_write
 
 __all__ = ["ApplyBatch", "GroupCommit"]
@@ -30,7 +30,7 @@ ApplyBatch = Callable[[list[Write]], Awaitable[list[StoreError | None]]]
 
 
 class _Pending:
-    """One queued write and, once done, its outcome."""
+    """One queued write and, once done, its outcome (what ``enqueue`` returns as a ticket)."""
 
     __slots__ = ("write", "awaited", "done", "error", "event")
 
@@ -137,6 +137,11 @@ class GroupCommit:
                     try:
                         errors = await self._apply([p.write for p in batch])
                     except Exception as exc:
+                        # nothing of the batch was stored: fail what was queued behind it as
+                        # well, so that no later write of an execution commits after an
+                        # earlier one was refused (a history never gets a hole)
+                        queued, self._queue = self._queue, []
+                        batch = batch + queued
                         errors = [_batch_error(exc, len(batch)) for _ in batch]
                     except BaseException as exc:
                         self._finish(batch, [_batch_error(exc, len(batch)) for _ in batch])
@@ -166,6 +171,7 @@ class GroupCommit:
 
 
 def _batch_error(exc: BaseException, size: int) -> StoreError:
-    error = StoreError(f"commit of a batch of {size} write(s) failed: {exc}")
+    cls = StoreUnavailableError if isinstance(exc, StoreUnavailableError) else StoreError
+    error = cls(f"commit of a batch of {size} write(s) failed: {exc}")
     error.__cause__ = exc
     return error

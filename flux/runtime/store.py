@@ -35,6 +35,7 @@ import sqlite_utils
 from flux.runtime import store_bulk
 from flux.runtime.errors import StoreError, StoreUnavailableError
 from flux.runtime.events import ExecutionState
+from flux.runtime.group_commit import GroupCommit, _Pending
 from flux.runtime.records import (
     EVENT_COLUMNS,
     EXECUTION_COLUMNS,
@@ -182,19 +183,6 @@ _SQL_SELECT_WORKFLOW = f"SELECT {', '.join(WORKFLOW_COLUMNS)} FROM workflows"
 # The store
 
 
-class _Pending:
-    """One queued write and, once done, its outcome (see :data:`WriteTicket`)."""
-
-    __slots__ = ("write", "awaited", "done", "error", "event")
-
-    def __init__(self, write: Write, awaited: bool):
-        self.write = write
-        self.awaited = awaited  # False for enqueue(): nobody will see an error, so it is logged
-        self.done = False
-        self.error: StoreError | None = None
-        self.event: anyio.Event | None = None
-
-
 #: What :meth:`Store.enqueue` returns per write: ``done`` once its transaction ran, ``error``
 #: the StoreError that refused it (None: stored).
 WriteTicket = _Pending
@@ -326,13 +314,7 @@ class Store:
         self._closed = False
         self._closing = False
         # group commit, touched only on the event loop thread
-        self._queue: list[_Pending] = []
-        self._inflight: list[_Pending] = []
-        self._committing = False
-        self._commits = 0
-        self._writes_committed = 0
-        self._writes_failed = 0
-        self._largest_batch = 0
+        self._writer = GroupCommit(self._apply_batch, f"store {self.path!r} is closed")
         # prepared SQL per set of columns, touched only under the lock
         self._update_sql: dict[tuple[str, ...], str] = {}
         self._expect_sql: dict[tuple[str, ...], str] = {}
@@ -356,8 +338,7 @@ class Store:
             return
         with anyio.CancelScope(shield=True):
             self._closing = True
-            while self._committing or self._queue:
-                await self.flush()
+            await self._writer.drain()
             self._closed = True
             await self._thread.call(self._close_connection)
             self._thread.stop()
@@ -447,7 +428,7 @@ class Store:
         transaction ran, whether it was stored. Raises StoreError at once, queueing none of
         them, if one names an unknown column.
         """
-        return self._enqueue(writes, awaited=False)
+        return self._writer.enqueue(writes)
 
     def discard_queued(self, execution_id: str) -> int:
         """Drop the writes to ``execution_id`` still waiting in the queue (not those already
@@ -455,26 +436,7 @@ class Store:
         only a suffix of one execution's writes never leaves a hole in its sequence numbers:
         everything in a transaction was queued before anything still queued. Awaited writes
         are kept. Returns how many were dropped."""
-        kept: list[_Pending] = []
-        dropped = 0
-        for pending in self._queue:
-            if pending.write.execution_id == execution_id and not pending.awaited:
-                pending.error = StoreError(f"write to execution {execution_id!r} discarded")
-                pending.done = True
-                dropped += 1
-            else:
-                kept.append(pending)
-        self._queue = kept
-        return dropped
-
-    def _enqueue(self, writes: Sequence[Write], awaited: bool) -> list[_Pending]:
-        if self._closing:
-            raise StoreError(f"store {self.path!r} is closed")
-        for write in writes:
-            _check_write(write)
-        pendings = [_Pending(write, awaited) for write in writes]
-        self._queue.extend(pendings)
-        return pendings
+        return self._writer.discard(execution_id)
 
     async def commit(self, *writes: Write) -> None:
         """Store ``writes`` and return once they are durably committed.
@@ -482,63 +444,18 @@ class Store:
         Each write is atomic and independent: if one is refused, this raises its StoreError (or
         :class:`StaleWriteError`), and the other writes, this caller's included, still commit.
         Writes are applied in the order they were queued. ``commit()`` with no writes is
-        :meth:`flush`.
+        :meth:`flush`. A transaction that fails as a whole is retried (see :func:`open_store`);
+        past the retry window its writes, and every write queued behind them, get
+        StoreUnavailableError.
         """
-        if not writes:
-            await self.flush()
-            return
-        pendings = self._enqueue(writes, awaited=True)
-        await self._settle(pendings)
-        for pending in pendings:
-            if pending.error is not None:
-                raise pending.error
+        await self._writer.commit(writes)
 
     async def flush(self) -> None:
         """Return once every write queued or being committed when called is committed."""
-        pendings = self._inflight + self._queue
-        if not pendings:
-            await anyio.lowlevel.checkpoint()
-            return
-        await self._settle(pendings)
+        await self._writer.flush()
 
-    async def _settle(self, pendings: list[_Pending]) -> None:
-        if not self._committing:
-            await self._lead()  # drains the queue, ours included
-            return
-        for pending in pendings:
-            if not pending.done:
-                if pending.event is None:
-                    pending.event = anyio.Event()
-                await pending.event.wait()
-
-    async def _lead(self) -> None:
-        self._committing = True
-        try:
-            with anyio.CancelScope(shield=True):
-                while self._queue:
-                    batch, self._queue = self._queue, []
-                    self._inflight = batch
-                    try:
-                        errors = await self._run_retrying(self._apply_batch, batch)
-                    except StoreUnavailableError as exc:
-                        # nothing of the batch was stored; fail what was queued since as well,
-                        # so that no later write of an execution commits after an earlier one
-                        # was refused (no hole in a history)
-                        queued, self._queue = self._queue, []
-                        batch = batch + queued
-                        errors = [_batch_error(exc, len(batch), exc) for _ in batch]
-                    except Exception as exc:
-                        errors = [_batch_error(exc, len(batch)) for _ in batch]
-                    except BaseException as exc:
-                        self._finish(batch, [_batch_error(exc, len(batch)) for _ in batch])
-                        queued, self._queue = self._queue, []
-                        self._finish(queued, [_batch_error(exc, len(queued)) for _ in queued])
-                        raise
-                    finally:
-                        self._inflight = []
-                    self._finish(batch, errors)
-        finally:
-            self._committing = False
+    async def _apply_batch(self, writes: list[Write]) -> list[StoreError | None]:
+        return await self._run_retrying(self._write_batch, writes)
 
     async def _run_retrying(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` in the worker thread (one transaction); while it fails as a whole with a
@@ -564,23 +481,8 @@ class Store:
                     await anyio.sleep(min(delay, left))
                 delay = min(delay * 2, 1.0)
 
-    def _finish(self, batch: list[_Pending], errors: list[StoreError | None]) -> None:
-        self._commits += 1
-        self._largest_batch = max(self._largest_batch, len(batch))
-        for pending, error in zip(batch, errors, strict=True):
-            if error is None:
-                self._writes_committed += 1
-            else:
-                self._writes_failed += 1
-                pending.error = error
-                if not pending.awaited:
-                    logger.warning("queued write refused: %s", error)
-            pending.done = True
-            if pending.event is not None:
-                pending.event.set()
-
-    def _apply_batch(
-        self, conn: sqlite3.Connection, batch: list[_Pending]
+    def _write_batch(
+        self, conn: sqlite3.Connection, batch: list[Write]
     ) -> list[StoreError | None]:
         """One transaction for the whole batch (worker thread, lock held)."""
         execute = conn.execute
@@ -588,7 +490,7 @@ class Store:
         try:
             if len(batch) == 1:  # no savepoint needed: a refusal rolls everything back
                 try:
-                    self._apply_write(conn, batch[0].write)
+                    self._apply_write(conn, batch[0])
                 except StoreError as exc:
                     if conn.in_transaction:
                         execute("ROLLBACK")
@@ -596,10 +498,10 @@ class Store:
                 execute("COMMIT")
                 return [None]
             errors: list[StoreError | None] = []
-            for pending in batch:
+            for write in batch:
                 execute("SAVEPOINT flux_write")
                 try:
-                    self._apply_write(conn, pending.write)
+                    self._apply_write(conn, write)
                 except StoreError as exc:
                     execute("ROLLBACK TO flux_write")
                     errors.append(exc)
@@ -677,14 +579,7 @@ class Store:
 
     def statistics(self) -> StoreStatistics:
         """A snapshot of the group-commit counters."""
-        return StoreStatistics(
-            commits=self._commits,
-            writes_committed=self._writes_committed,
-            writes_failed=self._writes_failed,
-            largest_batch=self._largest_batch,
-            queued=len(self._queue),
-            retries=self._retries,
-        )
+        return attrs.evolve(self._writer.statistics(), retries=self._retries)
 
     # -- ownership ------------------------------------------------------------------------------
 
@@ -1141,13 +1036,6 @@ def _events_error(
 
 # ---------------------------------------------------------------------------------------------
 # Helpers on the event loop
-
-
-def _batch_error(exc: BaseException, size: int, kind: StoreError | None = None) -> StoreError:
-    cls = StoreUnavailableError if isinstance(kind, StoreUnavailableError) else StoreError
-    error = cls(f"commit of a batch of {size} write(s) failed: {exc}")
-    error.__cause__ = exc
-    return error
 
 
 def _execution_filters(
