@@ -8,7 +8,7 @@ them (see :mod:`flux.runtime.store_api`).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -203,3 +203,30 @@ def check_write(write: Write) -> None:
                     f"{what} of execution {eid!r} names unknown or read-only column(s) "
                     f"{', '.join(sorted(map(repr, unknown)))}"
                 )
+
+
+def decide_claim(
+    record: ExecutionRecord,
+    owner: str,
+    now: float,
+    owner_gone: Callable[[str], bool] | None,
+    workflow_name: str | None,
+) -> str | None:
+    """What a claim of the existing execution ``record`` by ``owner`` at ``now`` comes to:
+    ``"mismatch"`` (another workflow's), ``"finished"``, ``"leased"`` (another live owner's
+    lease: not expired, and ``owner_gone`` does not say it is gone), or None: take it. One rule
+    for every store; each runs it on the row it locked."""
+    if workflow_name is not None and record.workflow_name != workflow_name:
+        return "mismatch"
+    if record.state.is_terminal:
+        return "finished"
+    holder = record.lease_owner
+    if (
+        holder is not None
+        and holder != owner
+        and record.lease_expires_at is not None
+        and record.lease_expires_at > now
+        and not (owner_gone is not None and owner_gone(holder))
+    ):
+        return "leased"
+    return None

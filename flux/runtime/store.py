@@ -47,6 +47,7 @@ from flux.runtime.records import (
     StoreStatistics,
     WorkflowRecord,
     Write,
+    decide_claim,
 )
 from flux.runtime.records import check_write as _check_write
 from flux.runtime.settings import check_durability, parse_store
@@ -799,23 +800,11 @@ def _claim(
             store._apply_write(conn, create)
             conn.execute("COMMIT")
             return Claim("created", create.insert, create.events, 1)
-        if workflow_name is not None and record.workflow_name != workflow_name:
+        decided = decide_claim(record, owner, now, owner_gone, workflow_name)
+        if decided is not None:
+            events = _load_events(conn, execution_id, 0) if decided == "finished" else []
             conn.execute("ROLLBACK")
-            return Claim("mismatch", record)
-        if record.state.is_terminal:
-            events = _load_events(conn, execution_id, 0)
-            conn.execute("ROLLBACK")
-            return Claim("finished", record, events, record.lease_epoch)
-        holder = record.lease_owner
-        if (
-            holder is not None
-            and holder != owner
-            and record.lease_expires_at is not None
-            and record.lease_expires_at > now
-            and not (owner_gone is not None and owner_gone(holder))
-        ):
-            conn.execute("ROLLBACK")
-            return Claim("leased", record)
+            return Claim(decided, record, events, record.lease_epoch)
         epoch = record.lease_epoch + 1
         conn.execute(
             "UPDATE executions SET lease_owner = ?, lease_epoch = ?, lease_expires_at = ?, "

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flux.runtime.events import ExecutionState
-from flux.runtime.records import Claim, Write
+from flux.runtime.records import Claim, Write, decide_claim
 from flux.runtime.store_pg_schema import (
     SQL_INSERT_EXECUTION,
     SQL_SELECT_EVENTS,
@@ -64,19 +64,10 @@ def claim(
             return Claim("created", create.insert, create.events, 1)
         record = _record(conn, execution_id)  # created meanwhile by another process
         assert record is not None
-    if workflow_name is not None and record.workflow_name != workflow_name:
-        return Claim("mismatch", record)
-    if record.state.is_terminal:
-        return Claim("finished", record, _events(conn, execution_id), record.lease_epoch)
-    holder = record.lease_owner
-    if (
-        holder is not None
-        and holder != owner
-        and record.lease_expires_at is not None
-        and record.lease_expires_at > now
-        and not (owner_gone is not None and owner_gone(holder))
-    ):
-        return Claim("leased", record)
+    decided = decide_claim(record, owner, now, owner_gone, workflow_name)
+    if decided is not None:
+        events = _events(conn, execution_id) if decided == "finished" else []
+        return Claim(decided, record, events, record.lease_epoch)
     epoch = record.lease_epoch + 1
     conn.execute(
         "UPDATE executions SET lease_owner = %s, lease_epoch = %s, lease_expires_at = %s, "
