@@ -186,16 +186,25 @@ def server_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+def sqlite_file(settings: Settings) -> str | None:
+    """The SQLite file the settings' store names, or None for a PostgreSQL store."""
+    from .runtime.settings import parse_store
+
+    where = parse_store(settings.store)
+    return where.target if where.kind == "sqlite" else None
+
+
 def _existing_store(settings: Settings, execution_id: str | None = None) -> None:
-    """Commands on existing executions never create a database: a missing file is an error
-    naming it (and the execution asked for)."""
+    """Commands on existing executions never create a database: a missing SQLite file is an
+    error naming it (and the execution asked for). A PostgreSQL store is opened as it is."""
     import os
 
-    if not os.path.isfile(settings.db_path):
+    path = sqlite_file(settings)
+    if path is not None and not os.path.isfile(path):
         what = f"no execution with id {execution_id!r}: " if execution_id else ""
         _fail(
-            f"{what}no Flux database at {settings.db_path} (nothing has run with this store "
-            "yet; --db or FLUX_DB names another, --server-url asks a server)"
+            f"{what}no Flux database at {path} (nothing has run with this store "
+            "yet; --db, --store or FLUX_STORE names another, --server-url asks a server)"
         )
 
 

@@ -27,6 +27,7 @@ from ._cli_common import (
     flux_errors,
     local_store_options,
     server_option,
+    sqlite_file,
 )
 from .runtime.context import ExecutionContext, to_jsonable
 from .runtime.events import ExecutionState
@@ -118,10 +119,14 @@ def _resume_command(target: str, execution_id: str, settings: Settings) -> str:
     import shlex
 
     from .runtime.settings import Settings as Defaults
+    from .runtime.settings import redact_url
 
     words = ["flux", "run", target, "--execution-id", execution_id]
-    if os.path.abspath(settings.db_path) != os.path.abspath(Defaults().db_path):
-        words += ["--db", settings.db_path]
+    path = sqlite_file(settings)
+    if path is None:
+        words += ["--store", redact_url(settings.store)]
+    elif os.path.abspath(path) != os.path.abspath(Defaults().db_path):
+        words += ["--db", path]
     return shlex.join(words)
 
 
@@ -461,8 +466,9 @@ async def secrets_get(
         async with _remote_client(server_url, token) as client:
             click.echo(await client.secrets_get(name))
         return
-    if not os.path.isfile(settings.db_path):  # reading never creates a store
-        _fail(f"secret {name!r} is not set: no Flux database at {settings.db_path}")
+    path = sqlite_file(settings)
+    if path is not None and not os.path.isfile(path):  # reading never creates a store
+        _fail(f"secret {name!r} is not set: no Flux database at {path}")
     async with open_engine(settings, cancel_poll=None) as engine:
         click.echo(await engine.secrets.get(name))
 

@@ -131,7 +131,8 @@ def test_executions_list_and_show(cli, tmp_path):
     assert other.returncode == 1 and other.stdout == ""
     assert other.stderr == (
         f"error: no Flux database at {tmp_path / 'sub' / 'other.db'} (nothing has run with "
-        "this store yet; --db or FLUX_DB names another, --server-url asks a server)\n"
+        "this store yet; --db, --store or FLUX_STORE names another, --server-url asks a "
+        "server)\n"
     )
     assert not (tmp_path / "sub").exists()
 

@@ -542,7 +542,8 @@ async def test_execution_commands_agree_on_where_they_look(nursery, tmp_path):
         what = "" if args == ["list"] else f"no execution with id {eid!r}: "
         assert done.stderr.decode() == (
             f"error: {what}no Flux database at {env['FLUX_DB']} (nothing has run with this "
-            "store yet; --db or FLUX_DB names another, --server-url asks a server)\n"
+            "store yet; --db, --store or FLUX_STORE names another, --server-url asks a "
+            "server)\n"
         ), args
     assert not (tmp_path / "nothing-here").exists()
 
@@ -774,8 +775,8 @@ def test_secrets_reading_commands_never_create_a_store(local, tmp_path):
     db = tmp_path / "none" / "flux.db"
     listed = local("secrets", "list", "--db", str(db))
     assert listed.returncode == 1 and listed.stderr == (
-        f"error: no Flux database at {db} (nothing has run with this store yet; --db or "
-        "FLUX_DB names another, --server-url asks a server)\n"
+        f"error: no Flux database at {db} (nothing has run with this store yet; --db, "
+        "--store or FLUX_STORE names another, --server-url asks a server)\n"
     )
     got = local("secrets", "get", "API_KEY", "--db", str(db))
     assert got.returncode == 1
