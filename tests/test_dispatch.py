@@ -173,6 +173,32 @@ async def test_heartbeat_for_a_lost_lease_is_rejected(dispatcher, clock):
 
 
 @pytest.mark.trio
+async def test_a_heartbeat_naming_a_lease_its_worker_just_ended_is_no_lost_lease(
+    dispatcher, clock
+):
+    """The worker built the heartbeat before it saw the ack of its last batch: the server
+    knows that lease ended well, and neither rejects nor logs it; another epoch still is."""
+    a = FakeWorker(dispatcher, "a")
+    rec = await dispatcher.start("wf", codec.encode(None))
+    eid = rec.execution_id
+    await a.leases()
+    await a.send(
+        p.Events(
+            execution_id=eid,
+            epoch=1,
+            batch=1,
+            events=[event(2, "WORKFLOW_COMPLETED", "wf", "wf", 1)],
+            state="COMPLETED",
+        )
+    )
+    await a.heartbeat((eid, 1))
+    assert a.of(p.Reject) == []
+    await a.heartbeat((eid, 7))
+    (reject,) = a.of(p.Reject)
+    assert reject.epoch == 7 and reject.reason == "lease lost"
+
+
+@pytest.mark.trio
 async def test_stale_epoch_writes_are_refused(dispatcher, clock):
     a = FakeWorker(dispatcher, "a")
     rec = await dispatcher.start("wf", codec.encode(None))

@@ -162,6 +162,8 @@ class WorkerLink:
     #: Expired leases this worker may still be running: they hold a slot until a heartbeat
     #: shows the worker let go, so a hung worker gets nothing more.
     zombies: set[str] = attrs.field(factory=set)
+    #: leases this worker ended itself lately (execution id -> epoch), see _ended_by_worker
+    ended: dict[str, int] = attrs.field(factory=dict)
     closed: bool = False
     #: The worker is shutting down (it released an execution for that): lease it nothing more.
     stopping: bool = False
@@ -518,6 +520,14 @@ class Dispatcher:
             self._lease_added.set()
             self._nursery.start_soon(self._grant, lease)
 
+    @staticmethod
+    def _ended_by_worker(link: WorkerLink, lease: _Lease) -> None:
+        """The worker ended this lease itself (its last batch, a release, complete): a heartbeat
+        it built before it saw the ack may still name it, and that is no lost lease."""
+        link.ended[lease.execution_id] = lease.epoch
+        if len(link.ended) > 1024:
+            del link.ended[next(iter(link.ended))]
+
     def _end_lease(self, lease: _Lease, *, requeue: bool = False) -> None:
         if self._leases.get(lease.execution_id) is lease:
             del self._leases[lease.execution_id]
@@ -769,7 +779,7 @@ class Dispatcher:
                 lease.expires = deadline
                 if lease.cancel_requested:  # in case the first Cancel came too early
                     cancels.append((execution_id, epoch))
-            else:
+            elif link.ended.get(execution_id) != epoch:  # not one it just ended itself
                 lost.append((execution_id, epoch))
         for execution_id, epoch in cancels:
             await self._send(link, p.Cancel(execution_id=execution_id, epoch=epoch))
@@ -855,6 +865,7 @@ class Dispatcher:
                 await self._start_child(lease.record, e)
         if ending:
             assert state is not None
+            self._ended_by_worker(link, lease)
             self._end_lease(lease)
             if lease.cancel_requested and not state.is_terminal:
                 await self._cancel_idle(eid)
@@ -890,6 +901,7 @@ class Dispatcher:
             await self._reject(link, eid, msg.epoch, str(exc))
             self._end_lease(lease)
             return
+        self._ended_by_worker(link, lease)
         self._end_lease(lease)
         if lease.cancel_requested:  # the cancel crossed the release: cancel it where it is
             await self._cancel_idle(eid)
@@ -919,6 +931,7 @@ class Dispatcher:
             await self._reject(link, eid, msg.epoch, str(exc))
             self._end_lease(lease)
             return
+        self._ended_by_worker(link, lease)
         self._end_lease(lease)
         await self._after_end(lease.record, S(msg.state))
 
