@@ -381,14 +381,22 @@ async def secrets() -> None:
     """Manage secrets (encrypted in the store)."""
 
 
+def secret_target(func: Any) -> Any:
+    """The options every ``flux secrets`` command takes: the local store's, or ``--server-url``
+    (and ``--token``) to manage a server's secrets over HTTP; errors as one line."""
+    func = flux_errors(func)
+    func = local_store_options(func)
+    func = click.option(
+        "--token", envvar="FLUX_API_TOKEN", help="API token, with --server-url"
+    )(func)
+    return click.option(
+        "--server-url",
+        help="manage the secrets of this server over HTTP instead of the local store",
+    )(func)
+
+
 @secrets.command("list")
-@click.option(
-    "--server-url",
-    help="manage the secrets of this server over HTTP instead of the local store",
-)
-@click.option("--token", envvar="FLUX_API_TOKEN", help="API token, with --server-url")
-@local_store_options
-@flux_errors
+@secret_target
 async def secrets_list(settings: Settings, server_url: str | None, token: str | None) -> None:
     """List secret names (never values)."""
     from .runtime.engine import open_engine
@@ -422,13 +430,7 @@ def _secret_from_input(name: str) -> str:
 @secrets.command("set")
 @click.argument("name")
 @click.argument("value", required=False)
-@click.option(
-    "--server-url",
-    help="manage the secrets of this server over HTTP instead of the local store",
-)
-@click.option("--token", envvar="FLUX_API_TOKEN", help="API token, with --server-url")
-@local_store_options
-@flux_errors
+@secret_target
 async def secrets_set(
     name: str, value: str | None, settings: Settings, server_url: str | None, token: str | None
 ) -> None:
@@ -449,13 +451,7 @@ async def secrets_set(
 
 @secrets.command("get")
 @click.argument("name")
-@click.option(
-    "--server-url",
-    help="manage the secrets of this server over HTTP instead of the local store",
-)
-@click.option("--token", envvar="FLUX_API_TOKEN", help="API token, with --server-url")
-@local_store_options
-@flux_errors
+@secret_target
 async def secrets_get(
     name: str, settings: Settings, server_url: str | None, token: str | None
 ) -> None:
@@ -475,13 +471,7 @@ async def secrets_get(
 
 @secrets.command("remove")
 @click.argument("name")
-@click.option(
-    "--server-url",
-    help="manage the secrets of this server over HTTP instead of the local store",
-)
-@click.option("--token", envvar="FLUX_API_TOKEN", help="API token, with --server-url")
-@local_store_options
-@flux_errors
+@secret_target
 async def secrets_remove(
     name: str, settings: Settings, server_url: str | None, token: str | None
 ) -> None:
