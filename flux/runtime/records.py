@@ -230,3 +230,23 @@ def decide_claim(
     ):
         return "leased"
     return None
+
+
+def stale_error(conn: Any, write: Write, mark: str = "?") -> StaleWriteError:
+    """The StaleWriteError for ``write`` whose ``expect`` did not hold, saying what the row
+    holds instead (``conn``: a DB-API connection of either store; ``mark``: its placeholder)."""
+    eid = write.execution_id
+    expect = write.expect or {}
+    row = conn.execute(
+        f"SELECT {', '.join(expect)} FROM executions WHERE execution_id = {mark}", (eid,)
+    ).fetchone()
+    expected = ", ".join(f"{k}={v!r}" for k, v in expect.items())
+    if row is None:
+        return StaleWriteError(
+            f"stale write to execution {eid!r} refused: expected {expected}, "
+            "but there is no such execution"
+        )
+    found = ", ".join(f"{k}={v!r}" for k, v in zip(expect, row, strict=True))
+    return StaleWriteError(
+        f"stale write to execution {eid!r} refused: expected {expected}, found {found}"
+    )

@@ -48,6 +48,7 @@ from flux.runtime.records import (
     WorkflowRecord,
     Write,
     decide_claim,
+    stale_error,
 )
 from flux.runtime.records import check_write as _check_write
 from flux.runtime.settings import check_durability, parse_store
@@ -977,22 +978,8 @@ def _list_workflows(conn: sqlite3.Connection) -> list[WorkflowRecord]:
     return [WorkflowRecord(*row) for row in conn.execute(sql)]
 
 
-def _stale_error(conn: sqlite3.Connection, write: Write) -> StaleWriteError:
-    eid = write.execution_id
-    expect = write.expect or {}
-    row = conn.execute(
-        f"SELECT {', '.join(expect)} FROM executions WHERE execution_id = ?", (eid,)
-    ).fetchone()
-    expected = ", ".join(f"{k}={v!r}" for k, v in expect.items())
-    if row is None:
-        return StaleWriteError(
-            f"stale write to execution {eid!r} refused: expected {expected}, "
-            "but there is no such execution"
-        )
-    found = ", ".join(f"{k}={v!r}" for k, v in zip(expect, row, strict=True))
-    return StaleWriteError(
-        f"stale write to execution {eid!r} refused: expected {expected}, found {found}"
-    )
+def _stale_error(conn: Any, write: Write) -> StaleWriteError:
+    return stale_error(conn, write, "?")
 
 
 def _events_error(

@@ -20,6 +20,7 @@ from flux.runtime.records import (
     ExecutionRecord,
     StaleWriteError,
     Write,
+    stale_error,
 )
 from flux.runtime.store_pg_schema import (
     SQL_INSERT_EXECUTION,
@@ -297,21 +298,7 @@ def _insert_values(record: ExecutionRecord) -> tuple[Any, ...]:
 
 
 def _stale_error(conn: Any, write: Write) -> StaleWriteError:
-    eid = write.execution_id
-    expect = write.expect or {}
-    row = conn.execute(
-        f"SELECT {', '.join(expect)} FROM executions WHERE execution_id = %s", (eid,)
-    ).fetchone()
-    expected = ", ".join(f"{k}={v!r}" for k, v in expect.items())
-    if row is None:
-        return StaleWriteError(
-            f"stale write to execution {eid!r} refused: expected {expected}, "
-            "but there is no such execution"
-        )
-    found = ", ".join(f"{k}={v!r}" for k, v in zip(expect, row, strict=True))
-    return StaleWriteError(
-        f"stale write to execution {eid!r} refused: expected {expected}, found {found}"
-    )
+    return stale_error(conn, write, "%s")
 
 
 def _events_clash(conn: Any, write: Write) -> StoreError:
