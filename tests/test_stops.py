@@ -558,3 +558,59 @@ async def test_an_error_quoting_a_secret_is_redacted_on_the_first_run_too(monkey
         first = await leaky_wf.arun(engine=engine)
     assert "s3cr3t-value-42" not in first.output
     assert "***" in first.output
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("wait", ["yes", -1, float("nan"), None])
+async def test_a_bad_wait_is_refused_before_anything_is_stored(db_path, wait):
+    @workflow.with_options(name="waits")
+    async def waits(ctx: ExecutionContext):
+        return await quick("w")
+
+    async with open_engine() as engine:
+        with pytest.raises(ValueError, match="wait must be True, False or seconds >= 0"):
+            await waits.arun(execution_id="w-1", wait=wait, engine=engine)
+        assert await engine.store.get_execution("w-1") is None
+    assert bodies["w"] == 0
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("where", ["secrets", "cache"])
+async def test_a_host_service_failing_for_the_store_is_a_stop_not_a_task_failure(
+    db_path, monkeypatch, where
+):
+    """A secret or cache lookup the store cannot answer (here: I/O error) stops the run: the
+    workflow's `except Exception` never sees it and nothing is recorded as failed."""
+    from flux.runtime.errors import StoreError
+
+    caught: list[BaseException] = []
+
+    @task.with_options(secret_requests=["K"])
+    async def needs_secret(secrets: dict) -> str:
+        bodies["needs_secret"] += 1
+        return "ok"
+
+    @task.with_options(cache=True)
+    async def cached(x: int) -> int:
+        bodies["cached"] += 1
+        return x
+
+    @workflow.with_options(name=f"service-{where}")
+    async def uses_service(ctx: ExecutionContext):
+        try:
+            return await (needs_secret() if where == "secrets" else cached(1))
+        except Exception as e:
+            caught.append(e)
+            return "compensated"
+
+    async def broken(*args, **kwargs):
+        raise StoreError("store 'x': disk I/O error")
+
+    async with open_engine() as engine:
+        monkeypatch.setattr(engine, "get_secrets" if where == "secrets" else "cache_get", broken)
+        with pytest.raises(StoreUnavailableError, match="disk I/O error"):
+            await uses_service.arun(execution_id=f"svc-{where}", engine=engine)
+        types = [r[1] for r in rows(db_path, f"svc-{where}")]
+    assert caught == []
+    assert "TASK_FAILED" not in types and "WORKFLOW_FAILED" not in types
+    assert bodies["needs_secret"] == bodies["cached"] == 0

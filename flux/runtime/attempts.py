@@ -72,7 +72,7 @@ class TaskRuns:
         try:
             cache_key = None
             if opts.cache and (cache_key := t.cache_key(args, kwargs)) is not None:
-                hit = await self.host.cache_get(cache_key)
+                hit = await self._service(self.host.cache_get(cache_key))
                 if hit is not None:
                     return await self.commit(E.TASK_COMPLETED, call_id, name, codec.decode(hit))
             failure: BaseException | None = None
@@ -94,7 +94,7 @@ class TaskRuns:
                 raise await self.commit(E.TASK_FAILED, call_id, name, error) from None
             if cache_key is not None:
                 ttl = opts.cache if not isinstance(opts.cache, bool) else None
-                await self.host.cache_put(cache_key, codec.encode(seen), ttl)
+                await self._service(self.host.cache_put(cache_key, codec.encode(seen), ttl))
             return seen
         except self._cancelled_exc:
             if self.stopped is None and self.stop_reason != "suspend":
@@ -153,7 +153,9 @@ class TaskRuns:
         args, kwargs = self._copy(payload)
         if opts.secret_requests or opts.metadata:
             if opts.secret_requests:
-                kwargs["secrets"] = await self.host.get_secrets(opts.secret_requests, call_id)
+                kwargs["secrets"] = await self._service(
+                    self.host.get_secrets(opts.secret_requests, call_id)
+                )
             if opts.metadata:
                 kwargs["metadata"] = TaskMetadata(
                     call_id, t.display_name(args, kwargs), self.ctx.execution_id, attempt + 1

@@ -331,7 +331,11 @@ class Engine:
         wait: bool | float = False,
         input_resumes: bool = False,
     ) -> ExecutionContext:
-        limit = None if wait is True or wait is False else time.monotonic() + float(wait)
+        if not isinstance(wait, bool) and (
+            not isinstance(wait, int | float) or not wait >= 0  # NaN too
+        ):
+            raise ValueError(f"wait must be True, False or seconds >= 0, got {wait!r}")
+        limit = None if isinstance(wait, bool) else time.monotonic() + float(wait)
         delay = 0.05
         while True:
             try:

@@ -23,9 +23,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 
 import anyio
 
@@ -55,6 +55,8 @@ if TYPE_CHECKING:
     from .workflow import workflow
 
 log = logging.getLogger("flux.executor")
+
+T = TypeVar("T")
 
 _MISSING = object()
 
@@ -212,6 +214,27 @@ class Execution(Waits, TaskRuns):
         finally:
             self._shields.discard(scope)
         self._check()
+
+    async def _service(self, call: Awaitable[T]) -> T:
+        """Await a host service (secrets, cache, a child) for this run. Its failures that are
+        stops (the run stopped meanwhile, the lease moved, the store failed) are raised as the
+        stop, never as an ordinary exception the workflow could catch; others (a missing
+        secret) are raised as they are."""
+        try:
+            return await call
+        except StoppedError as e:
+            self._halt(e)
+        except StaleWriteError as e:
+            self._check()
+            self._halt(LeaseLostError(f"execution {self.ctx.execution_id}: {e}"))
+        except StoreError as e:
+            self._check()
+            self._halt(
+                StoreUnavailableError(f"execution {self.ctx.execution_id}: the store failed: {e}")
+            )
+        except BaseException:
+            self._check()
+            raise
 
     async def _gate(self) -> None:
         """Before user code starts: the run has not stopped and the lease is still ours."""

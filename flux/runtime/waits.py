@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from . import codec, frames
-from .errors import SerializationError, StoppedError
+from .errors import SerializationError
 from .events import ExecutionEventType as E
 from .events import ExecutionState
 from .history import PAUSE, SLEEP, CallRecord, child_failure
@@ -140,9 +140,10 @@ class Waits:
             await self._gate()
             # the child gets the input as the history holds it, like a task body
             seen = codec.decode(codec.encode(input))
-            result = await self.host.run_child(self, call_id, child, child_id, seen)
-        except StoppedError as stop:  # the child stopped: so does its parent, resumable
-            self._halt(stop)
+            # a child's stop stops its parent, which stays resumable too
+            result = await self._service(
+                self.host.run_child(self, call_id, child, child_id, seen)
+            )
         except self._cancelled_exc:
             if self.stopped is None and self.stop_reason != "suspend":
                 with self._shielded():
