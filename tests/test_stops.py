@@ -614,3 +614,25 @@ async def test_a_host_service_failing_for_the_store_is_a_stop_not_a_task_failure
     assert caught == []
     assert "TASK_FAILED" not in types and "WORKFLOW_FAILED" not in types
     assert bodies["needs_secret"] == bodies["cached"] == 0
+
+
+@pytest.mark.trio
+async def test_a_resume_value_reaches_pause_as_a_replay_would_give_it():
+    """pause() returns a decoded copy of the resume value: mutating the caller's object after
+    the resume, or the returned one, changes nothing recorded; a tuple stays a tuple."""
+
+    @workflow.with_options(name="resumed-copy")
+    async def resumed(ctx: ExecutionContext):
+        got = await pause("p")
+        same = got is ctx.input  # never the caller's object
+        got["seen"] = True  # mutating what pause returned changes nothing recorded
+        return [same, await charge(got)]
+
+    value = {"order": (1, 2)}
+    async with open_engine() as engine:
+        paused = await resumed.arun(engine=engine)
+        done = await resumed.arun(execution_id=paused.execution_id, resume_value=value, engine=engine)
+    assert value == {"order": (1, 2)}  # the caller's object is untouched
+    assert done.output == [False, {"order": (1, 2), "seen": True}]
+    recorded = next(e for e in done.events if e.type is E.TASK_RESUMED)
+    assert recorded.value == {"order": (1, 2)}

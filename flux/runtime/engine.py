@@ -589,11 +589,14 @@ def append_event(
 
 def resume_events(ctx: ExecutionContext, value: Any) -> list[StoredEvent]:
     """Events that resume a paused execution: WORKFLOW_RESUMED, then TASK_RESUMED carrying
-    ``value`` for every pause point still waiting. Appended to ``ctx.events`` too."""
+    ``value`` for every pause point still waiting. Appended to ``ctx.events`` too, with the
+    value decoded, so ``pause()`` returns what a replay will (the first run sees what a replay
+    sees)."""
     data = codec.encode(value)
+    seen = codec.decode(data)
     now = time.time()
     targets = resume_targets(ctx.workflow_name, ctx.events)
-    return [append_event(ctx, t, source, label, value, now, data) for t, source, label in targets]
+    return [append_event(ctx, t, source, label, seen, now, data) for t, source, label in targets]
 
 
 @contextlib.asynccontextmanager

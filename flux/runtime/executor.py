@@ -256,9 +256,13 @@ class Execution(Waits, TaskRuns):
             value = redact_value(value, secrets)
         data = codec.encode(value, max_size=getattr(self.host, "max_value_size", None))
         seen = None if value is None else codec.decode(data)
+        # the workflow gets its own copy: mutating it never changes what ctx.events shows
+        recorded = seen if _immutable(seen) else codec.decode(data)
         now = self.clock()
         self.seq += 1
-        ev = ExecutionEvent(self.seq, type, call_id, name, seen, datetime.fromtimestamp(now, UTC))
+        ev = ExecutionEvent(
+            self.seq, type, call_id, name, recorded, datetime.fromtimestamp(now, UTC)
+        )
         self.ctx._events.append(ev)
         stored = StoredEvent(self.ctx.execution_id, self.seq, type.value, call_id, name, data, now)
         return stored, seen
@@ -343,9 +347,9 @@ class Execution(Waits, TaskRuns):
         assert ev is not None
         self.replay.replayed.add(rec.call_id)
         if ev.type is E.TASK_COMPLETED or ev.type is E.TASK_RESUMED:
-            return ev.value
+            return _copy_of(ev.value)
         if ev.type is E.TASK_FAILED:
-            error = ev.value
+            error = _copy_of(ev.value)
             if isinstance(error, BaseException):
                 raise error
             raise FluxError(f"task {rec.name!r} ({rec.call_id}) failed: {error!r}")
@@ -469,3 +473,15 @@ def redact_error(error: BaseException, secrets: list[str]) -> BaseException:
 
 
 __all__ = ["Execution", "Journal", "Host", "redact_error"]
+
+
+_SCALARS = (str, int, float, bool, bytes, type(None))
+
+
+def _immutable(value: Any) -> bool:
+    return isinstance(value, _SCALARS)
+
+
+def _copy_of(value: Any) -> Any:
+    """A recorded value as the workflow gets it: its own copy (scalars as they are)."""
+    return value if _immutable(value) else codec.decode(codec.encode(value))
