@@ -631,7 +631,9 @@ async def test_a_resume_value_reaches_pause_as_a_replay_would_give_it():
     value = {"order": (1, 2)}
     async with open_engine() as engine:
         paused = await resumed.arun(engine=engine)
-        done = await resumed.arun(execution_id=paused.execution_id, resume_value=value, engine=engine)
+        done = await resumed.arun(
+            execution_id=paused.execution_id, resume_value=value, engine=engine
+        )
     assert value == {"order": (1, 2)}  # the caller's object is untouched
     assert done.output == [False, {"order": (1, 2), "seen": True}]
     recorded = next(e for e in done.events if e.type is E.TASK_RESUMED)
