@@ -55,6 +55,18 @@ import attrs
 import trio
 
 from flux.net import protocol as p
+from flux.net.leases import (
+    Cause,
+    GrantDecision,
+    Phase,
+    advance,
+    decide_grant,
+    expiry_due,
+    fence,
+    owner_for,
+    reservation_for,
+)
+from flux.net.peers import Peers
 from flux.net.security import declared_secrets, secrets_for_call, task_secret_declarations
 from flux.net.signal import Signal
 from flux.runtime import codec
@@ -84,11 +96,13 @@ log = logging.getLogger("flux.dispatch")
 E = ExecutionEventType
 S = ExecutionState
 
-_RUNNABLE = frozenset({S.CREATED, S.SCHEDULED, S.CLAIMED, S.RUNNING, S.CANCELLING})
+_LEASED = frozenset({S.CLAIMED, S.RUNNING, S.CANCELLING})
 _SETTLED = frozenset({S.COMPLETED, S.FAILED, S.CANCELLED, S.PAUSED})
 _TERMINAL_EVENTS = frozenset(
     {E.WORKFLOW_COMPLETED.value, E.WORKFLOW_FAILED.value, E.WORKFLOW_CANCELLED.value}
 )
+#: what may end a lease whose grant is in flight (anything else ends it as lost)
+_GRANT_ENDINGS = frozenset({Cause.REFUSED, Cause.LOST, Cause.FENCED})
 _OUTCOMES = frozenset(
     {E.TASK_COMPLETED.value, E.TASK_FAILED.value, E.TASK_CANCELLED.value, E.TASK_RESUMED.value}
 )
@@ -108,6 +122,10 @@ class DispatchSettings:
     lease_ttl: float = 5.0
     heartbeat_interval: float | None = None
     max_capacity: int = 1024
+    #: Several servers on one database: seconds between two looks at the store for what the
+    #: notifications missed (due sleeps, expired leases, lost wake-ups); None: ``lease_ttl / 2``,
+    #: at most 1 s.
+    poll_interval: float | None = None
 
     @property
     def heartbeat(self) -> float:
@@ -123,6 +141,8 @@ class DispatchSettings:
                 f"heartbeat_interval ({self.heartbeat}) must be > 0 and shorter than "
                 f"lease_ttl ({self.lease_ttl})"
             )
+        if self.poll_interval is not None and not self.poll_interval > 0:
+            raise ValueError(f"poll_interval must be > 0, got {self.poll_interval!r}")
         if isinstance(self.max_capacity, bool) or not (
             isinstance(self.max_capacity, int) and self.max_capacity >= 1
         ):
@@ -189,6 +209,7 @@ class _Lease:
     worker: WorkerLink | None
     expires: float
     epoch: int | None = None  # None while being granted
+    phase: Phase = Phase.GRANTING
     next_seq: int = 0
     record: ExecutionRecord | None = None
     queue: deque[tuple[WorkerLink, p.Message]] = attrs.field(factory=deque)
@@ -218,6 +239,12 @@ class EventListener:
             self.events = []
         else:
             self.events.extend(events)
+        self._signal.set()
+
+    def stale(self) -> None:
+        """Events were committed elsewhere (another server): the reader reads the store."""
+        self.overflowed = True
+        self.events = []
         self._signal.set()
 
     def take(self) -> tuple[list[StoredEvent], bool]:
@@ -267,6 +294,11 @@ class Dispatcher:
     ):
         self.store = store
         self.settings = settings or DispatchSettings()
+        #: Several servers on this database (PostgreSQL): leases are owned ``server/worker``,
+        #: and :class:`~flux.net.peers.Peers` wakes the others and polls the store.
+        self.shared = bool(getattr(store, "shared", False))
+        self.server_id = uuid.uuid4().hex[:12]
+        self.peers: Peers | None = Peers(self) if self.shared else None
         self.secrets = secrets
         self.wall = wall
         self.workers: dict[str, WorkerLink] = {}
@@ -296,6 +328,8 @@ class Dispatcher:
             await self.recover()
             nursery.start_soon(self._expiry_loop)
             nursery.start_soon(self._timer_loop)
+            if self.peers is not None:
+                await nursery.start(self.peers.run)
             task_status.started()
 
     async def recover(self) -> None:
@@ -308,12 +342,15 @@ class Dispatcher:
                 self.wake_at(rec.execution_id, rec.wake_at)
             else:
                 self.submit(rec.execution_id)
-        running = await self.store.list_executions(
-            state=[S.RUNNING, S.CLAIMED, S.CANCELLING], limit=None
-        )
+        if self.shared:  # other servers' leases: the store says when they expire (Peers)
+            running = []
+        else:
+            running = await self.store.list_executions(
+                state=[S.RUNNING, S.CLAIMED, S.CANCELLING], limit=None
+            )
         deadline = trio.current_time() + self.settings.lease_ttl
         for rec in reversed(running):
-            lease = _Lease(rec.execution_id, None, deadline, rec.lease_epoch)
+            lease = _Lease(rec.execution_id, None, deadline, rec.lease_epoch, Phase.HELD)
             self._leases[rec.execution_id] = lease
         if running:
             self._lease_added.set()
@@ -401,6 +438,63 @@ class Dispatcher:
         if write.events:
             for listener in list(self._listeners.get(write.execution_id, ())):
                 listener.push(list(write.events))
+            if self.peers is not None:
+                self.peers.announce("e", write.execution_id)
+
+    def owner(self, link: WorkerLink) -> str:
+        """The ``lease_owner`` the store keeps for a lease of ``link``."""
+        return owner_for(self.server_id if self.shared else None, link.worker_id)
+
+    @property
+    def reservation(self) -> str:
+        """The ``lease_owner`` of this server's own reservations (several servers only)."""
+        return reservation_for(self.server_id)
+
+    def free_slots(self) -> int:
+        """Slots free on the workers connected here that take leases."""
+        return sum(
+            max(link.free, 0)
+            for link in self.workers.values()
+            if not (link.closed or link.stopping)
+        )
+
+    def stale_listeners(self, execution_id: str | None = None) -> None:
+        """Events of ``execution_id`` (None: of any) were committed by another server: its
+        followers here read the store."""
+        if execution_id is None:
+            found = [x for group in self._listeners.values() for x in group]
+        else:
+            found = list(self._listeners.get(execution_id, ()))
+        for listener in found:
+            listener.stale()
+
+    def settled_elsewhere(self, execution_id: str) -> None:
+        """Another server saw ``execution_id`` settle: wake whoever waits for it here."""
+        for event in self._settled.pop(execution_id, ()):
+            event.set()
+
+    def cancel_held(self, execution_id: str) -> None:
+        """A cancel of ``execution_id`` was stored through another server: if a worker here
+        holds its lease, tell it now (heartbeats tell it again until the lease ends)."""
+        lease = self._leases.get(execution_id)
+        if lease is None or lease.cancel_requested:
+            return
+        lease.cancel_requested = True
+        if lease.epoch is not None and self._nursery is not None:
+            msg = p.Cancel(execution_id=execution_id, epoch=lease.epoch)
+            self._nursery.start_soon(self._send, lease.worker, msg)
+
+    def take_over(self, rec: ExecutionRecord) -> None:
+        """This server reserved ``rec`` in the store (a due sleep, an expired lease): run it.
+        A lease of it still held here lost its epoch with the reservation: it ends now."""
+        lease = self._leases.get(rec.execution_id)
+        if lease is not None and lease.epoch is not None:
+            link = lease.worker
+            if link is not None and not link.closed:
+                self._reject_soon(link, rec.execution_id, lease.epoch, "lease expired")
+                link.zombies.add(rec.execution_id)
+            self._end_lease(lease, Cause.LOST)
+        self.submit(rec.execution_id)
 
     # ------------------------------------------------------------------ workers
 
@@ -509,6 +603,8 @@ class Dispatcher:
         while self._ready and self._nursery is not None:
             link = self._pick()
             if link is None:
+                if self.peers is not None:  # no room here: maybe another server has some
+                    self.peers.offer(self._ready)
                 return
             execution_id = self._ready.popleft()
             self._queued.discard(execution_id)
@@ -528,7 +624,13 @@ class Dispatcher:
         if len(link.ended) > 1024:
             del link.ended[next(iter(link.ended))]
 
-    def _end_lease(self, lease: _Lease, *, requeue: bool = False) -> None:
+    def _end_lease(
+        self, lease: _Lease, cause: Cause = Cause.RELEASED, *, requeue: bool = False
+    ) -> None:
+        lease.phase = advance(
+            lease.phase,
+            cause if lease.phase is not Phase.GRANTING or cause in _GRANT_ENDINGS else Cause.LOST,
+        )
         if self._leases.get(lease.execution_id) is lease:
             del self._leases[lease.execution_id]
         if lease.worker is not None:
@@ -543,9 +645,14 @@ class Dispatcher:
         assert link is not None
         try:
             rec = await self.store.get_execution(eid)
-            if rec is None or rec.state not in _RUNNABLE:
-                self._end_lease(lease)
+            decision = decide_grant(
+                rec, server_id=self.server_id if self.shared else None, now=self.wall()
+            )
+            if decision is not GrantDecision.GRANT:
+                # gone, or a worker of another server holds it: not ours to run
+                self._end_lease(lease, Cause.REFUSED)
                 return
+            assert rec is not None
             events = await self.store.load_events(eid)
             seq = events[-1].seq if events else 0
             extra = await self._child_outcomes(rec, events, seq)
@@ -560,7 +667,7 @@ class Dispatcher:
                     update={
                         "state": (S.CANCELLING if lease.cancel_requested else S.RUNNING).value,
                         "lease_epoch": epoch,
-                        "lease_owner": link.worker_id,
+                        "lease_owner": self.owner(link),
                         "lease_expires_at": self.wall() + self.settings.lease_ttl,
                         "wake_at": None,
                     },
@@ -571,18 +678,20 @@ class Dispatcher:
         except Exception as exc:
             log.error("cannot lease execution %s: %s", eid, exc)
             stale = isinstance(exc, StaleWriteError)
-            self._end_lease(lease)
+            self._end_lease(lease, Cause.REFUSED)
             if stale:  # the row changed under us: read it again
                 self.submit(eid)
             return
         self._granted += 1
+        if lease.phase is Phase.GRANTING:
+            lease.phase = advance(lease.phase, Cause.GRANTED)
         lease.epoch = epoch
         lease.record = rec
         lease.next_seq = seq + len(extra) + 1
         lease.expires = trio.current_time() + self.settings.lease_ttl
         if self._leases.get(eid) is not lease or link.closed:
             # the worker went away (or the lease expired) before it got it: nobody runs it
-            self._end_lease(lease, requeue=True)
+            self._end_lease(lease, Cause.LOST, requeue=True)
             return
         msg = p.Lease(
             execution_id=eid,
@@ -606,7 +715,7 @@ class Dispatcher:
             # the session closed under the grant: nobody runs it, so it is leased again now
             # (fenced: the epoch just committed is the one the next grant checks)
             if self._leases.get(eid) is lease:
-                self._end_lease(lease, requeue=True)
+                self._end_lease(lease, Cause.LOST, requeue=True)
         elif lease.cancel_requested:
             await self._send(link, p.Cancel(execution_id=eid, epoch=epoch))
 
@@ -670,8 +779,13 @@ class Dispatcher:
         # A write of this lease in flight, or the worker's frames waiting for *us* (its
         # heartbeat may be among them), show it alive, unless what we wait for is the worker
         # itself: our sends to it wait for room, it reads nothing (stopped, hung).
-        ours = lease.draining or (link is not None and link.blocked > 0)
-        if lease.epoch is None or (ours and not (link is not None and link.sending > 0)):
+        if lease.epoch is None or not expiry_due(
+            lease.phase,
+            expired=True,  # the caller saw its deadline pass
+            writing=lease.draining,
+            worker_waits_for_us=link is not None and link.blocked > 0,
+            we_wait=link is not None and link.sending > 0,
+        ):
             # the grant is in flight (bounded by request_timeout), or we are the slow side
             lease.expires = now + self.settings.lease_ttl
             return
@@ -686,7 +800,7 @@ class Dispatcher:
         if lease.worker is not None and not lease.worker.closed:
             self._reject_soon(lease.worker, lease.execution_id, lease.epoch, "lease expired")
             lease.worker.zombies.add(lease.execution_id)
-        self._end_lease(lease, requeue=True)
+        self._end_lease(lease, Cause.EXPIRED, requeue=True)
 
     # ------------------------------------------------------------------ timers
 
@@ -713,14 +827,15 @@ class Dispatcher:
 
     async def _current(self, link: WorkerLink, execution_id: str, epoch: int) -> _Lease | None:
         lease = self._leases.get(execution_id)
-        if lease is None or lease.worker is not link or lease.epoch != epoch:
-            if lease is None:
-                why = "no lease held"
-            elif lease.worker is not link:
-                why = f"leased to another worker (epoch {lease.epoch})"
-            else:
-                why = f"stale epoch: the lease is at epoch {lease.epoch}"
-            await self._reject(link, execution_id, epoch, why)
+        why = fence(
+            None if lease is None else lease.phase,
+            None if lease is None or lease.worker is None else lease.worker.worker_id,
+            None if lease is None else lease.epoch,
+            link.worker_id,
+            epoch,
+        )
+        if why is not None or lease is None or lease.worker is not link:
+            await self._reject(link, execution_id, epoch, why or "leased to another session")
             return None
         return lease
 
@@ -773,14 +888,19 @@ class Dispatcher:
             self._dispatch()
         lost: list[tuple[str, int]] = []
         cancels: list[tuple[str, int]] = []
+        held: list[tuple[str, int]] = []
         for execution_id, epoch in msg.leases:
             lease = self._leases.get(execution_id)
             if lease is not None and lease.worker is link and lease.epoch == epoch:
                 lease.expires = deadline
+                lease.phase = advance(lease.phase, Cause.EXTENDED)
+                held.append((execution_id, epoch))
                 if lease.cancel_requested:  # in case the first Cancel came too early
                     cancels.append((execution_id, epoch))
             elif link.ended.get(execution_id) != epoch:  # not one it just ended itself
                 lost.append((execution_id, epoch))
+        if held and self.peers is not None:  # the other servers read the expiry in the store
+            self.peers.renew(link, held)
         for execution_id, epoch in cancels:
             await self._send(link, p.Cancel(execution_id=execution_id, epoch=epoch))
         if not lost:
@@ -852,7 +972,7 @@ class Dispatcher:
             await self._commit(write)
         except StaleWriteError as exc:
             await self._reject(link, eid, msg.epoch, str(exc))
-            self._end_lease(lease)
+            self._end_lease(lease, Cause.FENCED)
             return
         except StoreError as exc:
             log.error("write of execution %s refused: %s", eid, exc)
@@ -875,7 +995,7 @@ class Dispatcher:
     async def _broken(self, lease: _Lease, link: WorkerLink, epoch: int, why: str) -> None:
         """A lease whose writes make no sense: stop it and run the execution again."""
         await self._reject(link, lease.execution_id, epoch, why)
-        self._end_lease(lease, requeue=True)
+        self._end_lease(lease, Cause.BROKEN, requeue=True)
 
     @staticmethod
     def _masked(e: StoredEvent, secrets: set[str]) -> StoredEvent:
@@ -899,7 +1019,7 @@ class Dispatcher:
             await self._commit(Write(eid, update=update, expect={"lease_epoch": lease.epoch}))
         except StoreError as exc:
             await self._reject(link, eid, msg.epoch, str(exc))
-            self._end_lease(lease)
+            self._end_lease(lease, Cause.FENCED)
             return
         self._ended_by_worker(link, lease)
         self._end_lease(lease)
@@ -929,7 +1049,7 @@ class Dispatcher:
             await self._commit(Write(eid, update=update, expect={"lease_epoch": lease.epoch}))
         except StoreError as exc:
             await self._reject(link, eid, msg.epoch, str(exc))
-            self._end_lease(lease)
+            self._end_lease(lease, Cause.FENCED)
             return
         self._ended_by_worker(link, lease)
         self._end_lease(lease)
@@ -1029,6 +1149,8 @@ class Dispatcher:
         if state in _SETTLED:
             for event in self._settled.pop(eid, ()):
                 event.set()
+            if self.peers is not None:
+                self.peers.announce("s", eid)
         if state is S.CANCELLED:
             # its subworkflows go too (embedded, they run inside the parent's scope)
             for child in await self.store.list_executions(parent_id=eid, limit=None):
@@ -1091,6 +1213,18 @@ class Dispatcher:
             return
         log.info("execution %s paused: its subworkflow(s) %s paused", execution_id, calls)
         await self._after_end(rec, S.PAUSED)
+
+    async def waiting_for_children(self, rec: ExecutionRecord) -> bool:
+        """Whether the queued execution ``rec`` (no wake time) was released to wait for its
+        subworkflows; if so it is looked at as when a child ends (run again if one ended,
+        paused if every one it waits for is paused)."""
+        events = await self.store.load_events(rec.execution_id)
+        if not any(
+            e.value is not None and b"child_id" in e.value for e in _open_calls(events).values()
+        ):
+            return False
+        await self._check_waiting(rec.execution_id)
+        return True
 
     async def _open_children(
         self, rec: ExecutionRecord, events: list[StoredEvent]
@@ -1293,8 +1427,12 @@ class Dispatcher:
                     f"execution {execution_id} is {rec.state.value}: nothing to cancel"
                 )
             lease = self._leases.get(execution_id)
-            if lease is not None:
-                lease.cancel_requested = True
+            # several servers: a worker of another one may hold it; the store and a
+            # notification get the request there
+            elsewhere = lease is None and self.shared and rec.state in _LEASED
+            if lease is not None or elsewhere:
+                if lease is not None:
+                    lease.cancel_requested = True
                 try:
                     await self._commit(
                         Write(
@@ -1305,7 +1443,9 @@ class Dispatcher:
                     )
                 except StaleWriteError:
                     continue  # a grant or a write got in between: look again
-                if lease.epoch is not None and lease.epoch == rec.lease_epoch:
+                if self.peers is not None:
+                    self.peers.announce("c", execution_id)
+                if lease is not None and lease.epoch is not None and lease.epoch == rec.lease_epoch:
                     # not waited for here: a worker slow to read must not hold up the API
                     assert self._nursery is not None
                     self._nursery.start_soon(

@@ -1,0 +1,238 @@
+"""Several servers on one database: how a dispatcher learns what the others did.
+
+Each server's :class:`~flux.net.dispatch.Dispatcher` still pushes its own work to its own
+workers at once; with a shared store (PostgreSQL) it also runs a :class:`Peers`, which
+
+* **announces** what the other servers may act on, batched into one ``NOTIFY`` round trip
+  whatever the rate: ``r`` an execution is ready and this server has no free slot for it, ``c``
+  a cancel was stored, ``e`` events were committed (followers elsewhere read them), ``s`` an
+  execution settled (``run/sync`` elsewhere returns);
+* **hears** the others' announcements (``LISTEN``) and acts: takes a ready execution if it has a
+  free slot (the grant, fenced on the epoch, decides between servers that try at once), tells
+  its worker of a cancel, wakes its followers and waiters;
+* **polls** the store every ``poll_interval`` seconds, and at once whenever listening
+  (re)starts: reserves due sleeps and expired leases (``reserve_due``: once across servers),
+  takes ready executions nobody announced (a lost notification), re-checks cancels of its own
+  leases, and lets its followers and waiters read the store. So a lost notification delays
+  work by at most one poll, never loses it;
+* **renews** the leases of its workers in the store at each heartbeat, which is how the other
+  servers know they are alive; a lease the store no longer has as ours (taken over after an
+  expiry) is dropped here and its worker told.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from flux.net.leases import Cause
+from flux.net.signal import Signal
+from flux.runtime.errors import StoreError
+from flux.runtime.events import ExecutionState
+
+if TYPE_CHECKING:
+    from flux.net.dispatch import Dispatcher, WorkerLink
+
+__all__ = ["Peers"]
+
+log = logging.getLogger("flux.peers")
+
+S = ExecutionState
+_SETTLED = frozenset({S.COMPLETED, S.FAILED, S.CANCELLED, S.PAUSED})
+#: PostgreSQL takes payloads below 8000 bytes; lines are cut into payloads under this.
+_PAYLOAD = 7000
+#: At most this many ready executions are offered to the others per dispatch.
+_OFFER = 200
+
+
+class Peers:
+    """The cross-server side of one dispatcher; see the module docstring."""
+
+    def __init__(self, dispatcher: Dispatcher, poll_interval: float | None = None) -> None:
+        self.d = dispatcher
+        ttl = dispatcher.settings.lease_ttl
+        self.poll_interval = poll_interval or getattr(
+            dispatcher.settings, "poll_interval", None
+        ) or min(1.0, ttl / 2)
+        self._pending: dict[str, None] = {}
+        self._offered: set[str] = set()
+        self._wake_sender = Signal()
+        self._wake_poll = Signal()
+        self._nursery: trio.Nursery | None = None
+        #: execution id -> updated_at when last seen waiting for subworkflows (not ready)
+        self._waiting: dict[str, float] = {}
+        self.sent = 0
+        self.heard = 0
+        self.polls = 0
+        self.reserved = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._sender)
+            nursery.start_soon(self._listener)
+            nursery.start_soon(self._poller)
+            task_status.started()
+
+    # ------------------------------------------------------------------ announcing
+
+    def announce(self, kind: str, execution_id: str) -> None:
+        """Tell the other servers (soon, batched) that ``kind`` happened to an execution."""
+        self._pending[f"{kind} {execution_id}"] = None
+        self._wake_sender.set()
+
+    def offer(self, ready: Any) -> None:
+        """No free slot here for these queued executions: offer each to the others once."""
+        for execution_id in list(ready)[:_OFFER]:
+            if execution_id not in self._offered:
+                self._offered.add(execution_id)
+                self.announce("r", execution_id)
+        if len(self._offered) > 10 * _OFFER:
+            self._offered = {e for e in self._offered if e in ready}
+
+    async def _sender(self) -> None:
+        while True:
+            await self._wake_sender.wait()
+            lines, self._pending = list(self._pending), {}
+            payloads: list[str] = []
+            current: list[str] = []
+            size = 0
+            for line in lines:
+                if current and size + len(line) + 1 > _PAYLOAD:
+                    payloads.append("\n".join([self.d.server_id, *current]))
+                    current, size = [], 0
+                current.append(line)
+                size += len(line) + 1
+            if current:
+                payloads.append("\n".join([self.d.server_id, *current]))
+            try:
+                await self.d.store.notify(payloads)
+                self.sent += len(lines)
+            except StoreError as exc:  # the poll of the others finds it all the same
+                log.warning("cannot notify the other servers: %s", exc)
+
+    # ------------------------------------------------------------------ hearing
+
+    async def _listener(self) -> None:
+        while True:
+            try:
+                await self.d.store.listen(self.deliver)
+            except StoreError as exc:
+                log.warning("cannot listen to the other servers: %s", exc)
+            await trio.sleep(self.poll_interval)
+
+    def deliver(self, payloads: list[str]) -> None:
+        """Act on payloads heard from the store (on the event loop; never blocks)."""
+        for payload in payloads:
+            if payload == "*":  # (re)started listening: what was said meanwhile is lost
+                self._wake_poll.set()
+                continue
+            sender, _, body = payload.partition("\n")
+            if sender == self.d.server_id:
+                continue
+            for line in body.split("\n"):
+                kind, _, execution_id = line.partition(" ")
+                if execution_id:
+                    self.heard += 1
+                    self._on(kind, execution_id)
+
+    def _on(self, kind: str, execution_id: str) -> None:
+        d = self.d
+        if kind == "r":
+            self._offered.discard(execution_id)
+            if d.free_slots() > 0:
+                d.submit(execution_id)
+        elif kind == "c":
+            d.cancel_held(execution_id)
+        elif kind == "e":
+            d.stale_listeners(execution_id)
+        elif kind == "s":
+            d.settled_elsewhere(execution_id)
+
+    # ------------------------------------------------------------------ renewing
+
+    def renew(self, link: WorkerLink, held: list[tuple[str, int]]) -> None:
+        """Extend ``link``'s leases in the store (a heartbeat named them)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self._renew, link, held)
+
+    async def _renew(self, link: WorkerLink, held: list[tuple[str, int]]) -> None:
+        d = self.d
+        try:
+            lost = await d.store.renew_leases(
+                held, owner=d.owner(link), expires_at=d.wall() + d.settings.lease_ttl
+            )
+        except StoreError as exc:
+            log.warning("cannot renew the leases of %s: %s", link.worker_id, exc)
+            return
+        epochs = dict(held)
+        for execution_id in lost:
+            lease = d._leases.get(execution_id)
+            if lease is None or lease.worker is not link or lease.epoch != epochs[execution_id]:
+                continue  # ended meanwhile: nothing lost
+            log.warning(
+                "lease of %s (epoch %s, %s) was taken over by another server",
+                execution_id,
+                lease.epoch,
+                link.worker_id,
+            )
+            d._reject_soon(link, execution_id, epochs[execution_id], "lease lost")
+            link.zombies.add(execution_id)
+            d._end_lease(lease, Cause.LOST)
+
+    # ------------------------------------------------------------------ polling
+
+    async def _poller(self) -> None:
+        while True:
+            with trio.move_on_after(self.poll_interval):
+                await self._wake_poll.wait()
+            try:
+                await self.poll()
+            except StoreError as exc:
+                log.warning("poll of the store failed: %s", exc)
+
+    async def poll(self) -> None:
+        """One look at the store for what the notifications may have missed."""
+        d = self.d
+        self.polls += 1
+        now = d.wall()
+        free = d.free_slots()
+        if free > 0:
+            taken = await d.store.reserve_due(
+                owner=d.reservation,
+                now=now,
+                expires_at=now + d.settings.lease_ttl,
+                limit=free,
+            )
+            self.reserved += len(taken)
+            for rec in taken:
+                d.take_over(rec)
+            free = d.free_slots()
+        if free > 0:
+            for rec in await d.store.ready_executions(now=now, limit=free + len(d._queued)):
+                eid = rec.execution_id
+                if eid in d._leases or eid in d._queued:
+                    continue
+                if self._waiting.get(eid) == rec.updated_at:
+                    continue  # waiting for its subworkflows, unchanged since we looked
+                if await d.waiting_for_children(rec):
+                    self._waiting[eid] = rec.updated_at
+                    if len(self._waiting) > 10_000:
+                        self._waiting.pop(next(iter(self._waiting)))
+                    continue
+                d.submit(eid)
+        mine = [
+            eid
+            for eid, lease in d._leases.items()
+            if lease.epoch is not None and not lease.cancel_requested
+        ]
+        if mine:
+            for eid in await d.store.cancel_requested(mine):
+                d.cancel_held(eid)
+        d.stale_listeners()
+        for eid in list(d._settled):
+            rec = await d.store.get_execution(eid)
+            if rec is None or rec.state in _SETTLED:
+                d.settled_elsewhere(eid)
