@@ -27,15 +27,17 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from flux.net.leases import Cause
+from flux.net import protocol as p
+from flux.net.leases import Cause, owner_for, reservation_for
 from flux.net.signal import Signal
 from flux.runtime.errors import StoreError
 from flux.runtime.events import ExecutionState
+from flux.runtime.records import ExecutionRecord
 
 if TYPE_CHECKING:
     from flux.net.dispatch import Dispatcher, WorkerLink
 
-__all__ = ["Peers"]
+__all__ = ["PeerHooks", "Peers"]
 
 log = logging.getLogger("flux.peers")
 
@@ -45,6 +47,66 @@ _SETTLED = frozenset({S.COMPLETED, S.FAILED, S.CANCELLED, S.PAUSED})
 _PAYLOAD = 7000
 #: At most this many ready executions are offered to the others per dispatch.
 _OFFER = 200
+
+
+class PeerHooks:
+    """The dispatcher's side of several servers: what :class:`Peers` calls on it (a part of
+    :class:`~flux.net.dispatch.Dispatcher`)."""
+
+    def owner(self, link: WorkerLink) -> str:
+        """The ``lease_owner`` the store keeps for a lease of ``link``."""
+        return owner_for(self.server_id if self.shared else None, link.worker_id)
+
+    @property
+    def reservation(self) -> str:
+        """The ``lease_owner`` of this server's own reservations (several servers only)."""
+        return reservation_for(self.server_id)
+
+    def free_slots(self) -> int:
+        """Slots free on the workers connected here that take leases."""
+        return sum(
+            max(link.free, 0)
+            for link in self.workers.values()
+            if not (link.closed or link.stopping)
+        )
+
+    def stale_listeners(self, execution_id: str | None = None) -> None:
+        """Events of ``execution_id`` (None: of any) were committed by another server: its
+        followers here read the store."""
+        if execution_id is None:
+            found = [x for group in self._listeners.values() for x in group]
+        else:
+            found = list(self._listeners.get(execution_id, ()))
+        for listener in found:
+            listener.stale()
+
+    def settled_elsewhere(self, execution_id: str) -> None:
+        """Another server saw ``execution_id`` settle: wake whoever waits for it here."""
+        for event in self._settled.pop(execution_id, ()):
+            event.set()
+
+    def cancel_held(self, execution_id: str) -> None:
+        """A cancel of ``execution_id`` was stored through another server: if a worker here
+        holds its lease, tell it now (heartbeats tell it again until the lease ends)."""
+        lease = self._leases.get(execution_id)
+        if lease is None or lease.cancel_requested:
+            return
+        lease.cancel_requested = True
+        if lease.epoch is not None and self._nursery is not None:
+            msg = p.Cancel(execution_id=execution_id, epoch=lease.epoch)
+            self._nursery.start_soon(self._send, lease.worker, msg)
+
+    def take_over(self, rec: ExecutionRecord) -> None:
+        """This server reserved ``rec`` in the store (a due sleep, an expired lease): run it.
+        A lease of it still held here lost its epoch with the reservation: it ends now."""
+        lease = self._leases.get(rec.execution_id)
+        if lease is not None and lease.epoch is not None:
+            link = lease.worker
+            if link is not None and not link.closed:
+                self._reject_soon(link, rec.execution_id, lease.epoch, "lease expired")
+                link.zombies.add(rec.execution_id)
+            self._end_lease(lease, Cause.LOST)
+        self.submit(rec.execution_id)
 
 
 class Peers:
