@@ -68,6 +68,22 @@ async def test_reserve_due_takes_due_sleeps_and_expired_leases_once(location):
         assert is_reservation("c/") and not is_reservation("c/w1") and not is_reservation(None)
 
 
+async def test_reserve_due_leaves_the_callers_own_workers_leases_alone(location):
+    now = 10.0
+    async with open_store(location) as store:
+        await insert(
+            store,
+            rec("mine", state=S.RUNNING, lease_owner="b/w1", lease_expires_at=now - 1),
+            rec("my-reservation", state=S.RUNNING, lease_owner="b/", lease_expires_at=now - 1),
+            rec("theirs", state=S.RUNNING, lease_owner="bb/w1", lease_expires_at=now - 1),
+        )
+        got = await store.reserve_due(owner="b/", now=now, expires_at=now + 5)
+        assert sorted(r.execution_id for r in got) == ["my-reservation", "theirs"]
+        # another server takes it (server b died: its renewals stopped)
+        (other,) = await store.reserve_due(owner="c/", now=now, expires_at=now + 5)
+        assert other.execution_id == "mine" and other.lease_owner == "c/"
+
+
 async def test_reserve_due_limit_and_ready_executions(location):
     now = 50.0
     async with open_store(location) as store:

@@ -125,6 +125,7 @@ class Peers:
         self._nursery: trio.Nursery | None = None
         #: execution id -> updated_at when last seen waiting for subworkflows (not ready)
         self._waiting: dict[str, float] = {}
+        self._renewing: set[str] = set()
         self.sent = 0
         self.heard = 0
         self.polls = 0
@@ -217,7 +218,9 @@ class Peers:
 
     def renew(self, link: WorkerLink, held: list[tuple[str, int]]) -> None:
         """Extend ``link``'s leases in the store (a heartbeat named them)."""
-        if self._nursery is not None:
+        if self._nursery is not None and link.worker_id not in self._renewing:
+            # one renewal per worker at a time: a slow store skips a beat, it does not pile up
+            self._renewing.add(link.worker_id)
             self._nursery.start_soon(self._renew, link, held)
 
     async def _renew(self, link: WorkerLink, held: list[tuple[str, int]]) -> None:
@@ -229,6 +232,8 @@ class Peers:
         except StoreError as exc:
             log.warning("cannot renew the leases of %s: %s", link.worker_id, exc)
             return
+        finally:
+            self._renewing.discard(link.worker_id)
         epochs = dict(held)
         for execution_id in lost:
             lease = d._leases.get(execution_id)
@@ -295,6 +300,8 @@ class Peers:
                 d.cancel_held(eid)
         d.stale_listeners()
         for eid in list(d._settled):
+            if eid in d._leases or eid in d._queued:
+                continue  # runs here: this server sees it settle
             rec = await d.store.get_execution(eid)
             if rec is None or rec.state in _SETTLED:
                 d.settled_elsewhere(eid)

@@ -123,8 +123,10 @@ class StoreAPI(Protocol):
     async def renew_leases(
         self, leases: Sequence[tuple[str, int]], *, owner: str, expires_at: float
     ) -> list[str]:
-        """Extend ``owner``'s leases ``(execution_id, epoch)`` to ``expires_at`` in one
-        transaction; return the ids whose lease is no longer ``owner``'s at that epoch."""
+        """Extend ``owner``'s leases ``(execution_id, epoch)`` to ``expires_at`` (SQLite: in one
+        transaction; PostgreSQL: one statement per lease in one round trip, so that a renewal
+        never deadlocks with writes); return the ids whose lease is no longer ``owner``'s at
+        that epoch."""
         ...
 
     async def reserve_due(

@@ -36,6 +36,12 @@ def is_reservation(owner: str | None) -> bool:
     return owner is not None and owner.endswith(RESERVATION_SUFFIX)
 
 
+def _escape_like(text: str) -> str:
+    """``text`` as a literal LIKE prefix (both stores: backslash is the default escape in
+    PostgreSQL; SQLite has none by default, and server ids are plain hex anyway)."""
+    return text.replace("%", "").replace("_", "")
+
+
 def _due_where(mark: str) -> str:
     """Executions some server must act on now: a durable sleep that is due (and not reserved by
     a live server), or a lease (of a worker or a reservation) that expired."""
@@ -64,12 +70,16 @@ def reserve_due(
 ) -> list[ExecutionRecord]:
     """Reserve up to ``limit`` due executions for ``owner`` (a server's prefix) until
     ``expires_at``, oldest deadline first, inside the caller's transaction; returns them as
-    they are after the reservation (epoch bumped, owner and expiry set, state unchanged)."""
+    they are after the reservation (epoch bumped, owner and expiry set, state unchanged).
+    Leases of ``owner``'s own workers (``owner`` followed by a worker id) are left alone: that
+    server expires them itself, and a renewal of its that failed must not make it take its own
+    running executions from its workers."""
     lock = " FOR UPDATE SKIP LOCKED" if skip_locked else ""
     rows = conn.execute(
         f"SELECT execution_id FROM executions WHERE {_due_where(mark)} "
+        f"AND (lease_owner IS NULL OR lease_owner NOT LIKE {mark}) "
         f"ORDER BY COALESCE(lease_expires_at, wake_at) LIMIT {mark}{lock}",
-        [*_due_params(now), limit],
+        [*_due_params(now), _escape_like(owner) + "_%", limit],
     ).fetchall()
     out = []
     for (execution_id,) in rows:

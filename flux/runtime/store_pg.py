@@ -336,10 +336,12 @@ class PostgresStore:
     async def renew_leases(
         self, leases: Sequence[tuple[str, int]], *, owner: str, expires_at: float
     ) -> list[str]:
-        """Extend ``owner``'s leases ``(execution_id, epoch)``; returns the ids it lost."""
+        """Extend ``owner``'s leases ``(execution_id, epoch)``; returns the ids it lost. Each
+        lease is its own statement (one round trip for all): a renewal never deadlocks with
+        writes of the same executions."""
         if not leases:
             return []
-        return await self._transaction(store_pg_lease.renew, list(leases), owner, expires_at)
+        return await self._run(store_pg_lease.renew, list(leases), owner, expires_at)
 
     async def reserve_due(
         self, *, owner: str, now: float, expires_at: float, limit: int = 100
