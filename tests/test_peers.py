@@ -156,3 +156,29 @@ async def test_a_cancel_through_another_server_reaches_the_worker(pg_url):
         assert wa.of(p.Cancel)[0].epoch == 1
         stored = await a.store.get_execution(rec.execution_id)
         assert stored.state is ExecutionState.CANCELLING and stored.cancel_requested
+
+
+async def test_listening_survives_its_connection_being_killed(pg_url):
+    import psycopg
+
+    async with servers(pg_url, 2, poll_interval=30) as ((a, _), (b, _)):
+        await trio.sleep(0.3)
+
+        def kill_listeners() -> int:
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                return len(
+                    conn.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE query LIKE 'LISTEN%%' AND pid <> pg_backend_pid()"
+                    ).fetchall()
+                )
+
+        assert await trio.to_thread.run_sync(kill_listeners) == 2
+        await trio.sleep(1.5)  # both reconnect (and poll at once: they may have missed some)
+        w = Worker(b, "w")
+        # hostile or stale payloads are hints only: an unknown execution is dropped
+        b.peers.deliver(["someone\nr no-such-execution\nc nope\ne nope\ns nope\nbogus"])
+        rec = await a.start("wf", codec.encode(None))
+        took = await wait_until(lambda: w.of(p.Lease), timeout=5)
+        assert took < 2  # heard through the new listening connection, not the 30 s poll
+        assert [m.execution_id for m in w.of(p.Lease)] == [rec.execution_id]
