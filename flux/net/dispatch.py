@@ -259,6 +259,8 @@ class Dispatcher(WorkerFrames, Children, Operations, PeerHooks):
         """Get every event of ``execution_id`` committed from now on (until :meth:`unlisten`)."""
         listener = EventListener(execution_id, limit)
         self._listeners.setdefault(execution_id, set()).add(listener)
+        if self.peers is not None:  # its events may be written through another server
+            self.peers.follow(execution_id)
         return listener
 
     def unlisten(self, listener: EventListener) -> None:
@@ -276,7 +278,7 @@ class Dispatcher(WorkerFrames, Children, Operations, PeerHooks):
             for listener in list(self._listeners.get(write.execution_id, ())):
                 listener.push(list(write.events))
             if self.peers is not None:
-                self.peers.announce("e", write.execution_id)
+                self.peers.committed(write.execution_id)
 
     # ------------------------------------------------------------------ workers
 

@@ -126,6 +126,10 @@ class Peers:
         #: execution id -> updated_at when last seen waiting for subworkflows (not ready)
         self._waiting: dict[str, float] = {}
         self._renewing: set[str] = set()
+        #: other servers heard lately (server id -> trio time): alone, nothing is announced
+        self._peers: dict[str, float] = {}
+        #: executions followed on other servers (id -> trio time the interest lapses)
+        self._interest: dict[str, float] = {}
         self.sent = 0
         self.heard = 0
         self.polls = 0
@@ -141,10 +145,34 @@ class Peers:
 
     # ------------------------------------------------------------------ announcing
 
+    def alone(self) -> bool:
+        """No other server was heard from lately (each says hello at every poll)."""
+        horizon = trio.current_time() - 3 * self.poll_interval
+        self._peers = {k: t for k, t in self._peers.items() if t >= horizon}
+        return not self._peers
+
     def announce(self, kind: str, execution_id: str) -> None:
-        """Tell the other servers (soon, batched) that ``kind`` happened to an execution."""
+        """Tell the other servers (soon, batched) that ``kind`` happened to an execution;
+        nothing when there are none (their first poll finds what they need)."""
+        if kind != "h" and self.alone():
+            return
         self._pending[f"{kind} {execution_id}"] = None
         self._wake_sender.set()
+
+    def follow(self, execution_id: str) -> None:
+        """A follower here wants the events of ``execution_id`` whoever writes them."""
+        self.announce("f", execution_id)
+
+    def committed(self, execution_id: str) -> None:
+        """Events of ``execution_id`` were committed here: wake its followers elsewhere (only
+        if some other server said it follows it: a commit per task is the hot path)."""
+        lapses = self._interest.get(execution_id)
+        if lapses is None:
+            return
+        if lapses < trio.current_time():
+            del self._interest[execution_id]
+            return
+        self.announce("e", execution_id)
 
     def offer(self, ready: Any) -> None:
         """No free slot here for these queued executions: offer each to the others once."""
@@ -195,6 +223,9 @@ class Peers:
             sender, _, body = payload.partition("\n")
             if sender == self.d.server_id:
                 continue
+            if sender not in self._peers:  # a new server: say hello back, so it knows us
+                self.announce("h", self.d.server_id)
+            self._peers[sender] = trio.current_time()
             for line in body.split("\n"):
                 kind, _, execution_id = line.partition(" ")
                 if execution_id:
@@ -213,6 +244,10 @@ class Peers:
             d.stale_listeners(execution_id)
         elif kind == "s":
             d.settled_elsewhere(execution_id)
+        elif kind == "f":
+            self._interest[execution_id] = trio.current_time() + 5 * self.poll_interval
+            if len(self._interest) > 100_000:  # bounded: the oldest interest goes first
+                self._interest.pop(next(iter(self._interest)))
 
     # ------------------------------------------------------------------ renewing
 
@@ -264,6 +299,9 @@ class Peers:
         """One look at the store for what the notifications may have missed."""
         d = self.d
         self.polls += 1
+        self.announce("h", d.server_id)  # so the others know they are not alone
+        for execution_id in list(d._listeners):  # interest renewed while followed
+            self.follow(execution_id)
         now = d.wall()
         free = d.free_slots()
         if free > 0:
