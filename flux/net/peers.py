@@ -147,7 +147,9 @@ class Peers:
 
     def alone(self) -> bool:
         """No other server was heard from lately (each says hello at every poll)."""
-        horizon = trio.current_time() - 3 * self.poll_interval
+        # generous: under load a peer's polls (its hellos) come late, and wrongly believing
+        # ourselves alone costs a poll of delay, wrongly believing we are not a NOTIFY
+        horizon = trio.current_time() - max(10 * self.poll_interval, 30.0)
         self._peers = {k: t for k, t in self._peers.items() if t >= horizon}
         return not self._peers
 

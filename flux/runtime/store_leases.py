@@ -75,21 +75,20 @@ def reserve_due(
     server expires them itself, and a renewal of its that failed must not make it take its own
     running executions from its workers."""
     lock = " FOR UPDATE SKIP LOCKED" if skip_locked else ""
+    # one statement: the rows are picked (and on PostgreSQL locked, skipping those another
+    # server holds) by the subquery, and updated and returned at once
     rows = conn.execute(
-        f"SELECT execution_id FROM executions WHERE {_due_where(mark)} "
+        f"UPDATE executions SET lease_owner = {mark}, lease_expires_at = {mark}, "
+        f"lease_epoch = lease_epoch + 1, updated_at = {mark} "
+        f"WHERE execution_id IN (SELECT execution_id FROM executions WHERE {_due_where(mark)} "
         f"AND (lease_owner IS NULL OR lease_owner NOT LIKE {mark}) "
-        f"ORDER BY COALESCE(lease_expires_at, wake_at) LIMIT {mark}{lock}",
-        [*_due_params(now), _escape_like(owner) + "_%", limit],
+        f"ORDER BY COALESCE(lease_expires_at, wake_at) LIMIT {mark}{lock}) "
+        f"RETURNING {_COLUMNS}",
+        [owner, expires_at, time.time(), *_due_params(now), _escape_like(owner) + "_%", limit],
     ).fetchall()
-    out = []
-    for (execution_id,) in rows:
-        row = conn.execute(
-            f"UPDATE executions SET lease_owner = {mark}, lease_expires_at = {mark}, "
-            f"lease_epoch = lease_epoch + 1, updated_at = {mark} "
-            f"WHERE execution_id = {mark} RETURNING {_COLUMNS}",
-            (owner, expires_at, time.time(), execution_id),
-        ).fetchone()
-        out.append(ExecutionRecord(**dict(zip(EXECUTION_COLUMNS, row, strict=True))))
+    out = [ExecutionRecord(**dict(zip(EXECUTION_COLUMNS, row, strict=True))) for row in rows]
+    # RETURNING keeps no order: sleeps by wake time, then expired leases
+    out.sort(key=lambda r: (r.wake_at is None, r.wake_at or 0.0, r.execution_id))
     return out
 
 
