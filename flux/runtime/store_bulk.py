@@ -34,6 +34,7 @@ from flux.runtime.records import (
     StoredEvent,
     WorkflowRecord,
 )
+from flux.runtime.store_logs import LOG_COLUMNS, TOTALS_COLUMNS, LogRecord, LogTotals
 
 __all__ = [
     "TABLES",
@@ -87,6 +88,14 @@ _TABLES = (
         tuple(a.name for a in attrs.fields(CacheRecord)),
         ("key",),
         ("cache entry", "cache entries"),
+    ),
+    Table("logs", LogRecord, LOG_COLUMNS, ("execution_id", "seq"), ("log line", "log lines")),
+    Table(
+        "log_totals",
+        LogTotals,
+        TOTALS_COLUMNS,
+        ("execution_id",),
+        ("log total", "log totals"),
     ),
 )
 _BY_NAME = {t.name: t for t in _TABLES}
