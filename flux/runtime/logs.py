@@ -28,10 +28,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import os
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
@@ -76,6 +77,30 @@ def check_log_limit(value: Any, what: str = "log_limit") -> int:
             f"{what} must be a whole number of bytes from 1 to {MAX_LOG_LIMIT}, got {value!r}"
         )
     return value
+
+
+def sink_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``limit``, ``line_limit`` and ``echo`` of a :class:`LogSink` from FLUX_LOG_LIMIT,
+    FLUX_LOG_LINE_LIMIT and FLUX_LOG_ECHO (for a process without other Flux settings: a
+    worker); a bad value raises ValueError naming it."""
+    from .settings import Settings
+
+    env = os.environ if environ is None else environ
+    given = {
+        field: env[var]
+        for field, var in (
+            ("log_limit", "FLUX_LOG_LIMIT"),
+            ("log_line_limit", "FLUX_LOG_LINE_LIMIT"),
+            ("log_echo", "FLUX_LOG_ECHO"),
+        )
+        if env.get(var)
+    }
+    settings = Settings(**given)  # type: ignore[arg-type]
+    return {
+        "limit": settings.log_limit,
+        "line_limit": settings.log_line_limit,
+        "echo": settings.log_echo,
+    }
 
 
 def marker(message: str, level: str = "WARNING") -> LogEntry:
