@@ -84,12 +84,19 @@ class StoreJournal:
     every later write of this journal raise, so a history never gets a hole. A write that ends
     the run (a state other than RUNNING) releases the lease with it."""
 
-    __slots__ = ("store", "execution_id", "expect", "held", "tickets", "wrote")
+    __slots__ = ("store", "execution_id", "expect", "held", "tickets", "wrote", "log_sink")
 
     def __init__(
-        self, store: Store, execution_id: str, epoch: int, held: list[StoredEvent] | None = None
+        self,
+        store: Store,
+        execution_id: str,
+        epoch: int,
+        held: list[StoredEvent] | None = None,
+        log_sink: logs.LogSink | None = None,
     ):
         self.store = store
+        #: the run's task log lines are written before the write that ends (or suspends) it
+        self.log_sink = log_sink
         self.execution_id = execution_id
         self.expect = {"lease_epoch": epoch}
         self.held = held or []
@@ -124,6 +131,10 @@ class StoreJournal:
         self.tickets.extend(self.store.enqueue(self._write(events, update)))
 
     async def commit(self, events: list[StoredEvent], update: dict[str, Any] | None = None) -> None:
+        sink = self.log_sink
+        if sink is not None and update and sink.has(self.execution_id):
+            if update.get("state", ExecutionState.RUNNING) != ExecutionState.RUNNING:
+                await sink.flush(self.execution_id)
         await self.store.commit(self._write(events, update))
         self._check()
 
@@ -245,6 +256,15 @@ class Engine:
         if not lines and await self.store.get_execution(execution_id) is None:
             raise ExecutionNotFoundError(execution_id)
         return lines
+
+    def follow_logs(
+        self, execution_id: str, *, after: int = 0, call_id: str | None = None, **options: Any
+    ) -> AsyncIterator[list[logs.LogRecord] | None]:
+        """The task log lines of ``execution_id`` as they are stored, in pages, until it ends
+        or pauses (see :func:`flux.runtime.log_reader.follow_logs`)."""
+        from .log_reader import follow_logs
+
+        return follow_logs(self.store, execution_id, after=after, call_id=call_id, **options)
 
     async def ensure_lease(self, execution: Execution) -> None:
         """Renew the lease of ``execution`` first if it is getting old (half its ttl gone by
@@ -451,7 +471,7 @@ class Engine:
         self._leases[eid] = _Lease(epoch, expires, began)
         if self._leased is not None:
             self._leased.set()
-        journal = StoreJournal(self.store, eid, epoch, held)
+        journal = StoreJournal(self.store, eid, epoch, held, self.log_sink)
         journal.tickets.extend(tickets)  # a refused creation stops the run at its next write
         execution = Execution(wf, ctx, journal, self, clock=self.clock)
         execution.resume_value = resume_value
