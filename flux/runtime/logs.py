@@ -5,8 +5,11 @@ rollback) runs, :func:`capture` makes a :class:`TaskLog` current: the execution,
 the attempt. Two hooks, installed once per process while an engine or a worker is open
 (:func:`install`, reference-counted, undone by the last :func:`uninstall`), read it:
 
-- a ``logging.Handler`` on the root logger turns every record emitted in a task body into a line
-  (level, logger name, time, the formatted message with its exception text);
+- ``logging.Logger.callHandlers`` is wrapped: every record emitted in a task body becomes a line
+  (level, logger name, time, the formatted message with its exception text), then reaches the
+  handlers as before (no handler is added, so ``logging.basicConfig()`` and logging's last
+  resort work as without Flux; a root logger left at its default WARNING is lowered to INFO
+  for the capture alone: the process's handlers still get only what they got before);
 - ``sys.stdout`` and ``sys.stderr`` become proxies that split what a task body writes into lines
   (``stdout`` lines at level INFO, ``stderr`` lines at WARNING) and write everything to the real
   stream as before (``echo``); outside a task body they are the real stream.
@@ -107,14 +110,15 @@ def marker(message: str, level: str = "WARNING") -> LogEntry:
     return LogEntry("", 0, level, MARKER_LOGGER, time.time(), message)
 
 
-def truncate_line(message: str, limit: int) -> str:
+def truncate_line(message: str, limit: int, extra: int = 0) -> str:
     """``message`` cut to ``limit`` bytes of UTF-8 (never inside a character), with a marker
-    naming how many bytes were cut."""
+    naming how many bytes were cut (``extra`` more were cut before)."""
     data = message.encode("utf-8", "surrogatepass")
-    if len(data) <= limit:
+    if len(data) <= limit and not extra:
         return message
     kept = data[:limit].decode("utf-8", "ignore")
-    return f"{kept} [flux: line cut, {len(data) - len(kept.encode('utf-8'))} more bytes]"
+    cut = len(data) - len(kept.encode("utf-8", "surrogatepass")) + extra
+    return f"{kept} [flux: line cut, {cut} more bytes]"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,7 +371,16 @@ class LogSink:
 class TaskLog:
     """The capture of one task body: where its lines go and what they are tagged with."""
 
-    __slots__ = ("sink", "execution_id", "call_id", "attempt", "limit", "secrets", "_partial")
+    __slots__ = (
+        "sink",
+        "execution_id",
+        "call_id",
+        "attempt",
+        "limit",
+        "secrets",
+        "_partial",
+        "_extra",
+    )
 
     def __init__(
         self,
@@ -385,14 +398,24 @@ class TaskLog:
         self.limit = limit
         self.secrets = secrets
         self._partial: dict[str, list[str]] = {}
+        self._extra: dict[str, int] = {}
 
-    def line(self, level: str, logger: str, message: str, when: float | None = None) -> None:
-        """Keep one line (secrets masked, cut to the line limit). Never raises."""
+    def line(
+        self,
+        level: str,
+        logger: str,
+        message: str,
+        when: float | None = None,
+        *,
+        extra: int = 0,
+    ) -> None:
+        """Keep one line (secrets masked, cut to the line limit; ``extra``: bytes of it cut
+        already). Never raises."""
         try:
             secrets = self.secrets()
             if secrets:
                 message = redact_value(message, secrets)
-            message = truncate_line(message, self.sink.line_limit)
+            message = truncate_line(message, self.sink.line_limit, extra)
             entry = LogEntry(
                 self.call_id,
                 self.attempt,
@@ -407,31 +430,39 @@ class TaskLog:
 
     def write(self, stream: str, text: str) -> None:
         """Text written to ``stream`` (stdout/stderr): complete lines are kept, the rest waits
-        for its newline (or the end of the body)."""
-        level = "INFO" if stream == "stdout" else "WARNING"
+        for its newline (or the end of the body). An unfinished line longer than the line
+        limit is held cut, counting what it lost."""
+        limit = self.sink.line_limit
         with self.sink._lock:
             parts = self._partial.setdefault(stream, [])
+            extra = self._extra.get(stream, 0)
             if "\n" not in text:
                 parts.append(text)
-                if sum(map(len, parts)) <= self.sink.line_limit:
-                    return
-                lines, rest = ["".join(parts)], ""
-            else:
-                head, _, rest = text.rpartition("\n")
-                lines = ("".join(parts) + head).split("\n")
+                if sum(map(len, parts)) > limit:
+                    joined = "".join(parts)
+                    extra += len(joined[limit:].encode("utf-8", "surrogatepass"))
+                    parts[:] = [joined[:limit]]
+                    self._extra[stream] = extra
+                return
+            head, _, rest = text.rpartition("\n")
+            lines = ("".join(parts) + head).split("\n")
             parts.clear()
+            self._extra.pop(stream, None)
             if rest:
                 parts.append(rest)
-        for text_line in lines:
-            self.line(level, stream, text_line.rstrip("\r"))
+        level = "INFO" if stream == "stdout" else "WARNING"
+        for n, text_line in enumerate(lines):
+            self.line(level, stream, text_line.rstrip("\r"), extra=extra if n == 0 else 0)
 
     def close(self) -> None:
         """The body ended: keep what it wrote without a final newline."""
         with self.sink._lock:
             left = {s: "".join(parts) for s, parts in self._partial.items() if parts}
+            extras, self._extra = self._extra, {}
             self._partial.clear()
         for stream, text in left.items():
-            self.line("INFO" if stream == "stdout" else "WARNING", stream, text)
+            level = "INFO" if stream == "stdout" else "WARNING"
+            self.line(level, stream, text, extra=extras.get(stream, 0))
 
 
 _current: contextvars.ContextVar[TaskLog | None] = contextvars.ContextVar(
@@ -477,47 +508,44 @@ def _is_internal(name: str) -> bool:
     return name == "flux" or name.startswith("flux.")
 
 
-class _Handler(logging.Handler):
-    """Root handler: a record emitted in a task body becomes a line of that task. Records
-    outside task bodies are left to the other handlers, as are these; when this is the only
-    handler a record would reach, it stands in for logging's last resort (so installing it
-    never hides a warning that would have been printed)."""
+_FORMATTER = logging.Formatter()
 
-    def __init__(self) -> None:
-        super().__init__(logging.NOTSET)
-        self._formatter = logging.Formatter()
 
-    def handle(self, record: logging.LogRecord) -> bool:  # no handler lock: the sink has one
-        self.emit(record)
-        return True
+def _record_text(record: logging.LogRecord) -> str:
+    """A record's message, formatted, with its exception and stack text; a note in place of
+    what cannot be formatted (a hostile ``__str__``, arguments that do not fit)."""
+    try:
+        message = record.getMessage()
+    except Exception as exc:
+        message = (
+            f"[flux: this log message could not be formatted: {_safe(exc)}] "
+            f"{_safe(record.msg)} % {_safe_args(record.args)}"
+        )
+    try:
+        if record.exc_info:
+            message = f"{message}\n{_FORMATTER.formatException(record.exc_info)}"
+        elif record.exc_text:
+            message = f"{message}\n{record.exc_text}"
+        if record.stack_info:
+            message = f"{message}\n{_FORMATTER.formatStack(record.stack_info)}"
+    except Exception as exc:
+        message = f"{message}\n[flux: the exception could not be formatted: {_safe(exc)}]"
+    return message
 
-    def emit(self, record: logging.LogRecord) -> None:
-        task_log = _current.get()
-        if task_log is not None and not _is_internal(record.name):
-            task_log.line(record.levelname, record.name, self._message(record), record.created)
-        if record.levelno >= logging.WARNING and not _other_handlers(record.name):
-            last = logging.lastResort
-            if last is not None and record.levelno >= last.level:
-                last.handle(record)
 
-    def _message(self, record: logging.LogRecord) -> str:
-        try:
-            message = record.getMessage()
-        except Exception as exc:
-            message = (
-                f"[flux: this log message could not be formatted: {_safe(exc)}] "
-                f"{_safe(record.msg)} % {_safe(record.args)}"
-            )
-        try:
-            if record.exc_info:
-                message = f"{message}\n{self._formatter.formatException(record.exc_info)}"
-            elif record.exc_text:
-                message = f"{message}\n{record.exc_text}"
-            if record.stack_info:
-                message = f"{message}\n{self._formatter.formatStack(record.stack_info)}"
-        except Exception as exc:
-            message = f"{message}\n[flux: the exception could not be formatted: {_safe(exc)}]"
-        return message
+_original_call_handlers = logging.Logger.callHandlers
+
+
+def _call_handlers(self: logging.Logger, record: logging.LogRecord) -> None:
+    """``Logger.callHandlers`` while logs are captured: a record emitted in a task body becomes
+    a line of that task, then goes to the handlers as before. No handler is added anywhere, so
+    ``logging.basicConfig()`` and logging's last resort behave as they would without Flux."""
+    task_log = _current.get()
+    if task_log is not None and not _is_internal(record.name):
+        task_log.line(record.levelname, record.name, _record_text(record), record.created)
+    if _manager.hides(self, record):
+        return
+    _original_call_handlers(self, record)
 
 
 def _safe(value: Any) -> str:
@@ -533,15 +561,10 @@ def _safe(value: Any) -> str:
     return text if len(text) <= 2000 else text[:2000] + "..."
 
 
-def _other_handlers(name: str) -> bool:
-    logger: logging.Logger | None = logging.getLogger(name)
-    while logger is not None:
-        if any(h is not _manager.handler for h in logger.handlers):
-            return True
-        if not logger.propagate:
-            return False
-        logger = logger.parent  # type: ignore[assignment]
-    return False
+def _safe_args(args: Any) -> str:
+    if isinstance(args, tuple):
+        return "(" + ", ".join(_safe(a) for a in args) + ")"
+    return _safe(args)
 
 
 def _emit_codes() -> frozenset[Any]:
@@ -620,25 +643,38 @@ class _Manager:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.users = 0
-        self.handler: _Handler | None = None
         self.proxies: dict[str, _StreamProxy] = {}
-        self.root_level_lowered = False
-        self.saved_root_level = logging.WARNING
+        #: the root level before we lowered it to INFO (None: not lowered)
+        self.saved_root_level: int | None = None
+
+    def hides(self, logger: logging.Logger, record: logging.LogRecord) -> bool:
+        """Would this record have been dropped but for the root level we lowered? Then only
+        the capture sees it (the process's own handlers do not)."""
+        saved = self.saved_root_level
+        if saved is None or record.levelno >= saved:
+            return False
+        root = logging.root
+        if root.level != logging.INFO:  # set since by the application: its choice
+            return False
+        node: logging.Logger | None = logger
+        while node is not None and node is not root:
+            if node.level:  # a level set below the root decided
+                return False
+            node = node.parent
+        return True
 
     def install(self) -> None:
         with self.lock:
             self.users += 1
             if self.users > 1:
                 return
-            root = logging.getLogger()
-            self.handler = _Handler()
-            # an unconfigured process (no root handler) drops INFO: capture it in task bodies,
-            # and stand in for the last resort so that nothing else changes
-            if not root.handlers and root.level > logging.INFO:
+            root = logging.root
+            # an unconfigured process (root at WARNING, the default) drops INFO: let it reach
+            # the capture of task bodies, and nothing else (see hides)
+            if root.level > logging.INFO:
                 self.saved_root_level = root.level
                 root.setLevel(logging.INFO)
-                self.root_level_lowered = True
-            root.addHandler(self.handler)
+            logging.Logger.callHandlers = _call_handlers  # type: ignore[method-assign]
             for name in ("stdout", "stderr"):
                 stream = getattr(sys, name)
                 if stream is not None and not isinstance(stream, _StreamProxy):
@@ -653,14 +689,12 @@ class _Manager:
             self.users -= 1
             if self.users:
                 return
-            root = logging.getLogger()
-            if self.handler is not None:
-                root.removeHandler(self.handler)
-                self.handler = None
-            if self.root_level_lowered:
+            logging.Logger.callHandlers = _original_call_handlers  # type: ignore[method-assign]
+            root = logging.root
+            if self.saved_root_level is not None:
                 if root.level == logging.INFO:
                     root.setLevel(self.saved_root_level)
-                self.root_level_lowered = False
+                self.saved_root_level = None
             for name, proxy in self.proxies.items():
                 if getattr(sys, name) is proxy:  # else someone replaced it since: leave theirs
                     setattr(sys, name, proxy.target)
@@ -671,8 +705,8 @@ _manager = _Manager()
 
 
 def install() -> None:
-    """Install the capture hooks (root logging handler, stdout/stderr proxies) if they are not
-    yet; every call must be matched by one :func:`uninstall`."""
+    """Install the capture hooks (the logging wrapper, the stdout/stderr proxies) if they are
+    not yet; every call must be matched by one :func:`uninstall`."""
     _manager.install()
 
 
