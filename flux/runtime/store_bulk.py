@@ -60,6 +60,8 @@ class Table:
     key: tuple[str, ...] | None
     #: How the CLI names its rows: (one, several).
     nouns: tuple[str, str]
+    #: Named in a copy's summary (bookkeeping tables are not).
+    shown: bool = True
 
     def noun(self, count: int) -> str:
         return f"{count} {self.nouns[0] if count == 1 else self.nouns[1]}"
@@ -96,6 +98,7 @@ _TABLES = (
         TOTALS_COLUMNS,
         ("execution_id",),
         ("log total", "log totals"),
+        shown=False,
     ),
 )
 _BY_NAME = {t.name: t for t in _TABLES}
