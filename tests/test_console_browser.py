@@ -243,6 +243,7 @@ def test_an_execution_with_its_timeline_and_error(site, browser):
 def test_the_logs_panel_follows_a_running_execution_and_a_bar_shows_its_lines(site, browser):
     url = site["url"]
     order_id = site["started"]["order"]
+    wait_for(lambda: api_state(site, order_id) == "PAUSED", 30, "the order to pause")
     browser.get(f"{url}/ui/executions/{order_id}")
     lines = browser.find_elements(By.CSS_SELECTOR, "#log-lines tbody tr")
     texts = [r.find_element(By.CSS_SELECTOR, "pre").text for r in lines]
@@ -283,6 +284,7 @@ def test_the_logs_panel_follows_a_running_execution_and_a_bar_shows_its_lines(si
     assert shown[:3] == ["tick 0", "tick 1", "tick 2"]
     # swapped in place: the page itself was not reloaded
     assert browser.execute_script("return window.fluxProbe") == "same page"
+    browser.execute_script("document.getElementById('logs-title').scrollIntoView()")
     shot(browser, "logs")
     no_console_errors(browser)
 
