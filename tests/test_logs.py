@@ -523,3 +523,34 @@ def test_an_unconfigured_process_keeps_its_output_and_gets_info_captured(tmp_pat
         "LOG app warning shown once",
     ] * 2
     assert "root level back: 30" in out.stdout
+
+
+@task
+def sync_printer(n: int) -> int:
+    for i in range(n):
+        print(f"asyncio thread line {i}")
+    return n
+
+
+@workflow
+async def on_asyncio(ctx: ExecutionContext):
+    return await sync_printer(3)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_capture_and_the_background_writer_work_on_asyncio(anyio_backend):
+    async with open_engine() as engine:
+        ctx = await on_asyncio.arun(engine=engine)
+        lines = await engine.logs(ctx.execution_id)
+        assert messages(lines) == [f"asyncio thread line {i}" for i in range(3)]
+        # a line added from another thread wakes the background writer through the loop
+        sink = engine.log_sink
+        written = sink.written
+        await anyio.to_thread.run_sync(
+            sink.add, ctx.execution_id, LogEntry("x#9", 1, "INFO", "stdout", 0.0, "late")
+        )
+        with anyio.fail_after(5):
+            while sink.written == written:
+                await anyio.sleep(0.02)
+        assert messages(await engine.logs(ctx.execution_id))[-1] == "late"

@@ -20,6 +20,7 @@ from tests.conftest import PYTHON, subprocess_env
 from tests.conftest_net import (
     procs,  # noqa: F401 - fixture
     upload,
+    wait_for,
 )
 
 SOURCE = textwrap.dedent(
@@ -293,3 +294,58 @@ def test_cli_logs_of_an_embedded_run(tmp_path):
         timeout=60,
     )
     assert missing.returncode != 0 and "nope" in missing.stderr
+
+
+KILLED = textwrap.dedent(
+    """
+    import anyio
+    from flux import task, workflow
+
+    @task
+    async def step(i: int) -> int:
+        print(f"step {i} running")
+        await anyio.sleep(0.3)
+        print(f"step {i} done")
+        return i
+
+    @workflow
+    async def steps(ctx):
+        total = 0
+        for i in range(ctx.input):
+            total += await step(i)
+        return total
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_loses_nothing_acknowledged_and_seqs_go_on(
+    procs,  # noqa: F811
+    tmp_path,
+):
+    server, url = procs.server(str(tmp_path / "flux.db"), lease_ttl=2.0)
+    assert upload(url, KILLED, "steps.py").status_code == 200
+    first = procs.worker(url, "doomed", concurrency=1)
+    eid = httpx.post(f"{url}/workflows/steps/run/async", json=8).json()["execution_id"]
+
+    def some_lines() -> bool:
+        return len(get_logs(url, eid)["lines"]) >= 4
+
+    wait_for(some_lines, 20, "lines of the first worker", first)
+    first.kill9()
+    second = procs.worker(url, "heir", concurrency=1)
+
+    def done() -> bool:
+        return httpx.get(f"{url}/executions/{eid}").json()["state"] == "COMPLETED"
+
+    wait_for(done, 60, "the execution to finish on the second worker", second)
+    lines = get_logs(url, eid)["lines"]
+    assert [x["seq"] for x in lines] == list(range(1, len(lines) + 1))  # no hole, no clash
+    texts = [x["message"] for x in lines]
+    # every step that completed said so once; the step cut by the kill ran again (twice started)
+    for i in range(8):
+        assert texts.count(f"step {i} done") == 1, texts
+    assert texts[-1] == "step 7 done"
+    restarted = [t for t in texts if texts.count(t) > 1]
+    assert set(restarted) <= {t for t in texts if t.endswith("running")}
+    second.terminate()
