@@ -180,7 +180,8 @@ class LogSink:
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
         self._buffered = 0
-        self._flushing = anyio.Lock()
+        self._flushing: anyio.Lock | None = None
+        self._flushing_loop: object = None
         self._wake: anyio.Event | None = None
         self._wake_soon: Callable[[], None] | None = None
         self._loop_thread: int | None = None
@@ -270,6 +271,9 @@ class LogSink:
         """Write what is pending (of ``execution_id``, or of every execution). ``forget``: the
         execution's run ended here, drop its counters once written. Never raises for a failed
         write (it is logged, and the next batch says what was lost)."""
+        loop = anyio.lowlevel.current_token()
+        if self._flushing is None or self._flushing_loop is not loop:  # one lock per loop
+            self._flushing, self._flushing_loop = anyio.Lock(), loop
         async with self._flushing:
             ids = [execution_id] if execution_id is not None else list(self._pending)
             for eid in ids:
@@ -360,8 +364,10 @@ class LogSink:
             self._wake.set()
 
     def _buffered_any(self) -> bool:
+        # lines cut past a limit are only counted: they go with the next batch or the run's
+        # end, so a body printing forever past its limit does not cause a write every interval
         with self._lock:
-            return any(p.entries or p.cut_lines or p.dropped_lines for p in self._pending.values())
+            return any(p.entries or p.dropped_lines for p in self._pending.values())
 
 
 # ---------------------------------------------------------------------------------------------
