@@ -12,6 +12,7 @@ import attrs
 import trio
 
 from flux.net import protocol as p
+from flux.net import task_logs
 from flux.net.dispatch_types import (
     _TERMINAL_EVENTS,
     WorkerLink,
@@ -92,6 +93,8 @@ class WorkerFrames:
                         msg = attrs.evolve(msg, value=masked)
                 assert self._nursery is not None
                 self._nursery.start_soon(self._cache, link, msg)
+        elif isinstance(msg, p.Logs):
+            await task_logs.receive(self, link, msg)
         else:  # pragma: no cover - the session state machine lets nothing else through
             log.warning("unexpected %s from %s", msg.TYPE, link.worker_id)
 
