@@ -182,3 +182,20 @@ async def test_listening_survives_its_connection_being_killed(pg_url):
         took = await wait_until(lambda: w.of(p.Lease), timeout=5)
         assert took < 2  # heard through the new listening connection, not the 30 s poll
         assert [m.execution_id for m in w.of(p.Lease)] == [rec.execution_id]
+
+
+async def test_a_server_without_workers_keeps_offering_and_forgets_what_was_taken(pg_url):
+    # regression: past 200 executions the server without workers offered only its oldest
+    # queued ones (already taken elsewhere) and every new one waited for the other's poll
+    async with servers(pg_url, 2, poll_interval=30) as ((a, _), (b, _)):
+        await trio.sleep(0.3)
+        w = Worker(b, "w", capacity=1000)
+        for i in range(250):
+            rec = await a.start("wf", codec.encode(i))
+            await wait_until(
+                lambda eid=rec.execution_id: any(m.execution_id == eid for m in w.of(p.Lease)),
+                timeout=5,
+            )
+        await wait_until(lambda: not a._queued)  # told "taken" for each: nothing left queued
+        assert len(a._ready) <= 100 + 2 * len(a._queued)
+        assert len({m.execution_id for m in w.of(p.Lease)}) == 250  # (expired ones re-leased)

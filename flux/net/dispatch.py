@@ -391,6 +391,8 @@ class Dispatcher(WorkerFrames, Children, Operations, PeerHooks):
                     self.peers.offer(self._ready)
                 return
             execution_id = self._ready.popleft()
+            if execution_id not in self._queued:
+                continue  # dropped meanwhile (another server took it: Peers)
             self._queued.discard(execution_id)
             if execution_id in self._leases:
                 continue
@@ -467,6 +469,8 @@ class Dispatcher(WorkerFrames, Children, Operations, PeerHooks):
                 self.submit(eid)
             return
         self._granted += 1
+        if self.peers is not None:
+            self.peers.granted(eid)
         if lease.phase is Phase.GRANTING:
             lease.phase = advance(lease.phase, Cause.GRANTED)
         lease.epoch = epoch

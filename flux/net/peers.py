@@ -22,6 +22,7 @@ workers at once; with a shared store (PostgreSQL) it also runs a :class:`Peers`,
 
 from __future__ import annotations
 
+import collections
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -126,6 +127,8 @@ class Peers:
         #: execution id -> updated_at when last seen waiting for subworkflows (not ready)
         self._waiting: dict[str, float] = {}
         self._renewing: set[str] = set()
+        #: executions submitted here because another server offered them (told when granted)
+        self._from_offer: set[str] = set()
         #: other servers heard lately (server id -> trio time): alone, nothing is announced
         self._peers: dict[str, float] = {}
         #: executions followed on other servers (id -> trio time the interest lapses)
@@ -177,13 +180,28 @@ class Peers:
         self.announce("e", execution_id)
 
     def offer(self, ready: Any) -> None:
-        """No free slot here for these queued executions: offer each to the others once."""
-        for execution_id in list(ready)[:_OFFER]:
-            if execution_id not in self._offered:
-                self._offered.add(execution_id)
-                self.announce("r", execution_id)
+        """No free slot here for these queued executions: offer each to the others once (the
+        newest: the older ones were offered when they came; at most ``_OFFER`` per call)."""
+        queued = self.d._queued
+        fresh = []
+        for execution_id in reversed(ready):
+            if execution_id in self._offered or len(fresh) >= _OFFER:
+                break
+            if execution_id in queued:
+                fresh.append(execution_id)
+        for execution_id in fresh:
+            self._offered.add(execution_id)
+            self.announce("r", execution_id)
         if len(self._offered) > 10 * _OFFER:
-            self._offered = {e for e in self._offered if e in ready}
+            self._offered = {e for e in self._offered if e in queued}
+
+    def granted(self, execution_id: str) -> None:
+        """This server granted ``execution_id``; if another offered it, tell that one it is
+        taken, so it drops it from its queue (else a server with no free slot would keep every
+        execution it ever offered queued)."""
+        if execution_id in self._from_offer:
+            self._from_offer.discard(execution_id)
+            self.announce("t", execution_id)
 
     async def _sender(self) -> None:
         while True:
@@ -237,9 +255,16 @@ class Peers:
     def _on(self, kind: str, execution_id: str) -> None:
         d = self.d
         if kind == "r":
-            self._offered.discard(execution_id)
-            if d.free_slots() > 0:
+            if d.free_slots() > 0 and execution_id not in d._queued:
+                if len(self._from_offer) > 10_000:
+                    self._from_offer.clear()
+                self._from_offer.add(execution_id)
                 d.submit(execution_id)
+        elif kind == "t":  # another server granted it: not ours to queue any more
+            self._offered.discard(execution_id)
+            d._queued.discard(execution_id)
+            if len(d._ready) > 2 * len(d._queued) + 100:  # drop what was taken elsewhere
+                d._ready = collections.deque(e for e in d._ready if e in d._queued)
         elif kind == "c":
             d.cancel_held(execution_id)
         elif kind == "e":
