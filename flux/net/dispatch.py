@@ -59,6 +59,7 @@ from flux.net.security import declared_secrets, secrets_for_call, task_secret_de
 from flux.net.signal import Signal
 from flux.runtime import codec
 from flux.runtime.errors import (
+    ExecutionConflictError,
     ExecutionNotFoundError,
     FluxError,
     StoreError,
@@ -68,6 +69,7 @@ from flux.runtime.errors import (
 from flux.runtime.events import ExecutionEvent, ExecutionEventType, ExecutionState
 from flux.runtime.history import child_failure, resume_targets
 from flux.runtime.patterns import child_execution_id
+from flux.runtime.retry import create_retry
 from flux.runtime.secrets import redact_encoded
 from flux.runtime.store import ExecutionRecord, StaleWriteError, Store, StoredEvent, Write
 
@@ -92,11 +94,6 @@ _TERMINAL_EVENTS = frozenset(
 _OUTCOMES = frozenset(
     {E.TASK_COMPLETED.value, E.TASK_FAILED.value, E.TASK_CANCELLED.value, E.TASK_RESUMED.value}
 )
-
-
-class ExecutionConflictError(WorkflowError):
-    """The execution is not in a state that allows what was asked (e.g. resuming one that is not
-    paused); the HTTP API answers 409."""
 
 
 @attrs.frozen
@@ -1218,6 +1215,23 @@ class Dispatcher:
         await self._commit(Write(execution_id, [first], insert=record))
         self.submit(execution_id)
         return record
+
+    async def retry(self, execution_id: str, *, latest: bool = False) -> ExecutionRecord:
+        """Retry a FAILED execution (flux.runtime.retry): store the new execution with the
+        original's history up to its failure, and queue it (and its failed children's retries)
+        like a recovered one. ``latest``: run the workflow's latest version."""
+        plan = await create_retry(
+            self.store, execution_id, version_for=self._latest if latest else None, clock=self.wall
+        )
+        for rec in plan.records:
+            self.submit(rec.execution_id)
+        return plan.records[0]
+
+    async def _latest(self, name: str, version: int | None) -> int | None:
+        wf = await self.store.get_workflow(name)
+        if wf is None:
+            raise WorkflowNotFoundError(name)
+        return wf.version
 
     def watch(self, execution_id: str) -> trio.Event:
         """An event set when the execution completes, fails, is cancelled or pauses."""
