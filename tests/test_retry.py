@@ -253,8 +253,9 @@ async def test_retry_after_a_pause_keeps_the_resume_value(db_path):
             await engine.retry(paused.execution_id)
         assert info.value.state == "PAUSED"
         broken.add("two")
-        failed = await engine.run(paused_then_fails, execution_id=paused.execution_id,
-                                  resume_value=3)
+        failed = await engine.run(
+            paused_then_fails, execution_id=paused.execution_id, resume_value=3
+        )
         assert failed.state is ExecutionState.FAILED
         broken.clear()
         retried = await engine.retry(failed.execution_id, paused_then_fails)
@@ -295,8 +296,10 @@ async def test_retrying_twice(db_path):
             second.execution_id,
         ]
         assert third.retry_of == first.execution_id
-        assert len({failed.execution_id, first.execution_id, second.execution_id,
-                    third.execution_id}) == 4
+        assert (
+            len({failed.execution_id, first.execution_id, second.execution_id, third.execution_id})
+            == 4
+        )
 
 
 @pytest.mark.trio
