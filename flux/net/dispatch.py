@@ -1216,16 +1216,16 @@ class Dispatcher:
         self.submit(execution_id)
         return record
 
-    async def retry(self, execution_id: str, *, latest: bool = False) -> ExecutionRecord:
+    async def retry(self, execution_id: str, *, latest: bool = False) -> list[ExecutionRecord]:
         """Retry a FAILED execution (flux.runtime.retry): store the new execution with the
-        original's history up to its failure, and queue it (and its failed children's retries)
-        like a recovered one. ``latest``: run the workflow's latest version."""
+        original's history up to its failure, and queue it (and its failed children's retries,
+        listed after it) like a recovered one. ``latest``: run the workflow's latest version."""
         plan = await create_retry(
             self.store, execution_id, version_for=self._latest if latest else None, clock=self.wall
         )
         for rec in plan.records:
             self.submit(rec.execution_id)
-        return plan.records[0]
+        return plan.records
 
     async def _latest(self, name: str, version: int | None) -> int | None:
         wf = await self.store.get_workflow(name)

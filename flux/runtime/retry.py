@@ -48,7 +48,7 @@ from .events import ExecutionState as S
 from .patterns import child_execution_id
 from .records import ExecutionRecord, StoredEvent, Write
 
-__all__ = ["RetryPlan", "create_retry", "cut_history", "retry_execution_id"]
+__all__ = ["RetryPlan", "create_retry", "cut_history", "retry_execution_id", "retry_links"]
 
 _RETRY_NAMESPACE = uuid.UUID("0c7b5e52-93a4-4c1e-8f51-3d4f2b7a9e21")
 
@@ -233,3 +233,15 @@ async def create_retry(
             break
         done.append(write)
     return RetryPlan(tuple(done))
+
+
+async def retry_links(store: Any, record: ExecutionRecord) -> dict[str, Any]:
+    """The retry links of ``record`` as the API and the CLI show them: ``retry_of`` (the
+    execution it retries) and ``retried_by`` (its retries, oldest first), each only when set."""
+    out: dict[str, Any] = {}
+    if record.retry_of is not None:
+        out["retry_of"] = record.retry_of
+    retried_by = await store.retries_of(record.execution_id)
+    if retried_by:
+        out["retried_by"] = retried_by
+    return out
