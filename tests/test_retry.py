@@ -380,3 +380,138 @@ def test_cut_history_rule():
         "TASK_STARTED",
         "TASK_COMPLETED",
     ]
+
+
+@pytest.mark.trio
+async def test_links_survive_store_copy(tmp_path, pg_url):
+    from flux.runtime.store_copy import copy_store_locations
+
+    source, back = str(tmp_path / "a.db"), str(tmp_path / "b.db")
+    async with open_engine(db=source, cancel_poll=None) as engine:
+        broken.add("two")
+        failed = await engine.run(three_steps, 1)
+        first = await engine.retry(failed.execution_id, three_steps)
+        second = await engine.retry(failed.execution_id, three_steps)
+    await copy_store_locations(source, pg_url)
+    await copy_store_locations(pg_url, back)
+    for where in (pg_url, back):
+        async with open_engine(store=where, cancel_poll=None) as engine:
+            original = await engine.get(failed.execution_id)
+            assert original.retried_by == [first.execution_id, second.execution_id]
+            assert (await engine.get(second.execution_id)).retry_of == failed.execution_id
+            assert await engine.store.retries_of("unknown") == []
+
+
+@pytest.mark.trio
+async def test_a_database_of_the_first_schema_is_migrated(tmp_path):
+    """A store made before retries existed (schema 1) opens, keeps its rows, and its failed
+    executions can be retried."""
+    import sqlite3
+
+    from flux.runtime import store as store_module
+    from flux.runtime.store import open_store
+
+    made, old = str(tmp_path / "made.db"), str(tmp_path / "old.db")
+    async with open_engine(db=made, cancel_poll=None) as engine:
+        broken.add("two")
+        failed = await engine.run(three_steps, 1)
+    saved = store_module.MIGRATIONS
+    store_module.MIGRATIONS = saved[:1]
+    try:
+        async with open_store(old) as store:  # an empty database of schema 1
+            await store.flush()
+    finally:
+        store_module.MIGRATIONS = saved
+    conn = sqlite3.connect(old)
+    with conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(executions)")]
+        assert "retry_of" not in columns
+        conn.execute("ATTACH DATABASE ? AS made", (made,))
+        listed = ", ".join(columns)
+        conn.execute(f"INSERT INTO executions SELECT {listed} FROM made.executions")
+        conn.execute("INSERT INTO events SELECT * FROM made.events")
+    conn.close()
+    broken.clear()
+    async with open_engine(db=old, cancel_poll=None) as engine:
+        assert (await engine.get(failed.execution_id)).retry_of is None
+        retried = await engine.retry(failed.execution_id, three_steps)
+        assert retried.state is ExecutionState.COMPLETED and retried.output == 19
+        assert starts == {"one": 1, "two": 2, "three": 1}
+
+
+CLI_FLOW = """
+import os
+
+from flux import task, workflow
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def note(name):
+    with open(os.path.join(HERE, "starts.log"), "a") as f:
+        f.write(name + "\\n")
+
+
+@task
+async def one(x):
+    note("one")
+    return x + 1
+
+
+@task
+async def two(x):
+    note("two")
+    if os.path.exists(os.path.join(HERE, "broken")):
+        raise ValueError("two is broken")
+    return x * 10
+
+
+@workflow
+async def cli_flow(ctx):
+    return await two(await one(ctx.input))
+"""
+
+
+def test_cli_retry_embedded(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, subprocess_env
+
+    flow = tmp_path / "cli_flow.py"
+    flow.write_text(CLI_FLOW)
+    (tmp_path / "broken").touch()
+    env = subprocess_env(tmp_path)
+
+    def flux(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "flux.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=ROOT,
+        )
+
+    ran = flux("run", str(flow), "4")
+    assert ran.returncode != 0 and "two is broken" in ran.stderr
+    eid = ran.stderr.split("execution ", 1)[1].split(":", 1)[0]
+    (tmp_path / "broken").unlink()
+    assert flux("executions", "retry", eid, "--wait").returncode != 0  # no FILE to run
+    assert "--latest needs --server-url" in flux("executions", "retry", eid, "--latest").stderr
+    done = flux("executions", "retry", eid, str(flow))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "50"
+    assert (tmp_path / "starts.log").read_text().split() == ["one", "two", "two"]
+    shown = flux("executions", "show", eid)
+    assert "retried by " in shown.stdout
+    again = flux("executions", "retry", eid)
+    assert again.returncode != 0 and "already retried by" in again.stderr
+    completed = flux("executions", "show", eid, "--json")
+    retry_id = __import__("json").loads(completed.stdout)["retried_by"][0]
+    shown = flux("executions", "show", retry_id)
+    assert f"retry of   {eid}" in shown.stdout and "COMPLETED" in shown.stdout
+    refused = flux("executions", "retry", retry_id)
+    assert refused.returncode != 0 and "COMPLETED, not FAILED" in refused.stderr
+    missing = flux("executions", "retry", "nope")
+    assert missing.returncode != 0 and "nope" in missing.stderr
