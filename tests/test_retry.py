@@ -515,3 +515,34 @@ def test_cli_retry_embedded(tmp_path):
     assert refused.returncode != 0 and "COMPLETED, not FAILED" in refused.stderr
     missing = flux("executions", "retry", "nope")
     assert missing.returncode != 0 and "nope" in missing.stderr
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def location(request, tmp_path):
+    if request.param == "sqlite":
+        return str(tmp_path / "contract.db")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.mark.trio
+async def test_store_contract_retry_of_and_retries_of(location):
+    """Both stores keep ``retry_of`` and list an execution's retries oldest first (creation
+    time, then insertion order), and copy a retry's history in the same write as its row."""
+    from flux.runtime.store import ExecutionRecord, Write, open_store
+
+    def rec(eid: str, at: float, retry_of: str | None = None) -> ExecutionRecord:
+        return ExecutionRecord(
+            execution_id=eid, workflow_name="w", input=b"\xc0", created_at=at, retry_of=retry_of
+        )
+
+    async with open_store(location) as store:
+        await store.commit(Write("orig", insert=rec("orig", 1.0)))
+        for eid, at in (("r2", 3.0), ("r1", 2.0), ("r3", 3.0)):
+            first = StoredEvent(eid, 1, "WORKFLOW_STARTED", "w", "w", b"\xc0", at)
+            await store.commit(Write(eid, [first], insert=rec(eid, at, "orig")))
+        assert await store.retries_of("orig") == ["r1", "r2", "r3"]
+        assert await store.retries_of("r1") == []
+        got = await store.get_execution("r2")
+        assert got.retry_of == "orig" and (await store.get_execution("orig")).retry_of is None
+        listed = await store.list_executions(limit=None)
+        assert {r.execution_id: r.retry_of for r in listed}["r3"] == "orig"

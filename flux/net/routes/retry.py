@@ -168,10 +168,11 @@ OPENAPI_PATHS = {
                 "201": json_content(ref("RetryAnswer"), "the retry"),
                 "400": error("bad parameter"),
                 "404": error("unknown execution (or, with latest, workflow)"),
-                "409": {
-                    **error("the execution did not fail, or a retry of it is live or completed"),
-                    "content": {"application/json": {"schema": ref("RetryConflict")}},
-                },
+                "409": error(
+                    "the execution did not fail, or a retry of it is live or completed; the "
+                    "body (an Error) also has `state` (the execution's) and `retried_by` (the "
+                    "retry in the way, or null): see RetryConflict"
+                ),
             },
             tag="executions",
             params=[_EID, _LATEST, _WAIT, _TIMEOUT],
