@@ -546,3 +546,55 @@ async def test_store_contract_retry_of_and_retries_of(location):
         assert got.retry_of == "orig" and (await store.get_execution("orig")).retry_of is None
         listed = await store.list_executions(limit=None)
         assert {r.execution_id: r.retry_of for r in listed}["r3"] == "orig"
+
+
+@task
+async def slow_step(x: int) -> int:
+    starts["slow_step"] = starts.get("slow_step", 0) + 1
+    await anyio.sleep(10 if "slow_step" in broken else 0.1)
+    return x * 2
+
+
+@task.with_options(rollback=lambda x: starts.__setitem__("undone", starts.get("undone", 0) + 1))
+async def undoable(x: int) -> int:
+    return _body("undoable", x)
+
+
+@workflow.with_options(timeout=5)
+async def timed(ctx: ExecutionContext[int]):
+    a = await step_one(ctx.input)
+    b, c = await parallel(slow_step(a), undoable(a))
+    return a + b + c
+
+
+@pytest.mark.trio
+async def test_a_workflow_timeout_is_retried_with_the_cancelled_calls_run_again(
+    autojump_clock, db_path
+):
+    async with open_engine(db=db_path, cancel_poll=None) as engine:
+        broken.add("slow_step")
+        failed = await engine.run(timed, 1)
+        assert failed.state is ExecutionState.FAILED
+        assert E.TASK_CANCELLED in [e.type for e in failed.events]
+        broken.clear()
+        retried = await engine.retry(failed.execution_id, timed)
+        assert retried.state is ExecutionState.COMPLETED, retried.output
+        assert retried.output == 2 + 4 + 2
+        assert starts["one"] == 1 and starts["slow_step"] == 2
+        # undoable completed before the timeout: replayed, not run again nor rolled back
+        assert starts["undoable"] == 1 and "undone" not in starts
+        assert E.TASK_CANCELLED not in [e.type for e in retried.events]
+
+
+@pytest.mark.trio
+async def test_a_failed_child_retried_by_its_own_id_stands_alone(db_path):
+    async with open_engine(db=db_path, cancel_poll=None) as engine:
+        broken.add("two")
+        failed = await engine.run(parent_flow, 5)
+        child_id = child_execution_id(failed.execution_id, "child_flow#1")
+        broken.clear()
+        alone = await engine.retry(child_id, child_flow)
+        assert alone.state is ExecutionState.COMPLETED and alone.output == 50
+        assert alone.parent_id is None and alone.retry_of == child_id
+        assert starts == {"three": 1, "one": 1, "two": 2}
+        assert (await engine.get(failed.execution_id)).state is ExecutionState.FAILED

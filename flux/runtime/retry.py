@@ -11,7 +11,9 @@ The cut, precisely (:func:`cut_history`):
 
 - The history is copied up to, not including, the first *final* failure: the first
   ``TASK_FAILED`` (a call that failed after its retries, fallback and rollback) or the
-  ``WORKFLOW_FAILED`` (the workflow's own code raised), whichever comes first.
+  ``WORKFLOW_FAILED`` (the workflow's own code raised, or it timed out), whichever comes
+  first, and without the cancellations and rollbacks recorded just before it (the unwinding
+  of that failure: a workflow timeout cancels its running calls).
 - Every call left without an outcome by the cut (the failed one, and siblings in flight with
   it) keeps its ``TASK_STARTED`` (its place and arguments, so replay finds it where it was) but
   not its attempt events (``TASK_RETRY_*``, ``TASK_FALLBACK_*``, ``TASK_ROLLBACK_*``): it runs
@@ -71,6 +73,15 @@ _OUTCOMES = frozenset(
     t.value for t in (E.TASK_COMPLETED, E.TASK_FAILED, E.TASK_CANCELLED, E.TASK_RESUMED)
 )
 _FAILURES = frozenset((E.TASK_FAILED.value, E.WORKFLOW_FAILED.value))
+_UNWINDING = frozenset(
+    t.value
+    for t in (
+        E.TASK_CANCELLED,
+        E.TASK_ROLLBACK_STARTED,
+        E.TASK_ROLLBACK_COMPLETED,
+        E.TASK_ROLLBACK_FAILED,
+    )
+)
 #: the states of an earlier retry that allow retrying the original again
 _RETRYABLE_AGAIN = frozenset((S.FAILED, S.CANCELLED))
 
@@ -90,6 +101,10 @@ def cut_history(
     """The history of a retry of ``events`` under ``new_id`` (see the module docstring), and
     the child calls it leaves open: ``{call_id: child id the original had started}``."""
     end = next((i for i, e in enumerate(events) if e.type in _FAILURES), len(events))
+    # the unwinding that led to the failure (a workflow timeout cancels its running calls,
+    # which roll back): not copied, so those calls run again instead of replaying cancelled
+    while end > 0 and events[end - 1].type in _UNWINDING:
+        end -= 1
     prefix = events[:end]
     open_calls: set[str] = set()
     for e in prefix:
