@@ -276,3 +276,67 @@ def test_cli_retry_with_a_server(procs, tmp_path):  # noqa: F811
     assert missing.returncode != 0 and "nope" in missing.stderr
     bad = _cli("executions", "retry", eid, "x.py", "--server-url", url, env=env)
     assert bad.returncode != 0 and "give no FILE" in bad.stderr
+
+
+def test_a_queued_retry_survives_a_server_kill(procs, tmp_path):  # noqa: F811
+    db = str(tmp_path / "flux.db")
+    server, url = procs.server(db, lease_ttl=2.0)
+    worker = procs.worker(url, "first")
+    assert upload(url, SOURCE.format(broken=False), "retry_flows.py").status_code == 200
+    log = str(tmp_path / "kill.log")
+    open(log + ".fail", "w").close()
+    eid = _run(url, "three", {"log": log, "x": 3})["execution_id"]
+    assert worker.terminate() == 0
+    import os
+
+    os.remove(log + ".fail")
+    made = _retry(url, eid).json()
+    assert made["state"] == "SCHEDULED"
+    server.kill9()  # the retry was committed before the answer: it must not be lost
+    _, url2 = procs.server(db, lease_ttl=2.0)
+    procs.worker(url2, "second")
+    wait_for(
+        lambda: (
+            httpx.get(f"{url2}/executions/{made['execution_id']}").json()["state"] == "COMPLETED"
+        ),
+        30,
+        "the retry to complete after the restart",
+    )
+    assert httpx.get(f"{url2}/executions/{made['execution_id']}").json()["output"] == 39
+    assert _starts(log) == {"first": 1, "second": 2, "third": 1}
+
+
+def test_two_servers_on_postgres_retry_at_once(procs, tmp_path, pg_url):  # noqa: F811
+    _, a = procs.server(store=pg_url, lease_ttl=2.0)
+    _, b = procs.server(store=pg_url, lease_ttl=2.0)
+    assert upload(a, SOURCE.format(broken=False), "retry_flows.py").status_code == 200
+    worker = procs.worker(a, "pg-worker")
+    log = str(tmp_path / "pg.log")
+    open(log + ".fail", "w").close()
+    eid = _run(a, "three", {"log": log, "x": 1})["execution_id"]
+    assert worker.terminate() == 0
+    codes: dict[str, int] = {}
+    barrier = threading.Barrier(2)
+
+    def hit(url: str) -> None:
+        barrier.wait()
+        codes[url] = _retry(url, eid).status_code
+
+    threads = [threading.Thread(target=hit, args=(u,)) for u in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(codes.values()) == [201, 409], codes
+    retried = httpx.get(f"{b}/executions/{eid}").json()["retried_by"]
+    assert len(retried) == 1
+    import os
+
+    os.remove(log + ".fail")
+    procs.worker([a, b], "pg-worker-2")
+    wait_for(
+        lambda: httpx.get(f"{a}/executions/{retried[0]}").json()["state"] == "COMPLETED",
+        30,
+        "the one retry to complete",
+    )
+    assert _starts(log) == {"first": 1, "second": 2, "third": 1}
