@@ -69,7 +69,7 @@ from flux.runtime.errors import (
 from flux.runtime.events import ExecutionEvent, ExecutionEventType, ExecutionState
 from flux.runtime.history import child_failure, resume_targets
 from flux.runtime.patterns import child_execution_id
-from flux.runtime.retry import create_retry
+from flux.runtime.retry import create_retry, latest_version
 from flux.runtime.secrets import redact_encoded
 from flux.runtime.store import ExecutionRecord, StaleWriteError, Store, StoredEvent, Write
 
@@ -1220,18 +1220,11 @@ class Dispatcher:
         """Retry a FAILED execution (flux.runtime.retry): store the new execution with the
         original's history up to its failure, and queue it (and its failed children's retries,
         listed after it) like a recovered one. ``latest``: run the workflow's latest version."""
-        plan = await create_retry(
-            self.store, execution_id, version_for=self._latest if latest else None, clock=self.wall
-        )
+        versions = latest_version(self.store) if latest else None
+        plan = await create_retry(self.store, execution_id, version_for=versions, clock=self.wall)
         for rec in plan.records:
             self.submit(rec.execution_id)
         return plan.records
-
-    async def _latest(self, name: str, version: int | None) -> int | None:
-        wf = await self.store.get_workflow(name)
-        if wf is None:
-            raise WorkflowNotFoundError(name)
-        return wf.version
 
     def watch(self, execution_id: str) -> trio.Event:
         """An event set when the execution completes, fails, is cancelled or pauses."""

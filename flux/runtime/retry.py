@@ -44,13 +44,25 @@ from typing import Any
 import attrs
 
 from . import codec
-from .errors import ExecutionConflictError, ExecutionNotFoundError, StoreError
+from .errors import (
+    ExecutionConflictError,
+    ExecutionNotFoundError,
+    StoreError,
+    WorkflowNotFoundError,
+)
 from .events import ExecutionEventType as E
 from .events import ExecutionState as S
 from .patterns import child_execution_id
 from .records import ExecutionRecord, StoredEvent, Write
 
-__all__ = ["RetryPlan", "create_retry", "cut_history", "retry_execution_id", "retry_links"]
+__all__ = [
+    "RetryPlan",
+    "create_retry",
+    "cut_history",
+    "latest_version",
+    "retry_execution_id",
+    "retry_links",
+]
 
 _RETRY_NAMESPACE = uuid.UUID("0c7b5e52-93a4-4c1e-8f51-3d4f2b7a9e21")
 
@@ -87,6 +99,19 @@ _RETRYABLE_AGAIN = frozenset((S.FAILED, S.CANCELLED))
 
 #: ``(workflow_name, original_version) -> version`` the retry runs (None: keep the original's)
 VersionFor = Callable[[str, int | None], Awaitable[int | None]]
+
+
+def latest_version(store: Any) -> VersionFor:
+    """The ``version_for`` of ``--latest``: each workflow's latest stored version (a server's
+    uploads); WorkflowNotFoundError if the store has none."""
+
+    async def latest(name: str, version: int | None) -> int | None:
+        record = await store.get_workflow(name)
+        if record is None:
+            raise WorkflowNotFoundError(name)
+        return record.version
+
+    return latest
 
 
 def retry_execution_id(original_id: str, ordinal: int) -> str:
