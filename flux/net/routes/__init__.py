@@ -60,6 +60,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "executions",
     "workers",
     "secrets",
+    "logs",
     "retry",
 )
 
