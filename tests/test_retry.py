@@ -77,10 +77,16 @@ async def slow_sibling(x: int) -> int:
     return x
 
 
+@task
+async def late_two(x: int) -> int:
+    await anyio.sleep(1)  # fails after step_three completed, whatever order trio runs them in
+    return _body("two", x * 10)
+
+
 @workflow
 async def fan_out(ctx: ExecutionContext[int]):
     a = await step_one(ctx.input)
-    done, b, c = await parallel(step_three(a), step_two(a), slow_sibling(a))
+    done, b, c = await parallel(step_three(a), late_two(a), slow_sibling(a))
     return [done, b, c]
 
 
