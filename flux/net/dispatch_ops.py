@@ -25,6 +25,7 @@ from flux.runtime.errors import (
 )
 from flux.runtime.events import ExecutionEventType, ExecutionState
 from flux.runtime.history import resume_targets
+from flux.runtime.retry import create_retry, latest_version
 from flux.runtime.store import ExecutionRecord, StaleWriteError, StoredEvent, Write
 
 log = logging.getLogger("flux.dispatch")
@@ -73,6 +74,16 @@ class Operations:
         await self._commit(Write(execution_id, [first], insert=record))
         self.submit(execution_id)
         return record
+
+    async def retry(self, execution_id: str, *, latest: bool = False) -> list[ExecutionRecord]:
+        """Retry a FAILED execution (flux.runtime.retry): store the new execution with the
+        original's history up to its failure, and queue it (and its failed children's retries,
+        listed after it) like a recovered one. ``latest``: run the workflow's latest version."""
+        versions = latest_version(self.store) if latest else None
+        plan = await create_retry(self.store, execution_id, version_for=versions, clock=self.wall)
+        for rec in plan.records:
+            self.submit(rec.execution_id)
+        return plan.records
 
     def watch(self, execution_id: str) -> trio.Event:
         """An event set when the execution completes, fails, is cancelled or pauses."""

@@ -14,7 +14,7 @@ import trio
 from flux.net import protocol as p
 from flux.net.leases import Phase
 from flux.net.signal import Signal
-from flux.runtime.errors import WorkflowError
+from flux.runtime.errors import ExecutionConflictError as ExecutionConflictError
 from flux.runtime.events import ExecutionEvent, ExecutionEventType, ExecutionState
 from flux.runtime.store import ExecutionRecord, StoredEvent
 
@@ -29,11 +29,6 @@ _TERMINAL_EVENTS = frozenset(
 _OUTCOMES = frozenset(
     {E.TASK_COMPLETED.value, E.TASK_FAILED.value, E.TASK_CANCELLED.value, E.TASK_RESUMED.value}
 )
-
-
-class ExecutionConflictError(WorkflowError):
-    """The execution is not in a state that allows what was asked (e.g. resuming one that is not
-    paused); the HTTP API answers 409."""
 
 
 @attrs.frozen

@@ -106,6 +106,16 @@ def _migrate_task_logs(conn: Any) -> None:
     conn.execute(POSTGRES_SCHEMA)
 
 
+def _migrate_retry_of(conn: Any) -> None:
+    """executions.retry_of: the failed execution a retry was made from"""
+    conn.execute(
+        """
+        ALTER TABLE executions ADD COLUMN retry_of TEXT;
+        CREATE INDEX executions_retry_of ON executions (retry_of, created_at, row_id);
+        """
+    )
+
+
 def _migrate_lease_indexes(conn: Any) -> None:
     """indexes for due timers and expired leases"""
     conn.execute(
@@ -124,6 +134,7 @@ def _migrate_lease_indexes(conn: Any) -> None:
 MIGRATIONS: tuple[Callable[[Any], None], ...] = (
     _migrate_1,
     _migrate_task_logs,
+    _migrate_retry_of,
     _migrate_lease_indexes,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
