@@ -30,7 +30,8 @@ nests, are generated into ``components/schemas`` (``schema_of(cls)`` shows one).
 ``tests/test_models.py`` checks every listed model's JSON against its own schema.
 Types a field may have: ``str``, ``int``, ``float``, ``bool``, ``Any`` (any JSON value), an
 ``Enum``, another model, ``list[...]``, ``dict[str, ...]``, ``Literal[...]`` and ``X | None``.
-``field(..., schema={...})`` adds JSON Schema keywords (``enum``, ``minimum``, ``const`` ...).
+``field(..., schema={...})`` adds JSON Schema keywords (``enum``, ``minimum``, ``const`` ...), a
+class attribute ``SCHEMA_EXTRA: ClassVar[dict]`` keywords of the object itself.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import enum
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, NoReturn, TypeVar, dataclass_transform
+from typing import Any, ClassVar, NoReturn, TypeVar, dataclass_transform
 
 import attrs
 import cattrs
@@ -438,6 +439,8 @@ class Health(Model):
 @model
 class SecretSet(Model):
     """The body of `POST /admin/secrets`."""
+
+    SCHEMA_EXTRA: ClassVar[dict[str, Any]] = {"additionalProperties": False}
 
     name: str = field(schema={"minLength": 1, "maxLength": 200, "pattern": r"^\S+$"})
     value: str = field("at most 64 KiB (UTF-8)")
