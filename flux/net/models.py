@@ -367,7 +367,8 @@ class Workflow(Model):
 
 @model
 class WorkflowDetail(Model):
-    """A workflow's latest version with its source and the numbers of all its versions."""
+    """A version of a workflow (the latest, unless asked for another) with its source and the
+    numbers of all its versions."""
 
     name: str = field()
     version: int = field(schema={"minimum": 1})

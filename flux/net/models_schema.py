@@ -80,6 +80,13 @@ def type_schema(tp: Any) -> dict[str, Any]:
     raise TypeError(f"no JSON Schema for the type {tp!r}: use one the models' docstring lists")
 
 
+def _without_none(tp: Any) -> Any:
+    options = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (Union, types.UnionType) and len(options) == 1:
+        return options[0]
+    return tp
+
+
 def schema_of(cls: type[Model]) -> dict[str, Any]:
     """The component schema of the model ``cls``."""
     hints = _hints(cls)
@@ -87,7 +94,10 @@ def schema_of(cls: type[Model]) -> dict[str, Any]:
     required: list[str] = []
     for f in attrs.fields(cls):
         meta = f.metadata
-        prop = dict(type_schema(hints[f.name]))
+        hint = hints[f.name]
+        if meta.get(OMIT_NONE):  # None is never sent: the key is left out instead
+            hint = _without_none(hint)
+        prop = dict(type_schema(hint))
         extra = meta.get(SCHEMA) or {}
         if "$ref" in prop and (extra or meta.get(DOC)):
             prop = {"allOf": [prop]}  # keywords beside a $ref: keep them explicit
