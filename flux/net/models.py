@@ -37,8 +37,10 @@ class attribute ``SCHEMA_EXTRA: ClassVar[dict]`` keywords of the object itself.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, NoReturn, TypeVar, dataclass_transform
 
@@ -139,13 +141,46 @@ def model(cls: type[M]) -> type[M]:
     return attrs.frozen(cls, eq=False, hash=False)
 
 
+@attrs.frozen
+class _Plan:
+    """How a model class turns into JSON, worked out once per class from its annotations."""
+
+    #: (name, omit while None, needs converting: may hold an enum or a tuple)
+    fields: tuple[tuple[str, bool, bool], ...]
+    #: fields that may hold models (or lists of them): to_json copies those into plain dicts
+    nested: tuple[str, ...]
+
+
+@functools.cache
+def _plan(cls: type) -> _Plan:
+    hints = typing.get_type_hints(cls)
+    fields, nested = [], []
+    for f in attrs.fields(cls):
+        kinds = set(_kinds(hints[f.name]))
+        fields.append((f.name, bool(f.metadata.get(OMIT_NONE)), bool(kinds & {"enum", "tuple"})))
+        if "model" in kinds:
+            nested.append(f.name)
+    return _Plan(tuple(fields), tuple(nested))
+
+
+def _kinds(tp: Any) -> Iterator[str]:
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        yield "enum"
+    elif isinstance(tp, type) and issubclass(tp, Model):
+        yield "model"
+    if typing.get_origin(tp) is tuple:
+        yield "tuple"
+    for arg in typing.get_args(tp):
+        yield from _kinds(arg)
+
+
 def _json_items(obj: Model) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for f in attrs.fields(type(obj)):
-        value = getattr(obj, f.name)
-        if value is None and f.metadata.get(OMIT_NONE):
+    for name, omit_none, convert in _plan(type(obj)).fields:
+        value = getattr(obj, name)
+        if value is None and omit_none:
             continue
-        out[f.name] = _jsonish(value)
+        out[name] = _jsonish(value) if convert else value
     return out
 
 
@@ -153,14 +188,20 @@ def _jsonish(value: Any) -> Any:
     """A field's value as it sits in the model's dict (models stay: they are dicts)."""
     if isinstance(value, enum.Enum):
         return value.value
-    if isinstance(value, tuple):
-        return [_jsonish(v) for v in value]
-    if isinstance(value, list) and value and isinstance(value[0], enum.Enum):
+    if isinstance(value, list | tuple):
         return [_jsonish(v) for v in value]
     return value
 
 
 def _plain(value: Any) -> Any:
+    """Plain dicts and lists in place of models (``Any`` fields hold JSON data: kept as they
+    are, so this costs one dict copy per model)."""
+    if isinstance(value, Model):
+        out = dict(value)
+        for name in _plan(type(value)).nested:
+            if name in out:
+                out[name] = _plain(out[name])
+        return out
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
