@@ -192,6 +192,25 @@ def test_from_json_round_trips_ignores_extra_keys_and_keeps_unknown_states():
     assert "detail" in repr(missing.value.exceptions)  # type: ignore[attr-defined]
 
 
+@attrs.frozen
+class _RouteAnswer:
+    """A plain attrs class, as a new route module may write one."""
+
+    state: ExecutionState
+    pair: tuple[int, int]
+    error: m.Error
+    rows: list[m.Event]
+
+
+def test_to_json_takes_plain_attrs_classes_too():
+    answer = _RouteAnswer(ExecutionState.PAUSED, (1, 2), m.Error("a", "b"), [m.Event.of(EVENTS[1])])
+    out = m.to_json([answer, {"nested": answer}])
+    assert type(out[0]["state"]) is str and out[0]["state"] == "PAUSED"
+    assert out[0]["pair"] == [1, 2] and type(out[0]["error"]) is dict
+    assert out[1]["nested"]["rows"] == json.loads(EVENTS_JSON)[1:2]
+    assert m.from_json(out[0], _RouteAnswer) == answer
+
+
 # ---------------------------------------------------------------------------- schemas
 
 

@@ -208,6 +208,8 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, enum.Enum):
         return value.value
+    if attrs.has(type(value)):  # a plain attrs class (not a Model): the converter's way
+        return converter.unstructure(value)
     return value
 
 
@@ -227,8 +229,9 @@ def _structure_state(value: Any, _: Any) -> ExecutionState | str:
 
 
 #: The one converter of the API's models (server answers, client parsing).
-converter = cattrs.Converter(forbid_extra_keys=False)
-converter.register_unstructure_hook(enum.Enum, lambda e: e.value)
+converter = cattrs.Converter(forbid_extra_keys=False, unstruct_collection_overrides={tuple: list})
+for _enum in (enum.Enum, enum.StrEnum, enum.IntEnum):  # before str and int in their MRO
+    converter.register_unstructure_hook(_enum, lambda e: e.value)
 converter.register_unstructure_hook_func(_is_model, _plain)
 converter.register_structure_hook_factory(
     _is_model, lambda cl: make_dict_structure_fn(cl, converter)
@@ -237,10 +240,9 @@ converter.register_structure_hook(ExecutionState, _structure_state)
 
 
 def to_json(obj: Any) -> Any:
-    """``obj`` (a model, or lists/dicts of them) as plain JSON-ready data."""
-    if isinstance(obj, dict | list | tuple):
-        return _plain(obj)
-    return converter.unstructure(obj)
+    """``obj`` (a model or any attrs instance, or lists/dicts of them) as plain JSON-ready
+    data."""
+    return _plain(obj)
 
 
 def from_json(data: Any, cls: Any) -> Any:
