@@ -8,6 +8,7 @@ JSON must match them byte for byte."""
 from __future__ import annotations
 
 import copy
+import enum
 import json
 import typing
 from typing import Any
@@ -293,13 +294,17 @@ def _of_type(tp: Any) -> st.SearchStrategy[Any]:
         return st.floats(min_value=0, max_value=2e9)
     if tp is bool:
         return st.booleans()
-    if isinstance(tp, type) and issubclass(tp, ExecutionState):
-        return st.sampled_from(list(ExecutionState))
-    if isinstance(tp, type) and issubclass(tp, m.Model):
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return st.sampled_from(list(tp))
+    if isinstance(tp, type) and attrs.has(tp):
         return instances(tp)
     args = typing.get_args(tp)
     if typing.get_origin(tp) is list:
         return st.lists(_of_type(args[0]), max_size=3)
+    if typing.get_origin(tp) is dict:
+        return st.dictionaries(st.text(max_size=5), _of_type(args[1]), max_size=3)
+    if typing.get_origin(tp) is typing.Literal:
+        return st.sampled_from(args)
     if type(None) in args:
         (inner,) = [a for a in args if a is not type(None)]
         return st.none() | _of_type(inner)
@@ -317,16 +322,25 @@ def _field_strategy(cls: type, f: attrs.Attribute) -> st.SearchStrategy[Any]:
     return _of_type(typing.get_type_hints(cls)[f.name])
 
 
-def instances(cls: type[m.Model]) -> st.SearchStrategy[m.Model]:
+def instances(cls: type) -> st.SearchStrategy[Any]:
     fields = {f.name: _field_strategy(cls, f) for f in attrs.fields(cls)}
     return st.builds(cls, **fields)
+
+
+def every_model() -> tuple[type, ...]:
+    """The API's models and those the route modules list (``OPENAPI_MODELS``)."""
+    from flux.net.routes import route_modules
+
+    listed = [cls for mod in route_modules() for cls in getattr(mod, "OPENAPI_MODELS", ())]
+    return tuple(dict.fromkeys([*m.MODELS, *listed]))
 
 
 @settings(max_examples=40, deadline=None)
 @given(st.data())
 def test_every_models_json_validates_against_its_own_schema(data):
-    schemas = component_schemas(m.MODELS)
-    for cls in m.MODELS:
+    models = every_model()
+    schemas = component_schemas(models)
+    for cls in models:
         obj = data.draw(instances(cls), label=cls.__name__)
         out = m.to_json(obj)
         assert validate(out, schemas[cls.__name__], schemas) == [], (cls.__name__, out)

@@ -27,7 +27,10 @@ then return ``json_response(to_json(Schedule(...)))`` from the route, describe t
 the module's ``OPENAPI_PATHS`` with ``openapi.ref("Schedule")``, and list the class in the
 module's ``OPENAPI_MODELS = (Schedule,)``: its schema, and those of the models and enums it
 nests, are generated into ``components/schemas`` (``schema_of(cls)`` shows one).
-``tests/test_models.py`` checks every listed model's JSON against its own schema.
+``tests/test_models.py`` checks the JSON of every model (``MODELS`` and each route module's
+``OPENAPI_MODELS``) against its own schema, and that it parses back. A plain ``@attrs.frozen``
+class works too (``to_json``, ``from_json``, its schema; no ``omit_none``, no dict access):
+subclass ``Model`` when the client returns it.
 Types a field may have: ``str``, ``int``, ``float``, ``bool``, ``Any`` (any JSON value), an
 ``Enum``, another model, ``list[...]``, ``dict[str, ...]``, ``Literal[...]`` and ``X | None``.
 ``field(..., schema={...})`` adds JSON Schema keywords (``enum``, ``minimum``, ``const`` ...), a

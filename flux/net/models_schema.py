@@ -22,7 +22,7 @@ from typing import Any, Literal, Union
 
 import attrs
 
-from flux.net.models import DOC, OMIT_NONE, REQUIRED, SCHEMA, Model
+from flux.net.models import DOC, OMIT_NONE, REQUIRED, SCHEMA
 from flux.runtime.events import ExecutionState
 
 __all__ = ["ENUM_NAMES", "component_schemas", "schema_of", "type_schema", "validate"]
@@ -57,7 +57,7 @@ def type_schema(tp: Any) -> dict[str, Any]:
         return {"type": "null"}
     if tp in _SCALARS:
         return {"type": _SCALARS[tp]}
-    if isinstance(tp, type) and issubclass(tp, enum.Enum | Model):
+    if _is_component(tp):
         return _ref(tp)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Union or origin is types.UnionType:
@@ -87,8 +87,14 @@ def _without_none(tp: Any) -> Any:
     return tp
 
 
-def schema_of(cls: type[Model]) -> dict[str, Any]:
-    """The component schema of the model ``cls``."""
+def _is_component(tp: Any) -> bool:
+    """Enums and attrs classes (models, or the plain attrs classes of a route module) are
+    components of their own, referred to by ``$ref``."""
+    return isinstance(tp, type) and (issubclass(tp, enum.Enum) or attrs.has(tp))
+
+
+def schema_of(cls: type) -> dict[str, Any]:
+    """The component schema of the model ``cls`` (a Model, or any attrs class)."""
     hints = _hints(cls)
     properties: dict[str, Any] = {}
     required: list[str] = []
@@ -128,14 +134,14 @@ def _enum_schema(tp: type[enum.Enum]) -> dict[str, Any]:
 
 
 def _nested(tp: Any) -> Iterable[type]:
-    if isinstance(tp, type) and issubclass(tp, enum.Enum | Model):
+    if _is_component(tp):
         yield tp
         return
     for arg in typing.get_args(tp):
         yield from _nested(arg)
 
 
-def component_schemas(models: Iterable[type[Model]]) -> dict[str, Any]:
+def component_schemas(models: Iterable[type]) -> dict[str, Any]:
     """The schemas of ``models`` and of every model and enum they nest, by component name."""
     out: dict[str, Any] = {}
     pending = list(models)
