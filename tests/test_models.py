@@ -181,6 +181,18 @@ def test_a_model_reads_as_attributes_and_as_its_json():
     assert attrs.evolve(x, state=ExecutionState.FAILED)["state"] == "FAILED"
 
 
+def test_a_field_may_not_hide_a_dict_method():
+    with pytest.raises(TypeError, match="cannot be named items, keys"):
+
+        @m.model
+        class Page(m.Model):
+            items: list[int] = m.field()
+            keys: list[str] = m.field()
+
+    with pytest.raises(TypeError, match="must subclass Model"):
+        m.model(type("Plain", (), {}))
+
+
 def test_from_json_round_trips_ignores_extra_keys_and_keeps_unknown_states():
     data = json.loads(LISTED)
     parsed = m.from_json({**data, "newer_field": 1}, m.ExecutionListItem)

@@ -141,7 +141,14 @@ def model(cls: type[M]) -> type[M]:
     """Make ``cls`` (a :class:`Model` subclass) a frozen attrs class compared as its JSON."""
     if not issubclass(cls, Model):
         raise TypeError(f"{cls.__name__} must subclass Model")
-    return attrs.frozen(cls, eq=False, hash=False)
+    built = attrs.frozen(cls, eq=False, hash=False)
+    clash = sorted(f.name for f in attrs.fields(built) if hasattr(dict, f.name))
+    if clash:  # the attribute would hide the dict method (items, keys, values, get ...)
+        raise TypeError(
+            f"{cls.__name__}: a model's field cannot be named {', '.join(clash)} "
+            "(a model is also a dict): pick another name"
+        )
+    return built
 
 
 @attrs.frozen
