@@ -181,6 +181,22 @@ def test_a_model_reads_as_attributes_and_as_its_json():
     assert attrs.evolve(x, state=ExecutionState.FAILED)["state"] == "FAILED"
 
 
+@m.model
+class _Wrapper(m.Model):
+    """A model holding a plain attrs class and a tuple."""
+
+    inner: _RouteAnswer = m.field()
+    pair: tuple[int, ...] = m.field()
+
+
+def test_a_model_holding_a_plain_attrs_class_is_still_json():
+    answer = _RouteAnswer(ExecutionState.FAILED, (3, 4), m.Error("a", "b"), [])
+    wrapped = _Wrapper(answer, (1, 2))
+    assert json.loads(json.dumps(wrapped)) == m.to_json(wrapped)
+    assert wrapped["inner"]["state"] == "FAILED" and wrapped["pair"] == [1, 2]
+    assert m.from_json(m.to_json(wrapped), _Wrapper).inner == answer
+
+
 def test_a_field_may_not_hide_a_dict_method():
     with pytest.raises(TypeError, match="cannot be named items, keys"):
 

@@ -155,7 +155,7 @@ def model(cls: type[M]) -> type[M]:
 class _Plan:
     """How a model class turns into JSON, worked out once per class from its annotations."""
 
-    #: (name, omit while None, needs converting: may hold an enum or a tuple)
+    #: (name, omit while None, needs converting: may hold an enum, a tuple or a plain attrs)
     fields: tuple[tuple[str, bool, bool], ...]
     #: fields that may hold models (or lists of them): to_json copies those into plain dicts
     nested: tuple[str, ...]
@@ -167,7 +167,8 @@ def _plan(cls: type) -> _Plan:
     fields, nested = [], []
     for f in attrs.fields(cls):
         kinds = set(_kinds(hints[f.name]))
-        fields.append((f.name, bool(f.metadata.get(OMIT_NONE)), bool(kinds & {"enum", "tuple"})))
+        convert = bool(kinds & {"enum", "tuple", "attrs"})
+        fields.append((f.name, bool(f.metadata.get(OMIT_NONE)), convert))
         if "model" in kinds:
             nested.append(f.name)
     return _Plan(tuple(fields), tuple(nested))
@@ -178,6 +179,8 @@ def _kinds(tp: Any) -> Iterator[str]:
         yield "enum"
     elif isinstance(tp, type) and issubclass(tp, Model):
         yield "model"
+    elif isinstance(tp, type) and attrs.has(tp):  # a plain attrs class: converted to a dict
+        yield "attrs"
     if typing.get_origin(tp) is tuple:
         yield "tuple"
     for arg in typing.get_args(tp):
@@ -200,6 +203,8 @@ def _jsonish(value: Any) -> Any:
         return value.value
     if isinstance(value, list | tuple):
         return [_jsonish(v) for v in value]
+    if attrs.has(type(value)) and not isinstance(value, Model):
+        return converter.unstructure(value)
     return value
 
 
