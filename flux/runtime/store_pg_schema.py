@@ -99,10 +99,17 @@ def _migrate_1(conn: Any) -> None:
     )
 
 
+def _migrate_task_logs(conn: Any) -> None:
+    """task logs"""
+    from flux.runtime.store_logs import POSTGRES_SCHEMA
+
+    conn.execute(POSTGRES_SCHEMA)
+
+
 #: Migration ``i`` (0-based) brings a database from schema version ``i`` to ``i + 1``; version 0
 #: is an empty database. Append, never edit: all that are due run in the opening transaction,
 #: and each is recorded in ``flux_migrations`` (its docstring's first line is its name).
-MIGRATIONS: tuple[Callable[[Any], None], ...] = (_migrate_1,)
+MIGRATIONS: tuple[Callable[[Any], None], ...] = (_migrate_1, _migrate_task_logs)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _VERSION_KEY = "schema_version"

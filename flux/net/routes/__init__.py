@@ -57,7 +57,14 @@ __all__ = [
 ]
 
 #: The route modules of this package, registered in this order.
-ROUTE_MODULES: tuple[str, ...] = ("meta", "workflows", "executions", "workers", "secrets")
+ROUTE_MODULES: tuple[str, ...] = (
+    "meta",
+    "workflows",
+    "executions",
+    "workers",
+    "secrets",
+    "logs",
+)
 
 
 def route_modules() -> list[ModuleType]:
