@@ -334,17 +334,31 @@ class Execution(Model):
         "when FAILED; the pause's name when PAUSED"
     )
     state: ExecutionState = field()
+    retry_of: str | None = field(
+        "the failed execution this one retries (only when it is a retry)", omit_none=True
+    )
+    retried_by: list[str] | None = field(
+        "the retries of this execution, oldest first (only when any)", omit_none=True
+    )
     events: list[Event] | None = field("only with ?detailed=true", omit_none=True)
 
     @classmethod
-    def of(cls, record: ExecutionRecord, events: Sequence[StoredEvent] | None = None) -> Execution:
-        """The summary of ``record`` (with ``events`` when given)."""
+    def of(
+        cls,
+        record: ExecutionRecord,
+        events: Sequence[StoredEvent] | None = None,
+        retried_by: Sequence[str] = (),
+    ) -> Execution:
+        """The summary of ``record`` (with ``events`` when given; ``retried_by``: the ids of its
+        retries, from ``store.retries_of``)."""
         return cls(
             record.workflow_name,
             record.execution_id,
             plain_value(record.input),
             plain_value(record.output),
             record.state,
+            record.retry_of,
+            list(retried_by) or None,
             None if events is None else [Event.of(e) for e in events],
         )
 
@@ -361,6 +375,9 @@ class ExecutionListItem(Model):
     parent_id: str | None = field("the parent execution of a subworkflow")
     created_at: float = field("Unix seconds")
     updated_at: float = field("Unix seconds")
+    retry_of: str | None = field(
+        "the failed execution this one retries (only when it is a retry)", omit_none=True
+    )
     error: str | None = field("only when this row cannot be shown: why", omit_none=True)
 
     @classmethod
@@ -377,6 +394,7 @@ class ExecutionListItem(Model):
                 record.parent_id,
                 record.created_at,
                 record.updated_at,
+                record.retry_of,
             )
         except Exception as exc:
             log.exception("execution %s cannot be listed", getattr(record, "execution_id", "?"))
@@ -389,6 +407,7 @@ class ExecutionListItem(Model):
                 getattr(record, "parent_id", None),
                 getattr(record, "created_at", None),  # type: ignore[arg-type]
                 getattr(record, "updated_at", None),  # type: ignore[arg-type]
+                getattr(record, "retry_of", None),
                 f"this execution cannot be shown: {type(exc).__name__}",
             )
 

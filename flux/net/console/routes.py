@@ -16,6 +16,7 @@ from quart import Blueprint, Response, g, redirect, render_template, request, ur
 
 from flux.net.console import auth as a
 from flux.net.console import views as v
+from flux.net.console.dag import build_dags
 from flux.net.console.logs import logs_context
 from flux.net.dispatch import ExecutionConflictError
 from flux.net.models import (
@@ -82,6 +83,7 @@ def console_blueprint(server: Any) -> Blueprint:
         ("/executions/<execution_id>/logs", c.execution_logs, ["GET"]),
         ("/executions/<execution_id>/resume", c.resume, ["POST"]),
         ("/executions/<execution_id>/cancel", c.cancel, ["POST"]),
+        ("/executions/<execution_id>/retry", c.retry, ["POST"]),
         ("/workflows", c.workflows, ["GET"]),
         ("/workflows/<name>", c.workflow, ["GET"]),
         ("/workflows/<name>/run", c.run, ["POST"]),
@@ -312,7 +314,9 @@ class Console:
             pause = Event.of(paused[-1]).value if paused else None
         settled = rec.state.value in _SETTLED
         end = rec.updated_at if settled else time.time()
+        dags = await trio.to_thread.run_sync(build_dags, events, settled)
         return dict(
+            dags=dags,
             rec=rec,  # what only the console shows: version, lease owner, cancel requested
             execution=execution,
             input=execution.input,
@@ -338,6 +342,7 @@ class Console:
         rows = [Event.of(e) for e in shown]
         parent = await self.store.get_execution(rec.parent_id) if rec.parent_id else None
         children = await self.store.list_executions(parent_id=execution_id, limit=200)
+        retried_by = await self.store.retries_of(execution_id)
         context["logs"] = await logs_context(self.store, rec)
         return await self.page(
             "execution.html",
@@ -347,6 +352,7 @@ class Console:
             events_pages=pages,
             parent=None if parent is None else ExecutionListItem.of(parent),
             children=[ExecutionListItem.of(c) for c in children],
+            retried_by=retried_by,
             **context,
         )
 
@@ -397,6 +403,14 @@ class Console:
         rec = await self._act(self.dispatcher.cancel, execution_id)
         note = "Cancelled." if rec.state is ExecutionState.CANCELLED else "Cancel requested."
         return self.back("console.execution", note, execution_id=execution_id)
+
+    async def retry(self, execution_id: str) -> Response:
+        await self._one(execution_id)
+        form = await request.form
+        retry = functools.partial(self.dispatcher.retry, latest=form.get("latest") == "1")
+        made = await self._act(retry, execution_id)
+        note = f"Retry of {execution_id}."
+        return self.back("console.execution", note, execution_id=made[0].execution_id)
 
     # ------------------------------------------------------------------ workflows
 

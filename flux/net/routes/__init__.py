@@ -64,6 +64,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "workers",
     "secrets",
     "logs",
+    "retry",
 )
 
 

@@ -200,7 +200,8 @@ class Api:
     async def shown(self, rec: ExecutionRecord, detailed: bool) -> Execution:
         """The execution's summary, with its events when ``detailed``."""
         events = await self.store.load_events(rec.execution_id) if detailed else None
-        return Execution.of(rec, events)
+        retried_by = await self.store.retries_of(rec.execution_id)
+        return Execution.of(rec, events, retried_by)
 
     async def settle(self, execution_id: str, detailed: bool, timeout: float) -> Response:
         """Answer with the execution once it is settled (:data:`SETTLED`) or ``timeout`` ends."""
