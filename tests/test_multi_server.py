@@ -256,3 +256,30 @@ def test_a_durable_sleep_fires_once_with_two_servers(procs, tmp_path, pg_url):  
         assert [e[1] for e in events].count("WORKFLOW_COMPLETED") == 1
     for eid in eids:
         assert status(url_b, "napper", eid)["state"] == "COMPLETED"
+
+
+def test_a_sleep_released_through_a_killed_server_fires_on_the_other(
+    procs, tmp_path, pg_url  # noqa: F811
+):
+    a, url_a = procs.server(store=pg_url, lease_ttl=TTL)
+    _, url_b = procs.server(store=pg_url, lease_ttl=TTL)
+    worker = procs.worker([url_a, url_b], "w", concurrency=4)  # on A first
+    assert upload(url_a, WORKFLOWS + EXTRA).status_code == 200
+    logs = [tmp_path / f"nap{i}.log" for i in range(3)]
+    eids = [
+        run(url_a, "napper", {"seconds": 3.0, "log": str(log)}, mode="async").json()[
+            "execution_id"
+        ]
+        for log in logs
+    ]
+    # released to sleep through A (the wake time is in the database; A's timer in A's memory)
+    for eid in eids:
+        wait_for(lambda eid=eid: pg_execution(pg_url, eid)[0] == "SCHEDULED", 20, "sleeping")
+    a.kill9()
+    for eid in eids:
+        done = wait_state(url_b, "napper", eid, {"COMPLETED", "FAILED"}, 30, worker)
+        assert done["state"] == "COMPLETED" and done["output"] == 0
+    time.sleep(2 * TTL)
+    for eid, log in zip(eids, logs, strict=True):
+        starts, dones, _ = counts(log)
+        assert starts == {0: 1} and dones == {0: 1}, (eid, starts)
