@@ -116,10 +116,27 @@ def _migrate_retry_of(conn: Any) -> None:
     )
 
 
+def _migrate_lease_indexes(conn: Any) -> None:
+    """indexes for due timers and expired leases"""
+    conn.execute(
+        """
+        CREATE INDEX IF NOT EXISTS executions_wake_at ON executions (wake_at)
+            WHERE wake_at IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS executions_lease_expires_at ON executions (lease_expires_at)
+            WHERE lease_expires_at IS NOT NULL;
+        """
+    )
+
+
 #: Migration ``i`` (0-based) brings a database from schema version ``i`` to ``i + 1``; version 0
 #: is an empty database. Append, never edit: all that are due run in the opening transaction,
 #: and each is recorded in ``flux_migrations`` (its docstring's first line is its name).
-MIGRATIONS: tuple[Callable[[Any], None], ...] = (_migrate_1, _migrate_task_logs, _migrate_retry_of)
+MIGRATIONS: tuple[Callable[[Any], None], ...] = (
+    _migrate_1,
+    _migrate_task_logs,
+    _migrate_retry_of,
+    _migrate_lease_indexes,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _VERSION_KEY = "schema_version"
