@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
@@ -79,10 +79,19 @@ def browser() -> Iterator[webdriver.Chrome]:
 
 def until(driver: webdriver.Chrome, predicate: Any, timeout: float = 15) -> Any:
     # the live regions are swapped while we look: an element may go stale between two reads
+    # (chromium says so as a stale element, or as a node that left the document)
+    def swapped_is_not_yet(d: webdriver.Chrome) -> Any:
+        try:
+            return predicate(d)
+        except WebDriverException as exc:
+            if "does not belong to the document" in (exc.msg or ""):
+                return False
+            raise
+
     wait = WebDriverWait(
         driver, timeout, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException]
     )
-    return wait.until(predicate)
+    return wait.until(swapped_is_not_yet)
 
 
 def settled_as(state: str) -> Any:
