@@ -59,6 +59,7 @@ from flux.net.security import declared_secrets, secrets_for_call, task_secret_de
 from flux.net.signal import Signal
 from flux.runtime import codec
 from flux.runtime.errors import (
+    ExecutionConflictError,
     ExecutionNotFoundError,
     FluxError,
     StoreError,
@@ -92,11 +93,6 @@ _TERMINAL_EVENTS = frozenset(
 _OUTCOMES = frozenset(
     {E.TASK_COMPLETED.value, E.TASK_FAILED.value, E.TASK_CANCELLED.value, E.TASK_RESUMED.value}
 )
-
-
-class ExecutionConflictError(WorkflowError):
-    """The execution is not in a state that allows what was asked (e.g. resuming one that is not
-    paused); the HTTP API answers 409."""
 
 
 @attrs.frozen

@@ -192,8 +192,30 @@ class ExecutionCancelledError(ExecutionError):
     """Raised to code awaiting an execution that was cancelled."""
 
 
+class ExecutionConflictError(WorkflowError):
+    """The execution is not in a state that allows what was asked (resuming one that is not
+    paused, a signal to one that has finished); the HTTP API answers 409. ``state`` is the
+    state it is in, when known."""
+
+    def __init__(self, message: str, state: str | None = None):
+        super().__init__(message)
+        self.state = state
+
+
+class SignalTimeoutError(ExecutionTimeoutError):
+    """``await receive(topic, timeout=...)`` waited ``timeout`` seconds and no signal on
+    ``topic`` came (raised only when no ``default`` was given). A normal failure: the workflow
+    may catch it."""
+
+    def __init__(self, message: str, topic: str | None = None, timeout: float | None = None):
+        super().__init__(message)
+        self.topic = topic
+        self.timeout = timeout
+
+
 __all__ = [
     "ExecutionCancelledError",
+    "ExecutionConflictError",
     "ExecutionError",
     "ExecutionLeasedError",
     "ExecutionNotFoundError",
@@ -204,6 +226,7 @@ __all__ = [
     "NondeterminismError",
     "SecretNotFoundError",
     "SerializationError",
+    "SignalTimeoutError",
     "StoppedError",
     "StoreError",
     "StoreUnavailableError",

@@ -57,6 +57,8 @@ class ExecutionEventType(StrEnum):
     TASK_ROLLBACK_STARTED = "TASK_ROLLBACK_STARTED"
     TASK_ROLLBACK_COMPLETED = "TASK_ROLLBACK_COMPLETED"
     TASK_ROLLBACK_FAILED = "TASK_ROLLBACK_FAILED"
+    #: a queued signal delivered to the receive at ``source_id`` (name: the topic)
+    SIGNAL_RECEIVED = "SIGNAL_RECEIVED"
 
     def __str__(self) -> str:
         return self.value

@@ -49,6 +49,7 @@ from flux.runtime.events import ExecutionState
 from flux.runtime.records import (
     Claim,
     ExecutionRecord,
+    SignalRecord,
     StoredEvent,
     StoreStatistics,
     WorkflowRecord,
@@ -239,6 +240,27 @@ class StoreAPI(Protocol):
 
     async def cache_evict_expired(self, now: float) -> int:
         """Delete the entries expired at ``now``; returns how many."""
+        ...
+
+    # -- signals (flux.runtime.signals) -----------------------------------------------------------
+
+    async def add_signal(
+        self,
+        execution_id: str,
+        topic: str,
+        value: bytes,
+        sent_at: float,
+        key: str | None = None,
+    ) -> tuple[ExecutionState | None, SignalRecord | None]:
+        """Queue a signal for ``execution_id``, atomically with reading its state: ``(None,
+        None)`` and nothing stored when there is no such execution, ``(state, None)`` when it
+        has finished, else ``(state, record)``. With ``key``, a signal already stored with that
+        key for that execution is returned instead of storing another (idempotent send)."""
+        ...
+
+    async def pending_signals(self, execution_id: str) -> list[SignalRecord]:
+        """The signals of ``execution_id`` not yet delivered, in the order accepted. A
+        :class:`Write` naming some in ``signals`` delivers them (exactly once: see Write)."""
         ...
 
     # -- whole tables, for moving a store (flux.runtime.store_bulk) ------------------------------

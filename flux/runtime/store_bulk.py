@@ -31,6 +31,7 @@ from flux.runtime.records import (
     CacheRecord,
     ExecutionRecord,
     SecretRecord,
+    SignalRecord,
     StoredEvent,
     WorkflowRecord,
 )
@@ -87,6 +88,13 @@ _TABLES = (
         tuple(a.name for a in attrs.fields(CacheRecord)),
         ("key",),
         ("cache entry", "cache entries"),
+    ),
+    Table(
+        "signals",
+        SignalRecord,
+        tuple(a.name for a in attrs.fields(SignalRecord)),
+        ("id",),
+        ("signal", "signals"),
     ),
 )
 _BY_NAME = {t.name: t for t in _TABLES}

@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 
+from flux.runtime import store_signals
 from flux.runtime.errors import StoreError
 from flux.runtime.records import (
     EVENT_COLUMNS,
@@ -246,6 +247,8 @@ class BatchWriter:
                     raise StoreError(
                         f"cannot append events to execution {eid!r}: {one_line(exc)}"
                     ) from exc
+            if write.signals:
+                store_signals.consume(conn, "%s", eid, write.signals, time.time())
         except (
             psycopg.DataError,
             psycopg.ProgrammingError,
