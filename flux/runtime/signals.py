@@ -8,8 +8,8 @@ It is *delivered* by whoever holds the execution's lease: in one write fenced by
 history gets SIGNAL_RECEIVED (name: the topic, value: the signal's value) and the receive's
 outcome TASK_COMPLETED (the same value) at the receive's call id, and the signal leaves the
 queue (``Write.signals``): a second delivery of it is refused, so each is delivered exactly once.
-Receives on one topic get its signals in the order the receives were called (the order of their
-TASK_STARTED), whatever order they wake in.
+Receives on one topic get its signals in program order of the receives (their call ids: the
+structure of the code, never the order they happened to start or wake in, as for every id).
 
 Deliveries happen in two places, with the one rule of this module (:func:`plan_deliveries`):
 when a runner takes the lease of an execution waiting in ``receive`` (the embedded engine's
@@ -30,6 +30,7 @@ import attrs
 from . import codec
 from .events import ExecutionEventType as E
 from .records import SignalRecord, StoredEvent
+from .replay import ordinal
 
 __all__ = [
     "RECEIVE",
@@ -73,8 +74,14 @@ class OpenReceive:
     topic: str
     #: engine-clock time its timeout passes, None: waits for ever
     due_at: float | None
-    #: seq of its TASK_STARTED: receives on one topic are served in this order
+    #: seq of its TASK_STARTED
     seq: int
+
+
+def call_order(call_id: str) -> tuple[int, ...]:
+    """Program order of a call id (``parallel#0/receive#2/receive#0`` -> (0, 2, 0)): receives
+    on one topic are served in this order."""
+    return tuple(ordinal(part) for part in call_id.split("/"))
 
 
 def receive_args(value: Any) -> tuple[str, float | None] | None:
@@ -100,7 +107,7 @@ def open_receives(events: Iterable[StoredEvent]) -> list[OpenReceive]:
                 started[e.call_id] = OpenReceive(e.call_id, parsed[0], parsed[1], e.seq)
         elif e.type in _OUTCOMES:
             started.pop(e.call_id, None)
-    return sorted(started.values(), key=lambda r: r.seq)
+    return sorted(started.values(), key=lambda r: call_order(r.call_id))
 
 
 def delivery_events(
@@ -124,7 +131,7 @@ def plan_deliveries(
     now: float,
 ) -> tuple[list[StoredEvent], tuple[int, ...]]:
     """The events that deliver queued ``pending`` signals (in accepted order) to the open
-    receives of ``events`` (in call order, per topic), numbered after the last of ``events``,
+    receives of ``events`` (in program order, per topic), numbered after the last of ``events``,
     and the ids of the signals they deliver."""
     receives = open_receives(events)
     if not receives or not pending:
@@ -149,3 +156,16 @@ def plan_deliveries(
 def waiting_topics(events: Iterable[StoredEvent]) -> set[str]:
     """The topics the open receives of ``events`` wait on."""
     return {r.topic for r in open_receives(events)}
+
+
+def waiting_topics_of(events: Iterable[Any]) -> set[str]:
+    """The topics the open receives of a decoded history (ExecutionEvent) wait on."""
+    open_: dict[str, str] = {}
+    for e in events:
+        if e.type is E.TASK_STARTED and e.name == RECEIVE:
+            parsed = receive_args(e.value)
+            if parsed is not None:
+                open_[e.source_id] = parsed[0]
+        elif e.type.value in _OUTCOMES:
+            open_.pop(e.source_id, None)
+    return set(open_.values())

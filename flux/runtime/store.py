@@ -62,6 +62,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Claim",
     "ExecutionRecord",
+    "SignalRecord",
     "StaleWriteError",
     "Store",
     "StoreStatistics",

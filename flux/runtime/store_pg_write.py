@@ -186,6 +186,13 @@ class BatchWriter:
                 cursor = conn.execute(sql, (*values, eid))
                 checked.pop(eid, None)
             updates.append(cursor)
+            if write.signals:  # fails the pipeline (division by zero) unless all were queued
+                conn.execute(
+                    "WITH taken AS (UPDATE signals SET delivered_at = %s WHERE execution_id = %s "
+                    "AND id = ANY(%s) AND delivered_at IS NULL RETURNING 1) "
+                    "SELECT 1 / (CASE WHEN count(*) = %s THEN 1 ELSE 0 END) FROM taken",
+                    (time.time(), eid, list(write.signals), len(set(write.signals))),
+                )
             rows += _event_rows(write)
         _insert_events(conn, rows)
         return updates
