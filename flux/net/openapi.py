@@ -17,19 +17,25 @@ from flux import __version__ as _flux_version
 from flux.net.docs_page import render_docs
 from flux.runtime.events import ExecutionEventType, ExecutionState
 
-__all__ = ["DOCS_CSP", "DOCS_HTML", "docs_html", "spec"]
+__all__ = ["DOCS_CSP", "DOCS_HTML", "docs_html", "error", "json_content", "op", "ref", "spec"]
 
 
-def _ref(name: str) -> dict[str, Any]:
+def ref(name: str) -> dict[str, Any]:
+    """A reference to the component schema ``name``."""
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+def json_content(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """A JSON response (or request body) of ``schema``."""
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _error(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
+def error(description: str) -> dict[str, Any]:
+    """An error response (the ``Error`` schema)."""
+    return json_content(ref("Error"), description)
+
+
+_ref, _json, _error = ref, json_content, error
 
 
 _ANY: dict[str, Any] = {}  # any JSON value
@@ -258,7 +264,7 @@ _E409 = _error("the execution is not in a state that allows this")
 _E413 = _error("the body, upload or value is over its size limit")
 
 
-def _op(
+def op(
     summary: str,
     responses: dict[str, Any],
     *,
@@ -268,6 +274,7 @@ def _op(
     public: bool = False,
     op_id: str,
 ) -> dict[str, Any]:
+    """One operation: 401/403 (unless ``public``) and 500 are added to ``responses``."""
     out: dict[str, Any] = {"summary": summary, "operationId": op_id, "tags": [tag]}
     if params:
         out["parameters"] = params
@@ -282,6 +289,9 @@ def _op(
     if public:
         out["security"] = []
     return out
+
+
+_op = op
 
 
 def _paths() -> dict[str, Any]:
@@ -571,7 +581,16 @@ _WEBSOCKETS = {
 
 
 def spec(*, auth: bool = True) -> dict[str, Any]:
-    """The OpenAPI 3.1 document (``auth``: whether the server requires the API token)."""
+    """The OpenAPI 3.1 document (``auth``: whether the server requires the API token): the
+    routes described here, and those the route modules describe (``OPENAPI_PATHS``)."""
+    from flux.net.routes import openapi_parts  # the route modules import this module
+
+    paths = _paths()
+    schemas = copy.deepcopy(_SCHEMAS)
+    more_paths, more_schemas = openapi_parts()
+    for path, item in copy.deepcopy(more_paths).items():
+        paths.setdefault(path, {}).update(item)
+    schemas.update(copy.deepcopy(more_schemas))
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
@@ -586,9 +605,9 @@ def spec(*, auth: bool = True) -> dict[str, Any]:
                 else "This server has no API token (it serves loopback only)."
             ),
         },
-        "paths": _paths(),
+        "paths": paths,
         "components": {
-            "schemas": copy.deepcopy(_SCHEMAS),
+            "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "x-websockets": copy.deepcopy(_WEBSOCKETS),

@@ -16,28 +16,33 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import signal
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
-from quart import Response, redirect, request, websocket
+from quart import Response, request
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.exceptions import HTTPException
 
-from flux.net import console, openapi
+from flux.net import console
 from flux.net import protocol as p
 from flux.net.dispatch import (
     Dispatcher,
     DispatchSettings,
     ExecutionConflictError,
-    source_hash,
+)
+from flux.net.routes import (
+    Api,
+    ApiError,
+    error_response,
+    register_routes,
+    too_large_body,
 )
 from flux.net.security import (
     ServerConfigError,
@@ -46,23 +51,14 @@ from flux.net.security import (
     check_origins,
     token_matches,
 )
-from flux.net.streams import follow
-from flux.net.uploads import workflow_names
-from flux.net.views import JsonInputError, event_json, listed, parse_json, summary
-from flux.runtime import codec
-from flux.runtime.context import to_jsonable
+from flux.net.views import summary
 from flux.runtime.errors import (
     ExecutionNotFoundError,
-    SecretNotFoundError,
-    SerializationError,
-    WorkflowError,
     WorkflowNotFoundError,
 )
-from flux.runtime.events import ExecutionState
-from flux.runtime.secrets import MAX_VALUE as MAX_SECRET_VALUE
-from flux.runtime.secrets import SecretKeyError, SecretStore, check_name
+from flux.runtime.secrets import SecretKeyError, SecretStore
 from flux.runtime.settings import Settings
-from flux.runtime.store import ExecutionRecord, Store, open_store
+from flux.runtime.store import Store, open_store
 
 __all__ = [
     "ServerAddress",
@@ -74,16 +70,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("flux.server")
-
-_SETTLED = frozenset(
-    {
-        ExecutionState.COMPLETED,
-        ExecutionState.FAILED,
-        ExecutionState.CANCELLED,
-        ExecutionState.PAUSED,
-    }
-)
-
 
 @attrs.frozen
 class ServerSettings:
@@ -146,39 +132,6 @@ class ServerAddress:
         if host in ("0.0.0.0", "[::]"):
             host = "127.0.0.1"
         return f"http://{host}:{self.port}"
-
-
-class ApiError(Exception):
-    """An HTTP error with the API's JSON shape ``{"error": code, "detail": text}``."""
-
-    def __init__(self, status: int, code: str, detail: str):
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
-
-
-def _too_large_body(limit: int) -> Response:
-    """413 for a body over the limit. The rest of that body may still be on its way and this
-    connection cannot be trusted to find the next request after it: the connection is closed
-    after the answer, so the client's next request opens a fresh one instead of hanging."""
-    response = _error_response(
-        413, "too-large", f"the request body exceeds the server's limit of {limit} bytes"
-    )
-    response.headers["Connection"] = "close"
-    return response
-
-
-def _error_response(status: int, code: str, detail: str) -> Response:
-    return Response(
-        json.dumps({"error": code, "detail": detail}),
-        status=status,
-        mimetype="application/json",
-    )
-
-
-def _json_response(data: Any, status: int = 200) -> Response:
-    return Response(json.dumps(to_jsonable(data)), status=status, mimetype="application/json")
 
 
 class FluxServer:
@@ -465,8 +418,6 @@ def create_app(
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 2
     server = FluxServer(settings, cfg, store)
     app.extensions["flux"] = server
-    dispatcher = server.dispatcher
-    secrets = server.dispatcher.secrets
 
     @app.before_serving
     async def _start() -> None:
@@ -480,7 +431,7 @@ def create_app(
 
     @app.errorhandler(ApiError)
     async def _api_error(exc: ApiError) -> Response:
-        response = _error_response(exc.status, exc.code, exc.detail)
+        response = error_response(exc.status, exc.code, exc.detail)
         if exc.status == 413:  # see _too_large_body
             response.headers["Connection"] = "close"
         if exc.status == 401:
@@ -490,33 +441,33 @@ def create_app(
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
         if exc.code == 413:
-            return _too_large_body(cfg.max_body_size)
+            return too_large_body(cfg.max_body_size)
         code = (exc.name or "error").lower().replace(" ", "-")
-        response = _error_response(exc.code or 500, code, exc.description or exc.name)
+        response = error_response(exc.code or 500, code, exc.description or exc.name)
         if exc.code == 405 and getattr(exc, "valid_methods", None):
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
 
     @app.errorhandler(WorkflowNotFoundError)
     async def _no_workflow(exc: WorkflowNotFoundError) -> Response:
-        return _error_response(404, "workflow-not-found", str(exc))
+        return error_response(404, "workflow-not-found", str(exc))
 
     @app.errorhandler(ExecutionNotFoundError)
     async def _no_execution(exc: ExecutionNotFoundError) -> Response:
-        return _error_response(404, "execution-not-found", str(exc))
+        return error_response(404, "execution-not-found", str(exc))
 
     @app.errorhandler(ExecutionConflictError)
     async def _conflict(exc: ExecutionConflictError) -> Response:
-        return _error_response(409, "conflict", str(exc))
+        return error_response(409, "conflict", str(exc))
 
     @app.errorhandler(SecretKeyError)
     async def _secret_key(exc: SecretKeyError) -> Response:
-        return _error_response(503, "secret-key", str(exc))
+        return error_response(503, "secret-key", str(exc))
 
     @app.errorhandler(Exception)
     async def _internal(exc: Exception) -> Response:
         log.exception("internal error on %s %s", request.method, request.path)
-        return _error_response(500, "internal", f"{type(exc).__name__}: the server failed")
+        return error_response(500, "internal", f"{type(exc).__name__}: the server failed")
 
     # ------------------------------------------------------------------ auth and CORS
 
@@ -545,382 +496,7 @@ def create_app(
         response.headers.setdefault("Cache-Control", "no-store")
         return response
 
-    # ------------------------------------------------------------------ helpers
-
-    async def json_body() -> Any:
-        data = await request.get_data(cache=False)
-        if len(data) > cfg.max_body_size:
-            raise ApiError(
-                413,
-                "too-large",
-                f"the request body exceeds the server's limit of {cfg.max_body_size} bytes",
-            )
-        try:
-            return parse_json(data)
-        except JsonInputError as exc:
-            raise ApiError(400, "bad-json", str(exc)) from None
-
-    def encode_value(value: Any, what: str) -> bytes:
-        try:
-            data = codec.encode(value)
-        except (SerializationError, ValueError, TypeError, OverflowError, RecursionError) as exc:
-            raise ApiError(400, "bad-input", f"{what} cannot be stored: {exc}") from None
-        if len(data) > cfg.max_value_size:
-            raise ApiError(
-                413,
-                "too-large",
-                f"{what} is {len(data)} bytes encoded, over the limit of {cfg.max_value_size}",
-            )
-        return data
-
-    def flag(name: str) -> bool:
-        return request.args.get(name, "").lower() in ("1", "true", "yes")
-
-    def int_arg(name: str, default: int, low: int, high: int) -> int:
-        raw = request.args.get(name)
-        if raw is None or raw == "":
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            detail = f"{name} must be an integer, not {raw!r}"
-            raise ApiError(400, "bad-parameter", detail) from None
-        if not low <= value <= high:
-            raise ApiError(400, "bad-parameter", f"{name} must be from {low} to {high}")
-        return value
-
-    def timeout_arg() -> float:
-        timeout = cfg.sync_timeout
-        raw = request.args.get("timeout")
-        if raw is not None and raw != "":
-            try:
-                value = float(raw)
-            except ValueError:
-                raise ApiError(400, "bad-timeout", "timeout must be seconds") from None
-            if not math.isfinite(value) or value < 0:
-                raise ApiError(400, "bad-timeout", "timeout must be seconds, 0 or more")
-            timeout = min(value, timeout)
-        return timeout
-
-    async def execution(name: str, execution_id: str) -> ExecutionRecord:
-        rec = await server.store.get_execution(execution_id)
-        if rec is None or rec.workflow_name != name:
-            raise ApiError(
-                404,
-                "execution-not-found",
-                f"no execution {execution_id!r} of workflow {name!r}",
-            )
-        return rec
-
-    async def any_execution(execution_id: str) -> ExecutionRecord:
-        rec = await server.store.get_execution(execution_id)
-        if rec is None:
-            raise ApiError(404, "execution-not-found", f"no execution {execution_id!r}")
-        return rec
-
-    async def shown(rec: ExecutionRecord, detailed: bool) -> dict[str, Any]:
-        out = summary(rec)
-        if detailed:
-            events = await server.store.load_events(rec.execution_id)
-            out["events"] = [event_json(e) for e in events]
-        return out
-
-    async def settle(execution_id: str, detailed: bool, timeout: float) -> Response:
-        event = dispatcher.watch(execution_id)
-        try:
-            rec = await server.store.get_execution(execution_id)
-            if rec is not None and rec.state not in _SETTLED:
-                with trio.move_on_after(timeout):
-                    await event.wait()
-        finally:
-            dispatcher.unwatch(execution_id, event)
-        rec = await server.store.get_execution(execution_id)
-        assert rec is not None
-        return _json_response(await shown(rec, detailed))
-
-    # ------------------------------------------------------------------ meta
-
-    @app.get("/health")
-    async def health() -> Response:
-        stats = dispatcher.statistics()
-        return _json_response(
-            {
-                "status": "ok",
-                "workers": stats.workers,
-                "capacity": stats.capacity,
-                "leases": stats.leases,
-                "queued": stats.ready,
-            }
-        )
-
-    @app.get("/openapi.json")
-    async def openapi_json() -> Response:
-        return _json_response(openapi.spec(auth=bool(cfg.api_token)))
-
-    @app.get("/")
-    async def root() -> Response:
-        return redirect(console.PREFIX, 302)
-
-    @app.get("/docs")
-    async def docs() -> Response:
-        response = Response(openapi.docs_html(auth=bool(cfg.api_token)), mimetype="text/html")
-        response.headers["Content-Security-Policy"] = openapi.DOCS_CSP
-        return response
-
-    # ------------------------------------------------------------------ workflows
-
-    @app.post("/workflows")
-    async def upload() -> Response:
-        try:
-            files = await request.files
-        except RecursionError:  # pragma: no cover - defensive
-            raise ApiError(400, "bad-upload", "the multipart body is malformed") from None
-        upload = files.get("file")
-        if upload is None:
-            raise ApiError(400, "no-file", "send the workflow source as a multipart field 'file'")
-        raw = upload.read(cfg.max_source_size + 1)
-        if len(raw) > cfg.max_source_size:
-            raise ApiError(
-                413,
-                "too-large",
-                f"the workflow source exceeds the limit of {cfg.max_source_size} bytes",
-            )
-        try:
-            source = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ApiError(400, "bad-source", f"the source is not UTF-8: {exc}") from None
-        filename = upload.filename or "<upload>"
-        try:
-            names = await trio.to_thread.run_sync(workflow_names, source, filename)
-        except (WorkflowError, ValueError, RecursionError, MemoryError) as exc:
-            raise ApiError(400, "bad-source", str(exc) or type(exc).__name__) from None
-        if not names:
-            raise ApiError(400, "bad-source", f"{filename} defines no @workflow")
-        digest = source_hash(source)
-        saved = [await server.store.save_workflow(n, source, digest) for n in dict.fromkeys(names)]
-        return _json_response([_workflow_json(r) for r in saved])
-
-    @app.get("/workflows")
-    async def list_workflows() -> Response:
-        records = await server.store.list_workflows()
-        return _json_response([_workflow_json(r) for r in records])
-
-    @app.get("/workflows/<name>")
-    async def get_workflow(name: str) -> Response:
-        record = await server.store.get_workflow(name)
-        if record is None:
-            raise WorkflowNotFoundError(name)
-        versions = await server.store.list_workflow_versions(name)
-        return _json_response(
-            {
-                **_workflow_json(record),
-                "source": record.source,
-                "versions": [v.version for v in versions],
-            }
-        )
-
-    @app.post("/workflows/<name>/run/<mode>")
-    async def run(name: str, mode: str) -> Response:
-        if mode not in ("sync", "async", "stream"):
-            raise ApiError(404, "not-found", f"unknown run mode {mode!r} (sync, async or stream)")
-        detailed = flag("detailed")
-        timeout = timeout_arg()
-        value = await json_body()
-        rec = await dispatcher.start(name, encode_value(value, "the input"))
-        if mode == "async":
-            return _json_response(await shown(rec, detailed))
-        if mode == "sync":
-            return await settle(rec.execution_id, detailed, timeout)
-        return event_stream(rec)
-
-    def event_stream(rec: ExecutionRecord) -> Response:
-        """Server-Sent Events: the summary (event ``execution``), every event (default event
-        type, ``id`` = seq), the final summary (event ``execution``)."""
-        eid = rec.execution_id
-
-        async def body() -> AsyncIterator[bytes]:
-            yield _sse(summary(rec), "execution")
-            try:
-                async for e in follow(
-                    dispatcher,
-                    server.store,
-                    eid,
-                    0,
-                    stop=server.closing,
-                    keepalive=cfg.keepalive,
-                ):
-                    if e is None:
-                        yield b": keep-alive\n\n"
-                        continue
-                    yield _sse(event_json(e), event_id=e.seq)
-                final = await server.store.get_execution(eid)
-                if final is not None:
-                    yield _sse(summary(final), "execution")
-            except Exception as exc:  # the stream is open: tell the client in it
-                log.exception("stream of %s failed", eid)
-                yield _sse({"error": "internal", "detail": f"the stream failed: {exc}"}, "error")
-
-        response = Response(body(), mimetype="text/event-stream")
-        response.headers["Cache-Control"] = "no-cache"
-        response.headers["X-Accel-Buffering"] = "no"
-        response.timeout = None  # an execution may take long: no response timeout
-        return response
-
-    @app.get("/workflows/<name>/status/<execution_id>")
-    async def status(name: str, execution_id: str) -> Response:
-        rec = await execution(name, execution_id)
-        return _json_response(await shown(rec, flag("detailed")))
-
-    @app.post("/workflows/<name>/resume/<execution_id>")
-    async def resume(name: str, execution_id: str) -> Response:
-        await execution(name, execution_id)
-        detailed, wait, timeout = flag("detailed"), flag("wait"), timeout_arg()
-        value = await json_body()
-        rec = await dispatcher.resume(execution_id, encode_value(value, "the resume value"))
-        if wait:
-            return await settle(execution_id, detailed, timeout)
-        return _json_response(await shown(rec, detailed))
-
-    # ------------------------------------------------------------------ executions
-
-    @app.get("/executions")
-    async def list_executions() -> Response:
-        workflow = request.args.get("workflow") or None
-        states: list[str] | None = None
-        raw_state = request.args.get("state")
-        if raw_state:
-            states = [s.strip().upper() for s in raw_state.split(",") if s.strip()]
-            unknown = [s for s in states if s not in ExecutionState.__members__]
-            if unknown or not states:
-                raise ApiError(
-                    400,
-                    "bad-parameter",
-                    f"unknown state {', '.join(unknown) or raw_state!r}: use one or more of "
-                    f"{', '.join(ExecutionState.__members__)} (comma-separated)",
-                )
-        limit = int_arg("limit", 50, 1, 1000)
-        offset = int_arg("offset", 0, 0, 2**62)
-        records = await server.store.list_executions(
-            workflow_name=workflow, state=states, limit=limit, offset=offset
-        )
-        total = await server.store.count_executions(workflow_name=workflow, state=states)
-        return _json_response(
-            {
-                "executions": [listed(r) for r in records],
-                "total": total,
-                "limit": limit,
-                "offset": offset,
-            }
-        )
-
-    @app.get("/executions/<execution_id>")
-    async def get_execution(execution_id: str) -> Response:
-        rec = await any_execution(execution_id)
-        return _json_response(await shown(rec, flag("detailed")))
-
-    @app.post("/executions/<execution_id>/cancel")
-    async def cancel(execution_id: str) -> Response:
-        wait, timeout = flag("wait"), timeout_arg()
-        rec = await dispatcher.cancel(execution_id)
-        if wait and rec.state is not ExecutionState.CANCELLED:
-            return await settle(execution_id, flag("detailed"), timeout)
-        return _json_response(await shown(rec, flag("detailed")))
-
-    @app.websocket("/executions/<execution_id>/events")
-    async def events_ws(execution_id: str) -> Response | None:
-        failure = check_bearer(websocket.headers.get("Authorization"), cfg.api_token)
-        if failure is not None:
-            return _error_response(failure.status, failure.code, failure.detail)
-        raw = websocket.args.get("from", "0") or "0"
-        try:
-            after = int(raw)
-            if after < 0:
-                raise ValueError
-        except ValueError:
-            return _error_response(
-                400,
-                "bad-parameter",
-                f"from must be an integer >= 0 (the last seq seen), not {raw!r}",
-            )
-        if await server.store.get_execution(execution_id) is None:
-            return _error_response(404, "execution-not-found", f"no execution {execution_id!r}")
-        await websocket.accept()
-        try:
-            async for e in follow(
-                dispatcher, server.store, execution_id, after, stop=server.closing
-            ):
-                if e is None:
-                    continue
-                await websocket.send(_stream_message(event_json(e), cfg.max_stream_message))
-        except Exception as exc:
-            log.exception("event stream of %s failed", execution_id)
-            reason = json.dumps({"error": "internal", "detail": type(exc).__name__})
-            await websocket.close(4500, p.truncate_utf8(reason, 123))
-            return None
-        if server.closing.is_set():
-            await websocket.close(1001, "server shutting down")
-        else:
-            rec = await server.store.get_execution(execution_id)
-            await websocket.close(1000, f"execution {rec.state.value if rec else 'gone'}")
-        return None
-
-    # ------------------------------------------------------------------ workers
-
-    @app.get("/workers")
-    async def workers() -> Response:
-        return _json_response(dispatcher.workers_info())
-
-    @app.websocket("/workers/connect")
-    async def workers_connect() -> None:
-        await server.worker_session(websocket._get_current_object())
-
-    # ------------------------------------------------------------------ admin: secrets
-
-    def secret_name(name: Any) -> str:
-        try:
-            return check_name(name)
-        except ValueError as exc:
-            raise ApiError(400, "bad-secret-name", str(exc)) from None
-
-    @app.get("/admin/secrets")
-    async def secrets_list() -> Response:
-        return _json_response(sorted(await secrets.names()))
-
-    @app.post("/admin/secrets")
-    async def secrets_set() -> Response:
-        body = await json_body()
-        if not isinstance(body, dict) or set(body) - {"name", "value"} or "value" not in body:
-            raise ApiError(400, "bad-request", 'send a JSON object {"name": ..., "value": ...}')
-        name = secret_name(body.get("name"))
-        value = body["value"]
-        if not isinstance(value, str):
-            raise ApiError(400, "bad-request", "a secret's value must be a string")
-        if len(value.encode("utf-8")) > MAX_SECRET_VALUE:
-            raise ApiError(
-                413, "too-large", f"a secret's value is limited to {MAX_SECRET_VALUE} bytes"
-            )
-        try:
-            await secrets.set(name, value)
-        except ValueError as exc:
-            raise ApiError(400, "bad-request", str(exc)) from None
-        return _json_response({"name": name})
-
-    @app.get("/admin/secrets/<name>")
-    async def secrets_get(name: str) -> Response:
-        name = secret_name(name)
-        try:
-            value = await secrets.get(name)
-        except SecretNotFoundError:
-            raise ApiError(404, "secret-not-found", f"secret {name!r} is not set") from None
-        return _json_response({"name": name, "value": value})
-
-    @app.delete("/admin/secrets/<name>")
-    async def secrets_delete(name: str) -> Response:
-        name = secret_name(name)
-        if not await secrets.remove(name):
-            raise ApiError(404, "secret-not-found", f"secret {name!r} is not set")
-        return _json_response({"name": name, "removed": True})
-
+    register_routes(app, Api(server))
     app.register_blueprint(console.console_blueprint(server))
     return app
 
@@ -938,33 +514,6 @@ def _preflight(origin: str | None, origins: tuple[str, ...]) -> Response:
         response.headers["Access-Control-Max-Age"] = "600"
         response.headers["Vary"] = "Origin"
     return response
-
-
-def _workflow_json(r: Any) -> dict[str, Any]:
-    return {
-        "name": r.name,
-        "version": r.version,
-        "source_hash": r.source_hash,
-        "created_at": r.created_at,
-    }
-
-
-def _sse(data: Any, event: str | None = None, event_id: int | None = None) -> bytes:
-    lines = []
-    if event:
-        lines.append(f"event: {event}")
-    if event_id is not None:
-        lines.append(f"id: {event_id}")
-    lines.append("data: " + json.dumps(to_jsonable(data)))
-    return ("\n".join(lines) + "\n\n").encode("utf-8")
-
-
-def _stream_message(event: dict[str, Any], limit: int) -> str:
-    text = json.dumps(to_jsonable(event))
-    if len(text.encode("utf-8")) > limit:
-        event = dict(event, value=f"<value omitted: {len(text)} bytes, over the stream limit>")
-        text = json.dumps(to_jsonable(event))
-    return text
 
 
 # ---------------------------------------------------------------------------- serving
