@@ -299,6 +299,39 @@ async def executions_cancel(
         click.echo(f"execution {execution_id}: cancel requested (state {state})")
 
 
+@executions.command("signal")
+@click.argument("execution_id")
+@click.argument("topic")
+@click.argument("value", required=False)
+@server_option
+@local_store_options
+@flux_errors
+async def executions_signal(
+    execution_id: str,
+    topic: str,
+    value: str | None,
+    server_url: str | None,
+    token: str | None,
+    settings: Settings,
+) -> None:
+    """Send a signal: VALUE (JSON, default null) goes to the execution's next receive(TOPIC)."""
+    data = _json_arg(value, "VALUE")
+    data = None if data is MISSING else data
+    if server_url:
+        async with _remote_client(server_url, token) as client:
+            sent = await client.send_signal(execution_id, topic, data)
+        signal_id, state = sent.get("signal_id"), sent.get("state")
+    else:
+        from .runtime.engine import open_engine
+
+        _existing_store(settings, execution_id)
+        async with open_engine(settings, cancel_poll=None) as engine:
+            record = await engine.send_signal(execution_id, topic, data)
+            signal_id = record.id
+            state = (await engine.store.get_execution(execution_id)).state.value
+    click.echo(f"execution {execution_id}: signal {topic!r} queued (#{signal_id}, state {state})")
+
+
 @executions.command("follow")
 @click.argument("execution_id")
 @click.option(

@@ -74,6 +74,7 @@ async def fill_sqlite(path: str, key_file: str) -> str:
         await engine.store.save_workflow("order_flow", "source v1", "h1")
         await engine.store.save_workflow("order_flow", "source v2", "h2")
         await engine.store.cache_put("expired", b"\xc0", expires_at=1.0)
+        await engine.send_signal(paused.execution_id, "note", {"queued": True}, key="k1")
         return paused.execution_id
 
 
@@ -92,7 +93,7 @@ async def test_round_trip_sqlite_postgres_sqlite_keeps_every_row(tmp_path, pg_ur
     assert to_pg.counts == {t: len(original[t]) for t in TABLES}
     events = len(original["events"])
     assert ("events", 2, events) in seen and ("events", 4, events) in seen  # batch by batch
-    assert seen[-1] == ("cache", len(original["cache"]), len(original["cache"]))
+    assert seen[-1] == ("signals", len(original["signals"]), len(original["signals"]))
     assert await everything(pg_url) == original
     to_sqlite = await copy_store_locations(pg_url, back, batch_size=1000)
     assert to_sqlite.counts == to_pg.counts
@@ -109,6 +110,10 @@ async def test_copied_store_resumes_a_paused_execution(tmp_path, pg_url):
     await copy_store_locations(source, pg_url)
     runs.clear()
     async with open_engine(settings_for(pg_url, key), cancel_poll=None) as engine:
+        queued = await engine.store.pending_signals(paused_id)
+        assert [(s.topic, s.key) for s in queued] == [("note", "k1")]  # queued signals came too
+        _, fresh = await engine.store.add_signal(paused_id, "note", b"\xc0", 1.0)
+        assert fresh.id > queued[0].id  # numbered after the copied ones
         resumed = await engine.run(order_flow, None, execution_id=paused_id, resume_value="bob")
         assert resumed.state == ExecutionState.COMPLETED
         assert resumed.output == "bob: charged 50 with key sk-"
@@ -226,7 +231,8 @@ def test_example_moves_a_paused_execution_to_postgres(tmp_path, pg_url):
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert "copied 0 workflow versions, 1 execution, 5 events, 1 secret, 0 cache entries" in lines
+    copied = "copied 0 workflow versions, 1 execution, 5 events, 1 secret, 0 cache entries"
+    assert f"{copied}, 0 signals" in lines
     assert "resumed in the copy: COMPLETED reserved a lamp, approved by Grace" in lines
     assert "secret readable in the copy: tok-1234567890" in lines
     assert out.stdout.count("reserving a lamp") == 1

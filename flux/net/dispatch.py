@@ -54,6 +54,7 @@ from typing import Any
 import attrs
 import trio
 
+from flux.net import dispatch_signals
 from flux.net import protocol as p
 from flux.net.security import declared_secrets, secrets_for_call, task_secret_declarations
 from flux.net.signal import Signal
@@ -69,6 +70,7 @@ from flux.runtime.errors import (
 from flux.runtime.events import ExecutionEvent, ExecutionEventType, ExecutionState
 from flux.runtime.history import child_failure, resume_targets
 from flux.runtime.patterns import child_execution_id
+from flux.runtime.records import SignalRecord
 from flux.runtime.secrets import redact_encoded
 from flux.runtime.store import ExecutionRecord, StaleWriteError, Store, StoredEvent, Write
 
@@ -302,6 +304,7 @@ class Dispatcher:
         for rec in reversed(queued):  # oldest first
             if rec.wake_at is not None and rec.wake_at > now:
                 self.wake_at(rec.execution_id, rec.wake_at)
+                await dispatch_signals.wake_if_ready(self, rec.execution_id)
             else:
                 self.submit(rec.execution_id)
         running = await self.store.list_executions(
@@ -545,6 +548,10 @@ class Dispatcher:
             events = await self.store.load_events(eid)
             seq = events[-1].seq if events else 0
             extra = await self._child_outcomes(rec, events, seq)
+            delivered, signals = await dispatch_signals.grant_deliveries(
+                self, eid, [*events, *extra]
+            )
+            extra += delivered
             source, _ = await self._source(rec.workflow_name, rec.workflow_version)
             epoch = rec.lease_epoch + 1
             if rec.cancel_requested:
@@ -562,6 +569,7 @@ class Dispatcher:
                     },
                     # the state too: a cancel of the queued execution may have come first
                     expect={"lease_epoch": rec.lease_epoch, "state": rec.state.value},
+                    signals=signals,
                 )
             )
         except Exception as exc:
@@ -904,6 +912,7 @@ class Dispatcher:
         elif msg.reason == "sleeping":
             assert msg.wake_at is not None
             self.wake_at(eid, msg.wake_at)
+            await dispatch_signals.wake_if_ready(self, eid)  # a signal came while it ran
         else:
             await self._after_end(lease.record, S.PAUSED)
 
@@ -1040,6 +1049,7 @@ class Dispatcher:
         elif state is S.SCHEDULED:
             # waiting for children: maybe one ended (or paused) while this one was running
             await self._check_waiting(eid)
+            await dispatch_signals.wake_if_ready(self, eid)  # or for a signal that came
 
     async def _wake_parent(self, parent_id: str) -> None:
         if parent_id in self._leases or parent_id in self._queued:
@@ -1270,6 +1280,10 @@ class Dispatcher:
             ) from None
         self.submit(execution_id)
         return attrs.evolve(rec, state=S.SCHEDULED)
+
+    async def send_signal(self, execution_id: str, topic: str, data: bytes) -> SignalRecord:
+        """Queue a signal (value already encoded) for an execution; see dispatch_signals."""
+        return await dispatch_signals.accept(self, execution_id, topic, data)
 
     async def cancel(self, execution_id: str) -> ExecutionRecord:
         """Cancel an execution; returns its record as it is now.

@@ -55,6 +55,7 @@ __all__ = [
 
 #: The route modules of this package, registered in this order.
 ROUTE_MODULES: tuple[str, ...] = ("meta", "workflows", "executions", "workers", "secrets")
+ROUTE_MODULES += ("signals",)
 
 
 def route_modules() -> list[ModuleType]:

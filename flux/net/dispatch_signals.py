@@ -1,0 +1,70 @@
+"""Signals on the server: accepting them, and delivering them when an execution is leased.
+
+The dispatcher's side of :mod:`flux.runtime.signals`. A worker's run has no store to read, so
+the server delivers: every grant of a lease appends SIGNAL_RECEIVED and the receive's
+TASK_COMPLETED for each queued signal an open receive of the history waits for, in the grant's
+own write (fenced on the epoch it replaces; the signals leave the queue in it), and the worker
+replays them like any outcome. An execution released while it waits (SCHEDULED) is submitted
+again as soon as a signal it waits for is queued: when the signal is accepted, when the run
+releases (a signal accepted while it ran), and when the server starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from flux.runtime.errors import ExecutionConflictError, ExecutionNotFoundError
+from flux.runtime.events import ExecutionState as S
+from flux.runtime.records import SignalRecord, StoredEvent
+from flux.runtime.signals import check_topic, plan_deliveries, waiting_topics
+
+if TYPE_CHECKING:
+    from flux.net.dispatch import Dispatcher
+
+__all__ = ["accept", "grant_deliveries", "wake_if_ready"]
+
+
+async def accept(
+    dispatcher: Dispatcher, execution_id: str, topic: str, data: bytes
+) -> SignalRecord:
+    """Queue an encoded signal (ExecutionNotFoundError, ExecutionConflictError when finished,
+    ValueError/TypeError for a bad topic) and wake the execution if it waits for it."""
+    check_topic(topic)
+    state, record = await dispatcher.store.add_signal(execution_id, topic, data, dispatcher.wall())
+    if state is None:
+        raise ExecutionNotFoundError(execution_id)
+    if record is None:
+        raise ExecutionConflictError(
+            f"execution {execution_id!r} is {state.value}: a finished execution takes no "
+            "signals",
+            state.value,
+        )
+    await wake_if_ready(dispatcher, execution_id)
+    return record
+
+
+async def wake_if_ready(dispatcher: Dispatcher, execution_id: str) -> None:
+    """Submit a released execution (SCHEDULED, not leased or queued) if a queued signal is for
+    one of its open receives."""
+    if execution_id in dispatcher._leases or execution_id in dispatcher._queued:
+        return
+    rec = await dispatcher.store.get_execution(execution_id)
+    if rec is None or rec.state is not S.SCHEDULED:
+        return
+    pending = await dispatcher.store.pending_signals(execution_id)
+    if not pending:
+        return
+    topics = waiting_topics(await dispatcher.store.load_events(execution_id))
+    if any(s.topic in topics for s in pending):
+        dispatcher.submit(execution_id)
+
+
+async def grant_deliveries(
+    dispatcher: Dispatcher, execution_id: str, events: Sequence[StoredEvent]
+) -> tuple[list[StoredEvent], tuple[int, ...]]:
+    """The delivery events a grant appends after ``events``, and the signals they take."""
+    pending = await dispatcher.store.pending_signals(execution_id)
+    if not pending:
+        return [], ()
+    return plan_deliveries(execution_id, events, pending, dispatcher.wall())
