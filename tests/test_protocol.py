@@ -38,6 +38,8 @@ from flux.net.protocol import (
     SecretsRequest,
     ServerSession,
     SessionState,
+    SignalSend,
+    SignalSent,
     Welcome,
     WorkerSession,
     from_frame,
@@ -88,6 +90,11 @@ SECRETS = Secrets(request_id=9, values={"API_KEY": "hunter2"}, missing=["OTHER"]
 CACHE_GET = CacheGet(execution_id="ex-1", epoch=3, request_id=10, key="ab12")
 CACHE_VALUE = CacheValue(request_id=10, value=b"\x92\x01\x02")
 CACHE_PUT = CachePut(execution_id="ex-1", epoch=3, key="ab12", value=b"\xc0", ttl=60.0)
+SIGNAL_SEND = SignalSend(
+    execution_id="ex-1", epoch=3, request_id=11, target="ex-2", topic="go", value=b"\x01",
+    key="ex-1/send_signal#0",
+)
+SIGNAL_SENT = SignalSent(request_id=11, error="conflict", detail="ex-2 is COMPLETED")
 ERROR = Error(code="bad-field", detail="something was wrong")
 
 SAMPLES = [
@@ -106,6 +113,8 @@ SAMPLES = [
     CACHE_GET,
     CACHE_VALUE,
     CACHE_PUT,
+    SIGNAL_SEND,
+    SIGNAL_SENT,
     ERROR,
 ]
 WORKER_SENDS = [m for m in SAMPLES if m.SENDER is Role.WORKER and not isinstance(m, Hello)]

@@ -150,3 +150,20 @@ def test_signal_survives_a_server_restart_and_the_cli_sends_one(procs, tmp_path)
         timeout=60,
     )
     assert bad.returncode == 2 and "not valid JSON" in bad.stderr
+
+
+def test_a_workflow_on_a_worker_sends_a_signal_once(procs, tmp_path):  # noqa: F811
+    server, url = procs.server(str(tmp_path / "flux.db"), lease_ttl=2.0)
+    assert upload(url, SIGNAL_WORKFLOWS, "signal_flows.py").status_code == 200
+    worker = procs.worker(url, "sender", concurrency=2)
+    target = httpx.post(f"{url}/workflows/two_of_them/run/async").json()["execution_id"]
+    wait_state(url, target, {"SCHEDULED"}, 20, worker)
+    for _ in range(2):
+        sent = httpx.post(f"{url}/workflows/notifier/run/sync", json=target, timeout=30).json()
+        assert sent["state"] == "COMPLETED" and sent["output"] == "sent", sent
+    done = wait_state(url, target, {"COMPLETED"}, 20, worker)
+    assert done["output"] == ["from a workflow", "from a workflow"]
+    late = httpx.post(f"{url}/workflows/notifier/run/sync", json=target, timeout=30).json()
+    assert late["state"] == "FAILED" and "COMPLETED" in late["output"]["message"]
+    missing = httpx.post(f"{url}/workflows/notifier/run/sync", json="nope", timeout=30).json()
+    assert missing["state"] == "FAILED" and "nope" in missing["output"]["message"]

@@ -762,6 +762,10 @@ class Dispatcher:
                         msg = attrs.evolve(msg, value=masked)
                 assert self._nursery is not None
                 self._nursery.start_soon(self._cache, link, msg)
+        elif isinstance(msg, p.SignalSend):
+            lease = await self._current(link, msg.execution_id, msg.epoch)
+            assert self._nursery is not None
+            self._nursery.start_soon(dispatch_signals.from_worker, self, link, msg, lease)
         else:  # pragma: no cover - the session state machine lets nothing else through
             log.warning("unexpected %s from %s", msg.TYPE, link.worker_id)
 

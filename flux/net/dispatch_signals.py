@@ -14,15 +14,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from flux.runtime.errors import ExecutionConflictError, ExecutionNotFoundError
+from flux.net import protocol as p
+from flux.runtime.errors import ExecutionConflictError, ExecutionNotFoundError, StoreError
 from flux.runtime.events import ExecutionState as S
 from flux.runtime.records import SignalRecord, StoredEvent
 from flux.runtime.signals import check_topic, plan_deliveries, waiting_topics
 
 if TYPE_CHECKING:
-    from flux.net.dispatch import Dispatcher
+    from flux.net.dispatch import Dispatcher, WorkerLink
 
-__all__ = ["accept", "grant_deliveries", "wake_if_ready"]
+__all__ = ["accept", "from_worker", "grant_deliveries", "wake_if_ready"]
 
 
 async def accept(
@@ -68,3 +69,37 @@ async def grant_deliveries(
     if not pending:
         return [], ()
     return plan_deliveries(execution_id, events, pending, dispatcher.wall())
+
+
+async def from_worker(
+    dispatcher: Dispatcher, link: WorkerLink, msg: p.SignalSend, lease: object | None
+) -> None:
+    """A workflow on a worker sends a signal: queued only for the current lease of the sender
+    (an old epoch's send is refused), under the call's key (a send the sender replays after a
+    crash is not queued twice)."""
+    error: str | None = None
+    detail = ""
+    if lease is None:
+        error, detail = "refused", "the sending execution's lease is not current"
+    else:
+        try:
+            check_topic(msg.topic)
+            state, record = await dispatcher.store.add_signal(
+                msg.target, msg.topic, msg.value, dispatcher.wall(), msg.key
+            )
+            if state is None:
+                error, detail = "not-found", f"no execution with id {msg.target!r}"
+            elif record is None:
+                error = "conflict"
+                detail = (
+                    f"execution {msg.target!r} is {state.value}: a finished execution takes "
+                    "no signals"
+                )
+            else:
+                await wake_if_ready(dispatcher, msg.target)
+        except (TypeError, ValueError) as exc:
+            error, detail = "bad-topic", str(exc)
+        except StoreError as exc:
+            error, detail = "refused", f"the store failed: {exc}"
+    await dispatcher._send(link, p.SignalSent(request_id=msg.request_id, error=error,
+                                              detail=detail))

@@ -102,6 +102,8 @@ __all__ = [
     "CacheGet",
     "CachePut",
     "CacheValue",
+    "SignalSend",
+    "SignalSent",
     "Cancel",
     "CloseCode",
     "Complete",
@@ -728,6 +730,38 @@ class CacheValue(_MessageBase):
 
 
 @attrs.frozen(kw_only=True)
+class SignalSend(_MessageBase):
+    """W->S: a workflow's ``send_signal`` (call ``key``, which makes it idempotent): queue the
+    codec-encoded ``value`` on ``topic`` for execution ``target``. Answered by
+    SignalSent(request_id)."""
+
+    TYPE: ClassVar[str] = "signal_send"
+    SENDER: ClassVar[Role | None] = Role.WORKER
+
+    execution_id: str = _field(_str)
+    epoch: int = _field(_EPOCH)
+    request_id: int = _field(_int(0))
+    target: str = _field(_str)
+    topic: str = _field(_str)
+    value: bytes = _field(_bytes(), repr=lambda v: _hide_bytes(v))
+    key: str = _field(_str)
+
+
+@attrs.frozen(kw_only=True)
+class SignalSent(_MessageBase):
+    """S->W: the answer to SignalSend ``request_id``: ``error`` None when the signal is queued,
+    else ``not-found`` (no such execution), ``conflict`` (it has finished), ``bad-topic`` or
+    ``refused`` (the lease is not current), with ``detail`` for a human."""
+
+    TYPE: ClassVar[str] = "signal_sent"
+    SENDER: ClassVar[Role | None] = Role.SERVER
+
+    request_id: int = _field(_int(0))
+    error: str | None = _field(_optional(_str), default=None)
+    detail: str = _field(_str, default="")
+
+
+@attrs.frozen(kw_only=True)
 class CachePut(_MessageBase):
     """W->S: store the codec-encoded ``value`` of a cached task under ``key`` for ``ttl``
     seconds (None: no expiry). Not acknowledged: a lost put only costs a later miss."""
@@ -770,6 +804,8 @@ Message: TypeAlias = (
     | CacheGet
     | CacheValue
     | CachePut
+    | SignalSend
+    | SignalSent
     | Error
 )
 
@@ -793,6 +829,8 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
             CacheGet,
             CacheValue,
             CachePut,
+            SignalSend,
+            SignalSent,
             Error,
         )
     }
@@ -1027,6 +1065,8 @@ TRANSITIONS: Mapping[Role, Mapping[SessionState, _Table]] = MappingProxyType(
                         (SEND, Cancel): _S.READY,
                         (SEND, Secrets): _S.READY,
                         (SEND, CacheValue): _S.READY,
+                        (SEND, SignalSent): _S.READY,
+                        (RECEIVE, SignalSend): _S.READY,
                         (RECEIVE, Events): _S.READY,
                         (RECEIVE, Heartbeat): _S.READY,
                         (RECEIVE, Release): _S.READY,
@@ -1053,6 +1093,8 @@ TRANSITIONS: Mapping[Role, Mapping[SessionState, _Table]] = MappingProxyType(
                         (SEND, SecretsRequest): _S.READY,
                         (SEND, CacheGet): _S.READY,
                         (SEND, CachePut): _S.READY,
+                        (SEND, SignalSend): _S.READY,
+                        (RECEIVE, SignalSent): _S.READY,
                         (RECEIVE, Lease): _S.READY,
                         (RECEIVE, Ack): _S.READY,
                         (RECEIVE, Reject): _S.READY,

@@ -50,6 +50,8 @@ from flux.runtime import codec
 from flux.runtime.context import ExecutionContext
 from flux.runtime.engine import decode_event
 from flux.runtime.errors import (
+    ExecutionConflictError,
+    ExecutionNotFoundError,
     FluxError,
     NondeterminismError,
     SecretNotFoundError,
@@ -403,6 +405,9 @@ class _Run:
     async def cache_get(self, key: str) -> bytes | None:
         return await self.worker.cache_get(self, key)
 
+    async def send_signal_from(self, target: str, topic: str, data: bytes, key: str) -> None:
+        await self.worker.send_signal(self, target, topic, data, key)
+
     @property
     def max_value_size(self) -> int:
         """The largest encoded value the server accepts (from ``welcome``); the executor fails a
@@ -558,6 +563,36 @@ class Worker:
         finally:
             self._cache_waiters.pop(number, None)
         return box[0].value
+
+    async def send_signal(self, run: _Run, target: str, topic: str, data: bytes, key: str) -> None:
+        """A workflow's send_signal, queued by the server (ExecutionNotFoundError or
+        ExecutionConflictError as the server answers)."""
+        number = next(self._requests)
+        waiter = _Pending()
+        box: list[p.SignalSent] = []
+        self._cache_waiters[number] = (waiter, box)  # type: ignore[assignment]
+        try:
+            await self.send(
+                p.SignalSend(
+                    execution_id=run.execution_id,
+                    epoch=run.epoch,
+                    request_id=number,
+                    target=target,
+                    topic=topic,
+                    value=data,
+                    key=key,
+                )
+            )
+            await self.answer(waiter, run, f"a signal to {target}")
+        finally:
+            self._cache_waiters.pop(number, None)
+        answer = box[0]
+        if answer.error == "not-found":
+            raise ExecutionNotFoundError(target)
+        if answer.error == "conflict":
+            raise ExecutionConflictError(answer.detail)
+        if answer.error is not None:
+            raise LeaseLostError(f"execution {run.execution_id}: {answer.detail}")
 
     # ------------------------------------------------------------------ loading workflows
 
@@ -754,7 +789,7 @@ class Worker:
                                 run.cancel_requested.set()
                             elif run is None:  # the lease's task has not started yet
                                 self._cancels[msg.execution_id] = msg.epoch
-                        elif isinstance(msg, p.Secrets | p.CacheValue):
+                        elif isinstance(msg, p.Secrets | p.CacheValue | p.SignalSent):
                             waiters = (
                                 self._secret_waiters
                                 if isinstance(msg, p.Secrets)
