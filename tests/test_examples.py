@@ -30,6 +30,8 @@ EXPECTED = {
     "secret_management.py": "value in the history: False | in the database files: False",
     "ownership.py": "COMPLETED ['reserved', 'paid']",
     "store_copy.py": "resumed in the copy: COMPLETED reserved a lamp, approved by Grace",
+    "approval_signals.py": "COMPLETED EXP-8 escalated: no decision in 2 days",
+    "test_with_flux_testing.py": "flux.testing example: all tests passed",
 }
 
 SCRIPTS = sorted(

@@ -277,6 +277,9 @@ class Engine:
         began = time.monotonic()
         expires = self.clock() + self.lease_ttl
         try:
+            # a run's creation may still be queued (it commits with the first outcome): an
+            # execution row that is not there yet would read as a lease lost
+            await self.store.flush()
             lost = set(await self.store.renew_leases(due, owner=self.owner, expires_at=expires))
         except StoreError as exc:
             log.warning("cannot renew the leases of %d execution(s): %s", len(due), exc)
