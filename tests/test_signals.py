@@ -413,3 +413,28 @@ async def test_flux_testing_on_asyncio_moves_the_engine_clock(anyio_backend):
         await t.send_signal(waiting.execution_id, "approval", "ok")
         assert (await t.get(waiting.execution_id)).output == {"decision": "ok"}
     assert time.monotonic() - began < 10
+
+
+@pytest.mark.trio
+async def test_due_sources_ride_the_same_pass(autojump_clock):
+    """What a scheduler plugs into: its wake_due runs in every pass, its next_wake counts."""
+
+    class Nightly:
+        def __init__(self, at):
+            self.at, self.fired = at, []
+
+        async def next_wake(self, engine):
+            return self.at
+
+        async def wake_due(self, engine):
+            if engine.clock() >= self.at:
+                self.fired.append(engine.clock())
+                self.at += 86400
+            return []
+
+    async with flux.testing.engine() as t:
+        nightly = Nightly(t.clock() + 3600)
+        t.engine.due_sources.append(nightly)
+        await t.advance(timedelta(days=3))
+        assert len(nightly.fired) == 3
+        assert nightly.fired[0] == pytest.approx(nightly.fired[1] - 86400)

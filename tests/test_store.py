@@ -850,7 +850,8 @@ async def test_postgres_stores_opening_a_new_database_together_migrate_once(pg_u
             nursery.start_soon(store.__aenter__)
     for store in stores:
         await store.aclose()
-    assert pg_query(pg_url, "SELECT count(*) FROM flux_migrations") == [(1,)]
+    count = len(store_pg_schema.MIGRATIONS)
+    assert pg_query(pg_url, "SELECT count(*) FROM flux_migrations") == [(count,)]
 
 
 @pytest.mark.trio
@@ -1327,7 +1328,7 @@ async def test_random_batches_give_the_same_outcomes_on_every_path(
 
 def _bulk_rows():
     """One record of every kind and shape a table holds (NULLs, flags, leases, equal times)."""
-    from flux.runtime.records import CacheRecord, SecretRecord
+    from flux.runtime.records import CacheRecord, SecretRecord, SignalRecord
 
     executions = [
         record("zz-first", created_at=5.0, updated_at=6.0),
@@ -1358,12 +1359,17 @@ def _bulk_rows():
     ]
     secrets = [SecretRecord("api", b"\x00cipher", 4.0), SecretRecord("db", b"c2", 4.5)]
     cache = [CacheRecord("k1", b"\xc2", 8.0, 100.0), CacheRecord("k0", None, 9.0, None)]
+    signals = [
+        SignalRecord(3, "aa-second", "go", b"\x01", 5.0),
+        SignalRecord(9, "aa-second", "go", b"\x02", 6.0, "aa/send_signal#0", 7.0),
+    ]
     return {
         "workflows": workflows,
         "executions": executions,
         "events": events,
         "secrets": secrets,
         "cache": cache,
+        "signals": signals,
     }
 
 

@@ -206,6 +206,8 @@ class Engine:
         self.workflows: dict[str, workflow] = {}
         #: set when something may have become due (a signal sent here); see serve_due
         self._due_kick = anyio.Event()
+        #: more things that come due, run by wake_due (see flux.runtime.wakes)
+        self.due_sources: list[Any] = []
 
     # -------------------------------------------------------------- Host services
 

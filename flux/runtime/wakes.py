@@ -5,6 +5,12 @@ The functions behind :meth:`Engine.send_signal`, :meth:`Engine.wake_due` and
 execution released while it waits (a receive, a sleep the host suspends) is stored SCHEDULED;
 ``wake_due`` is the one pass every loop runs (a long-running app, ``flux.testing``, a
 scheduler) to run those whose signal came or whose wake time passed.
+
+Other things that come due (schedules) plug into the same pass: an object in
+``engine.due_sources`` with ``async def wake_due(engine) -> list[ExecutionContext]`` (start what
+is due at ``engine.clock()``) and ``async def next_wake(engine) -> float | None`` (its next due
+time, engine clock) is run by every ``wake_due`` and counted by :func:`next_wake`, so
+``serve_due`` and ``flux.testing``'s ``advance`` drive it too.
 """
 
 from __future__ import annotations
@@ -123,6 +129,8 @@ async def wake_due(engine: Engine, workflows: Any = None) -> list[ExecutionConte
             done.append(await engine.run(wf, execution_id=top.execution_id))
         except ExecutionLeasedError:
             continue  # another process runs it
+    for source in list(engine.due_sources):
+        done.extend(await source.wake_due(engine))
     return done
 
 
@@ -134,6 +142,10 @@ async def next_wake(engine: Engine) -> float | None:
         for r in waiting
         if r.wake_at is not None and r.workflow_name in engine.workflows
     ]
+    for source in list(engine.due_sources):
+        when = await source.next_wake(engine)
+        if when is not None:
+            times.append(when)
     return min(times) if times else None
 
 

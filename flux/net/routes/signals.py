@@ -111,15 +111,6 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
             "value": {"description": "the signal's value, shown as JSON"},
         },
     },
-    "SignalConflict": {
-        "type": "object",
-        "required": ["error", "detail", "state"],
-        "properties": {
-            "error": {"type": "string", "enum": ["conflict"]},
-            "detail": {"type": "string"},
-            "state": ref("State"),
-        },
-    },
 }
 
 OPENAPI_PATHS: dict[str, Any] = {
@@ -130,7 +121,10 @@ OPENAPI_PATHS: dict[str, Any] = {
                 "202": json_content(ref("SignalAccepted"), "accepted (queued)"),
                 "400": error("bad topic, JSON or value"),
                 "404": error("unknown execution"),
-                "409": json_content(ref("SignalConflict"), "the execution has finished"),
+                "409": error(
+                    "the execution has finished: the Error body has one more field, `state`, "
+                    "the state it ended in"
+                ),
                 "413": error("the body or the value is over its size limit"),
             },
             tag="executions",
