@@ -438,3 +438,39 @@ async def test_due_sources_ride_the_same_pass(autojump_clock):
         await t.advance(timedelta(days=3))
         assert len(nightly.fired) == 3
         assert nightly.fired[0] == pytest.approx(nightly.fired[1] - 86400)
+
+
+@workflow
+async def child_waiter(ctx):
+    return await receive("child-topic", timeout=600, default="child timed out")
+
+
+@workflow
+async def parent_of_waiter(ctx):
+    from flux.tasks import call
+
+    return {"child": await call(child_waiter, None)}
+
+
+@pytest.mark.trio
+async def test_a_subworkflow_waiting_for_a_signal_wakes_through_its_parent(autojump_clock):
+    async with flux.testing.engine() as t:
+        parent = await t.start(parent_of_waiter)
+        assert parent.state is S.SCHEDULED
+        children = await t.engine.store.list_executions(parent_id=parent.execution_id)
+        assert [c.state for c in children] == [S.SCHEDULED]
+        await t.send_signal(children[0].execution_id, "child-topic", "hello child")
+        assert (await t.get(parent.execution_id)).output == {"child": "hello child"}
+        # and the child's timeout wakes the parent too
+        other = await t.run(parent_of_waiter)
+        assert other.output == {"child": "child timed out"}
+
+
+@pytest.mark.trio
+async def test_cancel_while_waiting_in_receive(autojump_clock):
+    async with flux.testing.engine() as t:
+        ctx = await t.start(forever)
+        cancelled = await t.engine.cancel(ctx.execution_id)
+        assert cancelled.state is S.CANCELLED
+        with pytest.raises(ExecutionConflictError, match="CANCELLED"):
+            await t.engine.send_signal(ctx.execution_id, "go", 1)

@@ -1,0 +1,69 @@
+"""The signal routes and client methods against an in-process server: answers and every error."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from flux.net.client import FluxClient, FluxClientError
+from tests.conftest_net import Live, start_live
+
+pytestmark = pytest.mark.trio
+
+
+@pytest.fixture
+async def idle(nursery, tmp_path) -> Live:
+    """No worker: what is started stays queued (and can be sent signals)."""
+    return await start_live(nursery, tmp_path, worker=False, max_value_size=1024)
+
+
+async def test_signal_routes_answers_and_errors(idle):
+    async with httpx.AsyncClient(base_url=idle.url, timeout=30) as c:
+        eid = (await c.post("/workflows/hello/run/async", json=1)).json()["execution_id"]
+        r = await c.post(f"/executions/{eid}/signals/go", json={"n": 1})
+        assert r.status_code == 202, r.text
+        body = r.json()
+        assert body["execution_id"] == eid and body["topic"] == "go"
+        assert body["state"] == "SCHEDULED" and isinstance(body["signal_id"], int)
+        empty = await c.post(f"/executions/{eid}/signals/go")  # no body: null
+        assert empty.status_code == 202
+        assert empty.json()["signal_id"] > body["signal_id"]
+        queued = (await c.get(f"/executions/{eid}/signals")).json()
+        assert [(q["topic"], q["value"]) for q in queued] == [("go", {"n": 1}), ("go", None)]
+
+        big = await c.post(f"/executions/{eid}/signals/go", json="x" * 2000)
+        assert big.status_code == 413 and "value of signal 'go'" in big.json()["detail"]
+        bad = await c.post(
+            f"/executions/{eid}/signals/go",
+            content=b"{nope",
+            headers={"Content-Type": "application/json"},
+        )
+        assert bad.status_code == 400 and bad.json()["error"] == "bad-json"
+        spaced = await c.post(f"/executions/{eid}/signals/a%20b", json=1)
+        assert spaced.status_code == 400 and spaced.json()["error"] == "bad-topic"
+        missing = await c.post("/executions/nope/signals/go", json=1)
+        assert missing.status_code == 404 and missing.json()["error"] == "execution-not-found"
+        assert (await c.get("/executions/nope/signals")).status_code == 404
+        # nothing refused was stored
+        assert len((await c.get(f"/executions/{eid}/signals")).json()) == 2
+
+        assert (await c.post(f"/executions/{eid}/cancel")).json()["state"] == "CANCELLED"
+        late = await c.post(f"/executions/{eid}/signals/go", json=1)
+        assert late.status_code == 409
+        assert late.json()["state"] == "CANCELLED" and late.json()["error"] == "conflict"
+
+
+async def test_client_send_signal(idle):
+    async with FluxClient(idle.url) as client:
+        started = await client.run("hello", 1, mode="async")
+        eid = started["execution_id"]
+        sent = await client.send_signal(eid, "go", [1, 2])
+        assert sent["topic"] == "go" and sent["state"] == "SCHEDULED"
+        assert [q["value"] for q in await client.queued_signals(eid)] == [[1, 2]]
+        with pytest.raises(FluxClientError) as info:
+            await client.send_signal("nope", "go")
+        assert info.value.status == 404
+        await client.cancel(eid)
+        with pytest.raises(FluxClientError) as info:
+            await client.send_signal(eid, "go", 1)
+        assert info.value.status == 409 and "CANCELLED" in info.value.detail
