@@ -18,9 +18,9 @@ from tests.conftest_net import (
 pytestmark = pytest.mark.slow
 
 SIGNAL_WORKFLOWS = """
-from flux import workflow
+from flux import task, workflow
 from flux.errors import SignalTimeoutError
-from flux.tasks import receive, send_signal
+from flux.tasks import parallel, receive, send_signal
 
 
 @workflow
@@ -35,6 +35,19 @@ async def approve(ctx):
 @workflow
 async def two_of_them(ctx):
     return [await receive("n"), await receive("n")]
+
+
+@task
+async def work(seconds):
+    import anyio
+
+    await anyio.sleep(seconds)
+    return "worked"
+
+
+@workflow
+async def busy_receiver(ctx):
+    return await parallel(receive("stop"), work(ctx.input))
 
 
 @workflow
@@ -167,3 +180,19 @@ def test_a_workflow_on_a_worker_sends_a_signal_once(procs, tmp_path):  # noqa: F
     assert late["state"] == "FAILED" and "COMPLETED" in late["output"]["message"]
     missing = httpx.post(f"{url}/workflows/notifier/run/sync", json="nope", timeout=30).json()
     assert missing["state"] == "FAILED" and "nope" in missing["output"]["message"]
+
+
+def test_signal_sent_while_the_worker_runs_other_tasks(procs, tmp_path):  # noqa: F811
+    """During: the run holds its lease (a task is running), the signal is queued, and the
+    receive gets it once the run is released, through the next grant."""
+    server, url = procs.server(str(tmp_path / "flux.db"), lease_ttl=2.0)
+    assert upload(url, SIGNAL_WORKFLOWS, "signal_flows.py").status_code == 200
+    worker = procs.worker(url, "busy", concurrency=1)
+    eid = httpx.post(f"{url}/workflows/busy_receiver/run/async", json=2.0).json()["execution_id"]
+    wait_state(url, eid, {"RUNNING"}, 20, worker)
+    r = httpx.post(f"{url}/executions/{eid}/signals/stop", json="stop now", timeout=10)
+    assert r.status_code == 202 and r.json()["state"] == "RUNNING"
+    done = wait_state(url, eid, {"COMPLETED"}, 30, worker)
+    assert done["output"] == ["stop now", "worked"]
+    kinds = [e["type"] for e in done["events"]]
+    assert kinds.count("SIGNAL_RECEIVED") == 1
