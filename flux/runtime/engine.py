@@ -366,13 +366,15 @@ class Engine:
         limit = None if isinstance(wait, bool) else time.monotonic() + float(wait)
         delay = 0.05
         self.workflows.setdefault(wf.name, wf)
+        again = 0
         while True:
             try:
                 ctx = await self._run_once(
                     wf, input, execution_id, resume_value, parent_id, input_resumes
                 )
-                if not await wakes.signal_came(self, ctx):
-                    return ctx
+                again += 1
+                if again > 1000 or not await wakes.signal_came(self, ctx):
+                    return ctx  # (past 1000 runs in a row, wake_due takes it on)
                 execution_id, input, resume_value = ctx.execution_id, None, MISSING
                 continue
             except _Busy as busy:

@@ -143,7 +143,9 @@ class Receives:
         self: Execution, me: _Receiver, timeout: float | None, default: Any
     ) -> Any:
         if default is not MISSING:
-            return await self.commit(E.TASK_COMPLETED, me.call_id, RECEIVE, default)
+            seen = await self.commit(E.TASK_COMPLETED, me.call_id, RECEIVE, default)
+            self._answered_while_suspending()
+            return seen
         shown = "" if timeout is None else f" in {timeout:g}s"
         error = SignalTimeoutError(
             f"no signal on topic {me.topic!r} came{shown} "
@@ -151,7 +153,9 @@ class Receives:
             topic=me.topic,
             timeout=timeout,
         )
-        raise await self.commit(E.TASK_FAILED, me.call_id, RECEIVE, error)
+        recorded = await self.commit(E.TASK_FAILED, me.call_id, RECEIVE, error)
+        self._answered_while_suspending()
+        raise recorded
 
     async def _pump_signals(self: Execution) -> None:
         """Deliver queued signals to the waiting receives (call order per topic)."""
@@ -186,7 +190,14 @@ class Receives:
         first, _ = self._event(E.SIGNAL_RECEIVED, me.call_id, signal.topic, value)
         outcome, seen = self._event(E.TASK_COMPLETED, me.call_id, RECEIVE, value)
         await self._write([first, outcome], None, signals=(signal.id,))
+        self._answered_while_suspending()
         return seen
+
+    def _answered_while_suspending(self: Execution) -> None:
+        """A receive's outcome was committed while the run was already suspending (the write
+        had begun): the run must be woken at once, not wait for what has happened."""
+        if self.stop_reason == "suspend":
+            self.wake_at = self.clock()
 
     # ------------------------------------------------------------------ send_signal
 

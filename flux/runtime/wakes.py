@@ -71,9 +71,12 @@ async def send(
 
 async def signal_came(engine: Engine, ctx: ExecutionContext) -> bool:
     """Did a signal for one of the receives of ``ctx`` (just released, SCHEDULED) come while
-    it was being released? Then it is run again at once."""
+    it was being released, or is it due already? Then it is run again at once."""
     if ctx.state is not ExecutionState.SCHEDULED:
         return False
+    rec = await engine.store.get_execution(ctx.execution_id)
+    if rec is not None and rec.wake_at is not None and rec.wake_at <= engine.clock():
+        return True  # due already (a receive answered while the run was being released)
     topics = waiting_topics_of(ctx.events)
     if not topics:
         return False
