@@ -474,3 +474,19 @@ async def test_cancel_while_waiting_in_receive(autojump_clock):
         assert cancelled.state is S.CANCELLED
         with pytest.raises(ExecutionConflictError, match="CANCELLED"):
             await t.engine.send_signal(ctx.execution_id, "go", 1)
+
+
+@pytest.mark.trio
+async def test_receive_and_delivery_on_both_stores(location, autojump_clock):
+    async with flux.testing.engine(store=location) as t:
+        ctx = await t.start(three_in_a_row)
+        for n in (1, 2):
+            await t.engine.send_signal(ctx.execution_id, "n", n)
+        await t.engine.wake_due()
+        assert (await t.get(ctx.execution_id)).state is S.SCHEDULED  # two of three
+        await t.send_signal(ctx.execution_id, "n", 3)
+        done = await t.get(ctx.execution_id)
+        assert done.output == [1, 2, 3]
+        assert await t.engine.store.pending_signals(ctx.execution_id) == []
+        timed = await t.run(approval)
+        assert timed.output == {"timed_out": "approval"}
