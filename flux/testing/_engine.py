@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
-import sniffio
 
 from flux.runtime import wakes
 from flux.runtime.context import ExecutionContext
@@ -27,13 +26,12 @@ __all__ = ["TestEngine", "engine"]
 def _mock_clock() -> Any:
     """trio's MockClock when the test runs under one (pytest-trio's ``autojump_clock``)."""
     try:
-        if sniffio.current_async_library() != "trio":
-            return None
         import trio
         import trio.testing
-    except Exception:
+
+        clock = trio.lowlevel.current_clock()  # RuntimeError outside trio (asyncio)
+    except (ImportError, RuntimeError):
         return None
-    clock = trio.lowlevel.current_clock()
     return clock if isinstance(clock, trio.testing.MockClock) else None
 
 
