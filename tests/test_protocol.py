@@ -40,6 +40,7 @@ from flux.net.protocol import (
     SessionState,
     SignalSend,
     SignalSent,
+    SignalsQueued,
     Welcome,
     WorkerSession,
     from_frame,
@@ -95,6 +96,7 @@ SIGNAL_SEND = SignalSend(
     key="ex-1/send_signal#0",
 )
 SIGNAL_SENT = SignalSent(request_id=11, error="conflict", detail="ex-2 is COMPLETED")
+SIGNALS_QUEUED = SignalsQueued(execution_id="ex-1", epoch=3, signals=[[4, "go", b"\xc0"]])
 ERROR = Error(code="bad-field", detail="something was wrong")
 
 SAMPLES = [
@@ -115,6 +117,7 @@ SAMPLES = [
     CACHE_PUT,
     SIGNAL_SEND,
     SIGNAL_SENT,
+    SIGNALS_QUEUED,
     ERROR,
 ]
 WORKER_SENDS = [m for m in SAMPLES if m.SENDER is Role.WORKER and not isinstance(m, Hello)]

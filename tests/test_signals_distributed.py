@@ -183,12 +183,12 @@ def test_a_workflow_on_a_worker_sends_a_signal_once(procs, tmp_path):  # noqa: F
 
 
 def test_signal_sent_while_the_worker_runs_other_tasks(procs, tmp_path):  # noqa: F811
-    """During: the run holds its lease (a task is running), the signal is queued, and the
-    receive gets it once the run is released, through the next grant."""
+    """During: the run holds its lease (a task is running); the server offers the signal to
+    the worker (signals_queued) and the waiting receive takes it while the task still runs."""
     server, url = procs.server(str(tmp_path / "flux.db"), lease_ttl=2.0)
     assert upload(url, SIGNAL_WORKFLOWS, "signal_flows.py").status_code == 200
     worker = procs.worker(url, "busy", concurrency=1)
-    eid = httpx.post(f"{url}/workflows/busy_receiver/run/async", json=2.0).json()["execution_id"]
+    eid = httpx.post(f"{url}/workflows/busy_receiver/run/async", json=3.0).json()["execution_id"]
     wait_state(url, eid, {"RUNNING"}, 20, worker)
     r = httpx.post(f"{url}/executions/{eid}/signals/stop", json="stop now", timeout=10)
     assert r.status_code == 202 and r.json()["state"] == "RUNNING"
@@ -196,3 +196,5 @@ def test_signal_sent_while_the_worker_runs_other_tasks(procs, tmp_path):  # noqa
     assert done["output"] == ["stop now", "worked"]
     kinds = [e["type"] for e in done["events"]]
     assert kinds.count("SIGNAL_RECEIVED") == 1
+    outcomes = [e["source_id"] for e in done["events"] if e["type"] == "TASK_COMPLETED"]
+    assert "receive" in outcomes[0] and "work" in outcomes[1]  # taken while the task ran

@@ -855,7 +855,13 @@ class Dispatcher:
         if ending:
             assert update is not None
             update.update(lease_owner=None, lease_expires_at=None)
-        write = Write(eid, events, update=update, expect={"lease_epoch": lease.epoch})
+        write = Write(
+            eid,
+            events,
+            update=update,
+            expect={"lease_epoch": lease.epoch},
+            signals=msg.signals or (),
+        )
         try:
             await self._commit(write)
         except StaleWriteError as exc:

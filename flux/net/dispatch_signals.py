@@ -23,7 +23,7 @@ from flux.runtime.signals import check_topic, plan_deliveries, waiting_topics
 if TYPE_CHECKING:
     from flux.net.dispatch import Dispatcher, WorkerLink
 
-__all__ = ["accept", "from_worker", "grant_deliveries", "wake_if_ready"]
+__all__ = ["accept", "from_worker", "grant_deliveries", "notify", "wake_if_ready"]
 
 
 async def accept(
@@ -41,8 +41,23 @@ async def accept(
             "signals",
             state.value,
         )
-    await wake_if_ready(dispatcher, execution_id)
+    await notify(dispatcher, record)
     return record
+
+
+async def notify(dispatcher: Dispatcher, record: SignalRecord) -> None:
+    """A signal was queued: offer it to the worker running the execution (a receive waiting
+    in the run takes it at once), else wake the execution if it was released to wait for it."""
+    lease = dispatcher._leases.get(record.execution_id)
+    if lease is not None and lease.worker is not None and lease.epoch is not None:
+        offer = p.SignalsQueued(
+            execution_id=record.execution_id,
+            epoch=lease.epoch,
+            signals=[[record.id, record.topic, record.value]],
+        )
+        await dispatcher._send(lease.worker, offer)
+        return
+    await wake_if_ready(dispatcher, record.execution_id)
 
 
 async def wake_if_ready(dispatcher: Dispatcher, execution_id: str) -> None:
@@ -96,7 +111,7 @@ async def from_worker(
                     "no signals"
                 )
             else:
-                await wake_if_ready(dispatcher, msg.target)
+                await notify(dispatcher, record)
         except (TypeError, ValueError) as exc:
             error, detail = "bad-topic", str(exc)
         except StoreError as exc:

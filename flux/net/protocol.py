@@ -104,6 +104,7 @@ __all__ = [
     "CacheValue",
     "SignalSend",
     "SignalSent",
+    "SignalsQueued",
     "Cancel",
     "CloseCode",
     "Complete",
@@ -572,7 +573,10 @@ class Lease(_MessageBase):
 
 @attrs.frozen(kw_only=True)
 class Events(_MessageBase):
-    """W->S: events to append (batch ``batch`` of this worker), and the new state if it changed."""
+    """W->S: events to append (batch ``batch`` of this worker), and the new state if it changed.
+    ``signals`` (absent or None: none): ids of queued signals these events deliver (see
+    SignalsQueued);
+    the write is refused whole if one was delivered already."""
 
     TYPE: ClassVar[str] = "events"
     SENDER: ClassVar[Role | None] = Role.WORKER
@@ -582,6 +586,9 @@ class Events(_MessageBase):
     batch: int = _field(_int(0))
     events: list[dict[str, Any]] = _field(_list_of(_event))
     state: str | None = _field(_optional(_EXECUTION_STATE), default=None)
+    signals: list[int] | None = _field(
+        _optional(_list_of(_int(0))), optional=True, default=None
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -729,6 +736,28 @@ class CacheValue(_MessageBase):
     value: bytes | None = _field(_optional(_bytes()), repr=lambda v: _hide_bytes(v))
 
 
+def _queued_signal(value: Any, path: str) -> list[Any]:
+    """One ``[id, topic, value]`` of SignalsQueued."""
+    if not isinstance(value, list | tuple) or len(value) != 3:
+        raise _Invalid(path, f"must be [id, topic, value], got {_kind(value)}")
+    return [_int(0)(value[0], f"{path}[0]"), _str(value[1], f"{path}[1]"),
+            _bytes()(value[2], f"{path}[2]")]
+
+
+@attrs.frozen(kw_only=True)
+class SignalsQueued(_MessageBase):
+    """S->W: signals were queued for an execution this worker holds (``epoch``): each
+    ``[id, topic, value]`` (value codec-encoded). A receive waiting in the run takes one by
+    recording its delivery with the id in its ``events`` batch (``signals``). Not answered."""
+
+    TYPE: ClassVar[str] = "signals_queued"
+    SENDER: ClassVar[Role | None] = Role.SERVER
+
+    execution_id: str = _field(_str)
+    epoch: int = _field(_EPOCH)
+    signals: list[list[Any]] = _field(_list_of(lambda v, path: _queued_signal(v, path)))
+
+
 @attrs.frozen(kw_only=True)
 class SignalSend(_MessageBase):
     """W->S: a workflow's ``send_signal`` (call ``key``, which makes it idempotent): queue the
@@ -806,6 +835,7 @@ Message: TypeAlias = (
     | CachePut
     | SignalSend
     | SignalSent
+    | SignalsQueued
     | Error
 )
 
@@ -831,6 +861,7 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
             CachePut,
             SignalSend,
             SignalSent,
+            SignalsQueued,
             Error,
         )
     }
@@ -1066,6 +1097,7 @@ TRANSITIONS: Mapping[Role, Mapping[SessionState, _Table]] = MappingProxyType(
                         (SEND, Secrets): _S.READY,
                         (SEND, CacheValue): _S.READY,
                         (SEND, SignalSent): _S.READY,
+                        (SEND, SignalsQueued): _S.READY,
                         (RECEIVE, SignalSend): _S.READY,
                         (RECEIVE, Events): _S.READY,
                         (RECEIVE, Heartbeat): _S.READY,
@@ -1095,6 +1127,7 @@ TRANSITIONS: Mapping[Role, Mapping[SessionState, _Table]] = MappingProxyType(
                         (SEND, CachePut): _S.READY,
                         (SEND, SignalSend): _S.READY,
                         (RECEIVE, SignalSent): _S.READY,
+                        (RECEIVE, SignalsQueued): _S.READY,
                         (RECEIVE, Lease): _S.READY,
                         (RECEIVE, Ack): _S.READY,
                         (RECEIVE, Reject): _S.READY,

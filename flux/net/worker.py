@@ -62,6 +62,7 @@ from flux.runtime.errors import LeaseLostError as RuntimeLeaseLost
 from flux.runtime.events import ExecutionEventType, ExecutionState
 from flux.runtime.executor import Execution
 from flux.runtime.loader import load_source, workflows_in
+from flux.runtime.records import SignalRecord
 from flux.runtime.secrets import redact_encoded
 from flux.runtime.store import StaleWriteError, StoredEvent
 from flux.runtime.workflow import workflow
@@ -194,6 +195,12 @@ class _Run:
         self.cancel_requested = trio.Event()
         #: cancelled when the execution is cancelled while its source is still loading
         self.load_scope = trio.CancelScope()
+        #: signals the server says are queued for this lease (signals_queued), by id
+        self.queued_signals: dict[int, SignalRecord] = {}
+        #: ids this run has delivered (a repeated signals_queued never offers them again)
+        self.taken_signals: set[int] = set()
+        #: ids delivered by the events not yet sent (they go with that batch)
+        self.signals_out: list[int] = []
 
     #: on a worker, user code raising SystemExit, KeyboardInterrupt... fails its execution
     base_exceptions_fail = True
@@ -221,9 +228,29 @@ class _Run:
             self.pending_state = str(update["state"])
         self._poke.set()
 
-    async def commit(self, events: list[StoredEvent], update: dict[str, Any] | None = None) -> None:
+    def signals_queued(self, msg: p.SignalsQueued) -> None:
+        for signal_id, topic, value in msg.signals:
+            if signal_id not in self.taken_signals:
+                record = SignalRecord(signal_id, self.execution_id, topic, value, 0.0)
+                self.queued_signals[signal_id] = record
+        if self.execution is not None:
+            self.execution.signals_arrived()
+
+    async def pending_signals(self, execution: Execution) -> list[SignalRecord]:
+        return sorted(self.queued_signals.values(), key=lambda s: s.id)
+
+    async def commit(
+        self,
+        events: list[StoredEvent],
+        update: dict[str, Any] | None = None,
+        signals: tuple[int, ...] = (),
+    ) -> None:
         if self.dead is not None:
             raise LeaseLostError(f"execution {self.execution_id}: {self.dead}")
+        for signal_id in signals:
+            self.queued_signals.pop(signal_id, None)
+            self.taken_signals.add(signal_id)
+        self.signals_out.extend(signals)
         state = update.get("state") if update else None
         if state == S.SCHEDULED and update and update.get("wake_at") is not None:
             # a long durable sleep: everything before it durable, then give the slot back
@@ -267,8 +294,9 @@ class _Run:
                 batch, self.pending = self.pending, []
                 state, self.pending_state = self.pending_state, None
                 waiters, self.waiters = self.waiters, []
+                signals, self.signals_out = self.signals_out, []
                 try:
-                    await self._send_batch(batch, state)
+                    await self._send_batch(batch, state, signals=signals)
                 except Exception as exc:
                     for w in waiters:
                         w.resolve(exc)
@@ -281,10 +309,16 @@ class _Run:
                     w.resolve()
 
     async def _send_batch(
-        self, batch: list[StoredEvent], state: str | None, *, check: bool = True
+        self,
+        batch: list[StoredEvent],
+        state: str | None,
+        *,
+        check: bool = True,
+        signals: list[int] | None = None,
     ) -> None:
         """Send ``batch`` in as many frames as the server's frame limit needs, each after the
-        ack of the one before; ``state`` goes with the last. Secret values are masked first."""
+        ack of the one before; ``state`` and the delivered ``signals`` go with the last. Secret
+        values are masked first."""
         worker = self.worker
         if self._secret_values:
             batch = [self._masked(e) for e in batch]
@@ -308,6 +342,7 @@ class _Run:
                             batch=number,
                             events=[p.event_to_wire(e) for e in part],
                             state=state if i == len(parts) - 1 else None,
+                            signals=list(signals) if signals and i == len(parts) - 1 else None,
                         )
                     )
                 except LeaseLostError as exc:  # no session, or one that takes nothing
@@ -789,6 +824,10 @@ class Worker:
                                 run.cancel_requested.set()
                             elif run is None:  # the lease's task has not started yet
                                 self._cancels[msg.execution_id] = msg.epoch
+                        elif isinstance(msg, p.SignalsQueued):
+                            run = self.runs.get(msg.execution_id)
+                            if run is not None and run.epoch == msg.epoch:
+                                run.signals_queued(msg)
                         elif isinstance(msg, p.Secrets | p.CacheValue | p.SignalSent):
                             waiters = (
                                 self._secret_waiters
