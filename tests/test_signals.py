@@ -490,3 +490,18 @@ async def test_receive_and_delivery_on_both_stores(location, autojump_clock):
         assert await t.engine.store.pending_signals(ctx.execution_id) == []
         timed = await t.run(approval)
         assert timed.output == {"timed_out": "approval"}
+
+
+@pytest.mark.trio
+async def test_a_flood_of_signals_is_read_a_topic_at_a_time(autojump_clock):
+    async with flux.testing.engine() as t:
+        ctx = await t.start(two_topics)
+        for n in range(300):
+            await t.engine.send_signal(ctx.execution_id, "a", n)
+        got = await t.engine.store.pending_signals(ctx.execution_id, topic="a", limit=2)
+        assert [s.value for s in got] == [s.value for s in got[:2]] and len(got) == 2
+        assert await t.engine.store.pending_signals(ctx.execution_id, topic="b") == []
+        await t.send_signal(ctx.execution_id, "b", "B")
+        done = await t.get(ctx.execution_id)
+        assert done.output == [0, "B"]
+        assert len(await t.engine.store.pending_signals(ctx.execution_id)) == 299

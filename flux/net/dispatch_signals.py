@@ -18,7 +18,7 @@ from flux.net import protocol as p
 from flux.runtime.errors import ExecutionConflictError, ExecutionNotFoundError, StoreError
 from flux.runtime.events import ExecutionState as S
 from flux.runtime.records import SignalRecord, StoredEvent
-from flux.runtime.signals import check_topic, plan_deliveries, waiting_topics
+from flux.runtime.signals import check_topic, open_receives, plan_deliveries, waiting_topics
 
 if TYPE_CHECKING:
     from flux.net.dispatch import Dispatcher, WorkerLink
@@ -68,21 +68,28 @@ async def wake_if_ready(dispatcher: Dispatcher, execution_id: str) -> None:
     rec = await dispatcher.store.get_execution(execution_id)
     if rec is None or rec.state is not S.SCHEDULED:
         return
-    pending = await dispatcher.store.pending_signals(execution_id)
-    if not pending:
+    store = dispatcher.store
+    if not await store.pending_signals(execution_id, limit=1):
         return
-    topics = waiting_topics(await dispatcher.store.load_events(execution_id))
-    if any(s.topic in topics for s in pending):
-        dispatcher.submit(execution_id)
+    for topic in waiting_topics(await store.load_events(execution_id)):
+        if await store.pending_signals(execution_id, topic=topic, limit=1):
+            dispatcher.submit(execution_id)
+            return
 
 
 async def grant_deliveries(
     dispatcher: Dispatcher, execution_id: str, events: Sequence[StoredEvent]
 ) -> tuple[list[StoredEvent], tuple[int, ...]]:
     """The delivery events a grant appends after ``events``, and the signals they take."""
-    pending = await dispatcher.store.pending_signals(execution_id)
-    if not pending:
+    store = dispatcher.store
+    if not await store.pending_signals(execution_id, limit=1):
         return [], ()
+    wanted: dict[str, int] = {}
+    for receive in open_receives(events):
+        wanted[receive.topic] = wanted.get(receive.topic, 0) + 1
+    pending: list[SignalRecord] = []
+    for topic, count in wanted.items():  # only what the open receives can take
+        pending += await store.pending_signals(execution_id, topic=topic, limit=count)
     return plan_deliveries(execution_id, events, pending, dispatcher.wall())
 
 

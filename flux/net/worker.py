@@ -236,8 +236,12 @@ class _Run:
         if self.execution is not None:
             self.execution.signals_arrived()
 
-    async def pending_signals(self, execution: Execution) -> list[SignalRecord]:
-        return sorted(self.queued_signals.values(), key=lambda s: s.id)
+    async def pending_signals(
+        self, execution: Execution, topic: str | None = None, limit: int | None = None
+    ) -> list[SignalRecord]:
+        queued = sorted(self.queued_signals.values(), key=lambda s: s.id)
+        queued = [s for s in queued if topic is None or s.topic == topic]
+        return queued if limit is None else queued[:limit]
 
     async def commit(
         self,

@@ -233,8 +233,11 @@ class Engine:
         value, execution.resume_value = execution.resume_value, MISSING
         return await self._run(child, input, child_id, value, execution.ctx.execution_id, wait=True)
 
-    async def pending_signals(self, execution: Execution) -> list[SignalRecord]:
-        return await self.store.pending_signals(execution.ctx.execution_id)
+    async def pending_signals(
+        self, execution: Execution, topic: str | None = None, limit: int | None = None
+    ) -> list[SignalRecord]:
+        eid = execution.ctx.execution_id
+        return await self.store.pending_signals(eid, topic=topic, limit=limit)
 
     async def send_signal_from(self, target: str, topic: str, data: bytes, key: str) -> None:
         await wakes.accept(self, target, topic, data, key)

@@ -169,10 +169,13 @@ class Receives:
             )
             if not waiting:
                 return
-            queued: list[SignalRecord] = await self._service(pending_of(self))
+            wanted: dict[str, int] = {}
+            for me in waiting:
+                wanted[me.topic] = wanted.get(me.topic, 0) + 1
             by_topic: dict[str, list[SignalRecord]] = {}
-            for signal in queued:
-                by_topic.setdefault(signal.topic, []).append(signal)
+            for topic, count in wanted.items():
+                queued: list[SignalRecord] = await self._service(pending_of(self, topic, count))
+                by_topic[topic] = [s for s in queued if s.topic == topic]
             delivered = False
             for me in waiting:
                 mine = by_topic.get(me.topic)

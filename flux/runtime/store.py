@@ -777,9 +777,14 @@ class Store:
             _in_transaction, store_signals.add_signal, "?", execution_id, topic, value, sent_at, key
         )
 
-    async def pending_signals(self, execution_id: str) -> list[SignalRecord]:
-        """The queued signals of an execution, in the order accepted."""
-        return await self._run(store_signals.pending, "?", execution_id)
+    async def pending_signals(
+        self, execution_id: str, *, topic: str | None = None, limit: int | None = None
+    ) -> list[SignalRecord]:
+        """The queued signals of an execution, in the order accepted (only ``topic``'s, at
+        most ``limit``, when given)."""
+        return await self._run(
+            store_signals.pending, "?", execution_id, topic, limit
+        )
 
     # -- whole tables, for moving a store (see flux.runtime.store_bulk) ---------------------------
 

@@ -258,9 +258,12 @@ class StoreAPI(Protocol):
         key for that execution is returned instead of storing another (idempotent send)."""
         ...
 
-    async def pending_signals(self, execution_id: str) -> list[SignalRecord]:
-        """The signals of ``execution_id`` not yet delivered, in the order accepted. A
-        :class:`Write` naming some in ``signals`` delivers them (exactly once: see Write)."""
+    async def pending_signals(
+        self, execution_id: str, *, topic: str | None = None, limit: int | None = None
+    ) -> list[SignalRecord]:
+        """The signals of ``execution_id`` not yet delivered, in the order accepted (only those
+        on ``topic``, at most ``limit``, when given). A :class:`Write` naming some in
+        ``signals`` delivers them (exactly once: see Write)."""
         ...
 
     # -- whole tables, for moving a store (flux.runtime.store_bulk) ------------------------------

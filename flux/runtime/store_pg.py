@@ -562,9 +562,14 @@ class PostgresStore:
             " FOR UPDATE",
         )
 
-    async def pending_signals(self, execution_id: str) -> list[SignalRecord]:
-        """The queued signals of an execution, in the order accepted."""
-        return await self._run(store_signals.pending, "%s", execution_id, retry=True)
+    async def pending_signals(
+        self, execution_id: str, *, topic: str | None = None, limit: int | None = None
+    ) -> list[SignalRecord]:
+        """The queued signals of an execution, in the order accepted (only ``topic``'s, at
+        most ``limit``, when given)."""
+        return await self._run(
+            store_signals.pending, "%s", execution_id, topic, limit, retry=True
+        )
 
     async def count_rows(self, table: str) -> int:
         """How many rows ``table`` (one of :data:`~flux.runtime.store_bulk.TABLES`) holds."""

@@ -60,13 +60,21 @@ def add_signal(
     return state, _record(cur.fetchone())
 
 
-def pending(conn: Any, mark: str, execution_id: str) -> list[SignalRecord]:
-    """The queued (undelivered) signals of an execution, in the order accepted."""
-    rows = conn.execute(
-        f"{_SELECT} WHERE execution_id = {mark} AND delivered_at IS NULL ORDER BY id",
-        (execution_id,),
-    ).fetchall()
-    return [_record(r) for r in rows]
+def pending(
+    conn: Any, mark: str, execution_id: str, topic: str | None = None, limit: int | None = None
+) -> list[SignalRecord]:
+    """The queued (undelivered) signals of an execution, in the order accepted; only those on
+    ``topic`` if given, at most ``limit`` if given."""
+    sql = f"{_SELECT} WHERE execution_id = {mark} AND delivered_at IS NULL"
+    params: list[Any] = [execution_id]
+    if topic is not None:
+        sql += f" AND topic = {mark}"
+        params.append(topic)
+    sql += " ORDER BY id"
+    if limit is not None:
+        sql += f" LIMIT {mark}"
+        params.append(max(0, int(limit)))
+    return [_record(r) for r in conn.execute(sql, params).fetchall()]
 
 
 def consume(conn: Any, mark: str, execution_id: str, ids: Sequence[int], now: float) -> None:

@@ -77,21 +77,24 @@ async def signal_came(engine: Engine, ctx: ExecutionContext) -> bool:
     rec = await engine.store.get_execution(ctx.execution_id)
     if rec is not None and rec.wake_at is not None and rec.wake_at <= engine.clock():
         return True  # due already (a receive answered while the run was being released)
-    topics = waiting_topics_of(ctx.events)
-    if not topics:
-        return False
-    pending = await engine.store.pending_signals(ctx.execution_id)
-    return any(s.topic in topics for s in pending)
+    return await _any_for(engine.store, ctx.execution_id, waiting_topics_of(ctx.events))
 
 
 async def _ready(engine: Engine, rec: ExecutionRecord, now: float) -> bool:
     if rec.wake_at is not None and rec.wake_at <= now:
         return True
-    pending = await engine.store.pending_signals(rec.execution_id)
-    if not pending:
+    if not await engine.store.pending_signals(rec.execution_id, limit=1):
         return False
     topics = waiting_topics(await engine.store.load_events(rec.execution_id))
-    return any(s.topic in topics for s in pending)
+    return await _any_for(engine.store, rec.execution_id, topics)
+
+
+async def _any_for(store: Any, execution_id: str, topics: set[str]) -> bool:
+    """Is a signal queued for ``execution_id`` on one of ``topics``?"""
+    for topic in topics:
+        if await store.pending_signals(execution_id, topic=topic, limit=1):
+            return True
+    return False
 
 
 async def _top(engine: Engine, rec: ExecutionRecord) -> ExecutionRecord:
