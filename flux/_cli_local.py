@@ -161,6 +161,16 @@ def _finish(ctx: ExecutionContext, resume_hint: str | None = None, quiet: bool =
         return
     if ctx.state is ExecutionState.CANCELLED:
         _fail(f"workflow {ctx.workflow_name} was cancelled", 2)
+    if ctx.state is ExecutionState.SCHEDULED and resume_hint:
+        from .runtime.signals import waiting_topics_of
+
+        for topic in sorted(waiting_topics_of(ctx.events)):
+            click.echo(
+                f"waiting for a signal on {topic!r}; send it with: flux executions signal "
+                f"{ctx.execution_id} {topic} [VALUE], then continue with: "
+                f"{resume_hint.removesuffix(' [VALUE]')}",
+                err=True,
+            )
 
 
 # ---------------------------------------------------------------------------- executions

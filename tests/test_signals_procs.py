@@ -96,3 +96,38 @@ def test_queued_signals_delivered_exactly_once_under_ownership_races(tmp_path):
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     completed = [e for e in events if e.type == E.WORKFLOW_COMPLETED.value]
     assert len(completed) == 1 and codec.decode(completed[0].value) == values
+
+
+def test_the_cli_embedded_run_signal_and_continue(tmp_path):
+    env = subprocess_env(tmp_path)
+    flow = tmp_path / "flow.py"
+    flow.write_text(
+        "from flux import workflow\n"
+        "from flux.tasks import receive\n\n"
+        "@workflow\n"
+        "async def asks(ctx):\n"
+        "    return {'answer': await receive('answer')}\n"
+    )
+
+    def flux(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [PYTHON, "-m", "flux.cli", *args], cwd=tmp_path, env=env, capture_output=True,
+            text=True, timeout=60,
+        )
+
+    started = flux("run", str(flow))
+    assert started.returncode == 0, started.stderr
+    eid = started.stderr.split("execution ", 1)[1].split(":", 1)[0]
+    assert "waiting for a signal on 'answer'" in started.stderr
+    assert f"flux executions signal {eid} answer [VALUE]" in started.stderr
+    sent = flux("executions", "signal", eid, "answer", "42")
+    assert sent.returncode == 0 and "queued" in sent.stdout, sent.stderr
+    done = flux("run", str(flow), "--execution-id", eid)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == '{"answer": 42}'
+    again = flux("executions", "signal", eid, "answer", "1")
+    assert again.returncode == 1 and "COMPLETED" in again.stderr
+    missing = flux("executions", "signal", "nope", "answer")
+    assert missing.returncode == 1 and "nope" in missing.stderr
+    bad = flux("executions", "signal", eid, "no/slash", "1")
+    assert bad.returncode != 0 and "invalid signal topic" in bad.stderr
