@@ -48,9 +48,7 @@ async def main() -> None:
     async with open_engine() as engine:
         ctx = await engine.run(expense_approval, {"id": 7, "amount": 420})
         print(f"{ctx.state.value}: waiting for 'decision'; execution id {ctx.execution_id}")
-        await engine.send_signal(
-            ctx.execution_id, "decision", {"approved": True, "by": "Grace"}
-        )
+        await engine.send_signal(ctx.execution_id, "decision", {"approved": True, "by": "Grace"})
         for woken in await engine.wake_due():  # what a long-running app's loop does
             print(woken.state.value, woken.output)
 

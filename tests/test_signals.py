@@ -76,8 +76,9 @@ async def same_topic_parallel(ctx):
 @pytest.mark.trio
 async def test_store_queue_accepts_orders_and_delivers_once(location):
     async with open_store(location) as store:
-        await store.commit(Write("e1", insert=ExecutionRecord(execution_id="e1",
-                                                              workflow_name="w", input=b"")))
+        await store.commit(
+            Write("e1", insert=ExecutionRecord(execution_id="e1", workflow_name="w", input=b""))
+        )
         assert await store.add_signal("nope", "t", b"v", 1.0) == (None, None)
         state, first = await store.add_signal("e1", "t", b"one", 1.0)
         assert state is S.CREATED and first.value == b"one" and first.delivered_at is None
@@ -127,8 +128,12 @@ async def test_queued_signal_consumed_without_suspending(autojump_clock):
     async with flux.testing.engine() as t:
         # create it first so that the signal has an execution to go to
         await t.engine.store.commit(
-            Write("q1", insert=ExecutionRecord(execution_id="q1", workflow_name="gets_queued",
-                                               input=b"\xc0", state=S.SCHEDULED))
+            Write(
+                "q1",
+                insert=ExecutionRecord(
+                    execution_id="q1", workflow_name="gets_queued", input=b"\xc0", state=S.SCHEDULED
+                ),
+            )
         )
         await t.engine.send_signal("q1", "go", 5)
         ctx = await t.start(gets_queued, execution_id="q1")
@@ -276,8 +281,12 @@ async def test_replay_returns_the_recorded_value_and_edited_code_is_caught(autoj
             return await receive("other")
 
         await t.engine.store.commit(
-            Write("r2", insert=ExecutionRecord(execution_id="r2", workflow_name="forever",
-                                               input=b"\xc0", state=S.SCHEDULED))
+            Write(
+                "r2",
+                insert=ExecutionRecord(
+                    execution_id="r2", workflow_name="forever", input=b"\xc0", state=S.SCHEDULED
+                ),
+            )
         )
         await t.start(forever, execution_id="r2")
         with pytest.raises(NondeterminismError, match="receive"):

@@ -137,8 +137,18 @@ def test_signal_survives_a_server_restart_and_the_cli_sends_one(procs, tmp_path)
     wait_state(url, eid, {"SCHEDULED"}, 20, worker)
     worker.kill9()
     out = subprocess.run(
-        [PYTHON, "-m", "flux.cli", "executions", "signal", eid, "n", '"first"', "--server-url",
-         url],
+        [
+            PYTHON,
+            "-m",
+            "flux.cli",
+            "executions",
+            "signal",
+            eid,
+            "n",
+            '"first"',
+            "--server-url",
+            url,
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -154,8 +164,7 @@ def test_signal_survives_a_server_restart_and_the_cli_sends_one(procs, tmp_path)
     done = wait_state(url, eid, {"COMPLETED"}, 30, worker)
     assert done["output"] == ["first", "second"]
     bad = subprocess.run(
-        [PYTHON, "-m", "flux.cli", "executions", "signal", eid, "n", "{oops", "--server-url",
-         url],
+        [PYTHON, "-m", "flux.cli", "executions", "signal", eid, "n", "{oops", "--server-url", url],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -111,8 +111,12 @@ def test_the_cli_embedded_run_signal_and_continue(tmp_path):
 
     def flux(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [PYTHON, "-m", "flux.cli", *args], cwd=tmp_path, env=env, capture_output=True,
-            text=True, timeout=60,
+            [PYTHON, "-m", "flux.cli", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
 
     started = flux("run", str(flow))

@@ -305,6 +305,8 @@ class Dispatcher:
             if rec.wake_at is not None and rec.wake_at > now:
                 self.wake_at(rec.execution_id, rec.wake_at)
                 await dispatch_signals.wake_if_ready(self, rec.execution_id)
+            elif rec.wake_at is None and await dispatch_signals.waits_only_for_signals(self, rec):
+                continue  # a signal submits it
             else:
                 self.submit(rec.execution_id)
         running = await self.store.list_executions(

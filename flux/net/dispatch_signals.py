@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING
 from flux.net import protocol as p
 from flux.runtime.errors import ExecutionConflictError, ExecutionNotFoundError, StoreError
 from flux.runtime.events import ExecutionState as S
-from flux.runtime.records import SignalRecord, StoredEvent
+from flux.runtime.records import ExecutionRecord, SignalRecord, StoredEvent
 from flux.runtime.signals import check_topic, open_receives, plan_deliveries, waiting_topics
+
+_OUTCOMES = frozenset({"TASK_COMPLETED", "TASK_FAILED", "TASK_CANCELLED", "TASK_RESUMED"})
 
 if TYPE_CHECKING:
     from flux.net.dispatch import Dispatcher, WorkerLink
@@ -37,8 +39,7 @@ async def accept(
         raise ExecutionNotFoundError(execution_id)
     if record is None:
         raise ExecutionConflictError(
-            f"execution {execution_id!r} is {state.value}: a finished execution takes no "
-            "signals",
+            f"execution {execution_id!r} is {state.value}: a finished execution takes no signals",
             state.value,
         )
     await notify(dispatcher, record)
@@ -123,5 +124,28 @@ async def from_worker(
             error, detail = "bad-topic", str(exc)
         except StoreError as exc:
             error, detail = "refused", f"the store failed: {exc}"
-    await dispatcher._send(link, p.SignalSent(request_id=msg.request_id, error=error,
-                                              detail=detail))
+    await dispatcher._send(
+        link, p.SignalSent(request_id=msg.request_id, error=error, detail=detail)
+    )
+
+
+async def waits_only_for_signals(dispatcher: Dispatcher, rec: ExecutionRecord) -> bool:
+    """A released execution (SCHEDULED, no wake time) whose every open call is a receive with
+    no signal queued for it: nothing to run until a signal comes (a restart does not replay
+    every execution that waits for one)."""
+    events = await dispatcher.store.load_events(rec.execution_id)
+    receives = {r.call_id: r.topic for r in open_receives(events)}
+    if not receives:
+        return False
+    open_ids: dict[str, None] = {}
+    for e in events:
+        if e.type == "TASK_STARTED":
+            open_ids[e.call_id] = None
+        elif e.type in _OUTCOMES:
+            open_ids.pop(e.call_id, None)
+    if set(open_ids) - set(receives):
+        return False
+    for topic in set(receives.values()):
+        if await dispatcher.store.pending_signals(rec.execution_id, topic=topic, limit=1):
+            return False
+    return True

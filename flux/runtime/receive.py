@@ -139,9 +139,7 @@ class Receives:
             self._acquire(held)
         return me.value
 
-    async def _time_out(
-        self: Execution, me: _Receiver, timeout: float | None, default: Any
-    ) -> Any:
+    async def _time_out(self: Execution, me: _Receiver, timeout: float | None, default: Any) -> Any:
         if default is not MISSING:
             seen = await self.commit(E.TASK_COMPLETED, me.call_id, RECEIVE, default)
             self._answered_while_suspending()

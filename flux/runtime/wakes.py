@@ -45,8 +45,7 @@ async def accept(
         raise ExecutionNotFoundError(execution_id)
     if record is None:
         raise ExecutionConflictError(
-            f"execution {execution_id!r} is {state.value}: a finished execution takes no "
-            "signals",
+            f"execution {execution_id!r} is {state.value}: a finished execution takes no signals",
             state.value,
         )
     running = engine._running.get(execution_id)
@@ -127,8 +126,11 @@ async def wake_due(engine: Engine, workflows: Any = None) -> list[ExecutionConte
         wf = engine.workflows.get(top.workflow_name)
         if top.execution_id in seen or wf is None:
             if wf is None:
-                log.debug("execution %s is due; workflow %r unknown here", top.execution_id,
-                          top.workflow_name)
+                log.debug(
+                    "execution %s is due; workflow %r unknown here",
+                    top.execution_id,
+                    top.workflow_name,
+                )
             continue
         seen.add(top.execution_id)
         try:
@@ -144,9 +146,7 @@ async def next_wake(engine: Engine) -> float | None:
     """The earliest wake time of a released execution of a workflow this engine knows."""
     waiting = await engine.store.list_executions(state=ExecutionState.SCHEDULED, limit=None)
     times = [
-        r.wake_at
-        for r in waiting
-        if r.wake_at is not None and r.workflow_name in engine.workflows
+        r.wake_at for r in waiting if r.wake_at is not None and r.workflow_name in engine.workflows
     ]
     for source in list(engine.due_sources):
         when = await source.next_wake(engine)

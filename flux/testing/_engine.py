@@ -133,9 +133,7 @@ class TestEngine:
                 return await self.engine.get(execution_id)
             await self._jump(when - self.clock())
 
-    async def send_signal(
-        self, execution_id: str, topic: str, value: Any = None
-    ) -> SignalRecord:
+    async def send_signal(self, execution_id: str, topic: str, value: Any = None) -> SignalRecord:
         """Send a signal and run the executions it wakes up to their next wait (no time
         skipped). Returns the signal as stored."""
         sent = await self.engine.send_signal(execution_id, topic, value)
