@@ -79,7 +79,10 @@ def test_receive_releases_the_worker_and_a_signal_over_http_wakes_it(procs, tmp_
     assert upload(url, SIGNAL_WORKFLOWS, "signal_flows.py").status_code == 200
     worker = procs.worker(url, "receiver", concurrency=1)
 
-    eid = httpx.post(f"{url}/workflows/approve/run/async", json=3600).json()["execution_id"]
+    t0 = time.monotonic()
+    sync = httpx.post(f"{url}/workflows/approve/run/sync", json=3600, timeout=60).json()
+    assert sync["state"] == "SCHEDULED" and time.monotonic() - t0 < 10  # answers: it waits
+    eid = sync["execution_id"]
     waiting = wait_state(url, eid, {"SCHEDULED"}, 20, worker)
     types = [e["type"] for e in waiting["events"]]
     assert types[-1] == "TASK_STARTED"

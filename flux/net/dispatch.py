@@ -925,6 +925,7 @@ class Dispatcher:
             assert msg.wake_at is not None
             self.wake_at(eid, msg.wake_at)
             await dispatch_signals.wake_if_ready(self, eid)  # a signal came while it ran
+            await dispatch_signals.settle_if_waiting(self, lease.record)
         else:
             await self._after_end(lease.record, S.PAUSED)
 
@@ -1062,6 +1063,7 @@ class Dispatcher:
             # waiting for children: maybe one ended (or paused) while this one was running
             await self._check_waiting(eid)
             await dispatch_signals.wake_if_ready(self, eid)  # or for a signal that came
+            await dispatch_signals.settle_if_waiting(self, rec)
 
     async def _wake_parent(self, parent_id: str) -> None:
         if parent_id in self._leases or parent_id in self._queued:

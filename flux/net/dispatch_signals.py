@@ -149,3 +149,16 @@ async def waits_only_for_signals(dispatcher: Dispatcher, rec: ExecutionRecord) -
         if await dispatcher.store.pending_signals(rec.execution_id, topic=topic, limit=1):
             return False
     return True
+
+
+async def settle_if_waiting(dispatcher: Dispatcher, rec: ExecutionRecord | None) -> None:
+    """An execution just released to wait only for signals (its timeouts aside) has gone as
+    far as it can: what waits for it to settle (run/sync) is answered, as for a pause."""
+    if rec is None or not dispatcher._settled.get(rec.execution_id):
+        return
+    eid = rec.execution_id
+    if eid in dispatcher._queued or eid in dispatcher._leases:
+        return
+    if await waits_only_for_signals(dispatcher, rec):
+        for event in dispatcher._settled.pop(eid, ()):
+            event.set()
