@@ -514,3 +514,27 @@ async def test_a_flood_of_signals_is_read_a_topic_at_a_time(autojump_clock):
         done = await t.get(ctx.execution_id)
         assert done.output == [0, "B"]
         assert len(await t.engine.store.pending_signals(ctx.execution_id)) == 299
+
+
+@workflow
+async def poller(ctx):
+    return [await receive("p", timeout=0, default="none queued") for _ in range(2)]
+
+
+@pytest.mark.trio
+async def test_timeout_zero_takes_what_is_queued_or_gives_up_at_once(autojump_clock):
+    async with flux.testing.engine() as t:
+        start = t.clock()
+        nothing = await t.start(poller)
+        assert nothing.output == ["none queued", "none queued"] and t.clock() - start < 1
+        await t.engine.store.commit(
+            Write(
+                "p1",
+                insert=ExecutionRecord(
+                    execution_id="p1", workflow_name="poller", input=b"\xc0", state=S.SCHEDULED
+                ),
+            )
+        )
+        await t.engine.send_signal("p1", "p", "here")
+        one = await t.start(poller, execution_id="p1")
+        assert one.output == ["here", "none queued"]
