@@ -538,3 +538,19 @@ async def test_timeout_zero_takes_what_is_queued_or_gives_up_at_once(autojump_cl
         await t.engine.send_signal("p1", "p", "here")
         one = await t.start(poller, execution_id="p1")
         assert one.output == ["here", "none queued"]
+
+
+@workflow
+async def talks_to_itself(ctx):
+    await send_signal(ctx.execution_id, "self", "note to self")
+    return await receive("self", timeout=10)
+
+
+@pytest.mark.trio
+async def test_a_workflow_signals_itself(autojump_clock):
+    async with flux.testing.engine() as t:
+        done = await t.start(talks_to_itself)
+        assert done.state is S.COMPLETED and done.output == "note to self"
+        replayed = await t.engine.run(talks_to_itself, execution_id=done.execution_id)
+        assert replayed.output == "note to self"
+        assert await t.engine.store.count_rows("signals") == 1

@@ -51,6 +51,12 @@ async def busy_receiver(ctx):
 
 
 @workflow
+async def talks_to_itself(ctx):
+    await send_signal(ctx.execution_id, "self", "note to self")
+    return await receive("self", timeout=30)
+
+
+@workflow
 async def notifier(ctx):
     await send_signal(ctx.input, "n", "from a workflow")
     return "sent"
@@ -192,6 +198,8 @@ def test_a_workflow_on_a_worker_sends_a_signal_once(procs, tmp_path):  # noqa: F
     assert late["state"] == "FAILED" and "COMPLETED" in late["output"]["message"]
     missing = httpx.post(f"{url}/workflows/notifier/run/sync", json="nope", timeout=30).json()
     assert missing["state"] == "FAILED" and "nope" in missing["output"]["message"]
+    itself = httpx.post(f"{url}/workflows/talks_to_itself/run/sync", timeout=30).json()
+    assert itself["state"] == "COMPLETED" and itself["output"] == "note to self", itself
 
 
 def test_signal_sent_while_the_worker_runs_other_tasks(procs, tmp_path):  # noqa: F811
