@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import httpx
 import pytest
+import trio
 
 from flux.net.client import FluxClient, FluxClientError
 from tests.conftest_net import Live, start_live
+from tests.test_signals_distributed import SIGNAL_WORKFLOWS
+from tests.test_streams import collect, sse, ws_url
 
 pytestmark = pytest.mark.trio
 
@@ -67,3 +70,48 @@ async def test_client_send_signal(idle):
         with pytest.raises(FluxClientError) as info:
             await client.send_signal(eid, "go", 1)
         assert info.value.status == 409 and "CANCELLED" in info.value.detail
+
+
+@pytest.fixture
+async def running(nursery, tmp_path) -> Live:
+    live = await start_live(nursery, tmp_path / "running", upload_source=False)
+    async with httpx.AsyncClient(base_url=live.url, timeout=30) as c:
+        files = {"file": ("signal_flows.py", SIGNAL_WORKFLOWS.encode())}
+        assert (await c.post("/workflows", files=files)).status_code == 200
+    return live
+
+
+async def test_streams_and_the_console_show_signals(running):
+    async with httpx.AsyncClient(base_url=running.url, timeout=30) as c:
+        eid = (await c.post("/workflows/approve/run/sync", json=600)).json()["execution_id"]
+        assert (await c.post(f"/executions/{eid}/signals/approval", json={"by": "ada"})).is_success
+        with trio.fail_after(20):
+            while (await c.get(f"/executions/{eid}")).json()["state"] != "COMPLETED":
+                await trio.sleep(0.02)
+        got, code, _ = await collect(ws_url(running, eid))
+        assert code == 1000
+        received = [e for e in got if e["type"] == "SIGNAL_RECEIVED"]
+        assert [(e["source_id"], e["name"], e["value"]) for e in received] == [
+            ("receive#0", "approval", {"by": "ada"})
+        ]
+        page = await c.get(f"/ui/executions/{eid}")
+        assert page.status_code == 200 and "SIGNAL_RECEIVED" in page.text
+        # run/stream stays open while the execution waits, and shows the deliveries
+        box: dict = {}
+
+        async def stream() -> None:
+            box["events"] = await sse(c, "/workflows/two_of_them/run/stream", None)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream)
+            with trio.fail_after(20):
+                while True:
+                    listed = (await c.get("/executions", params={"workflow": "two_of_them"})).json()
+                    if listed["executions"]:
+                        other = listed["executions"][0]["execution_id"]
+                        break
+                    await trio.sleep(0.02)
+            for n in (1, 2):
+                assert (await c.post(f"/executions/{other}/signals/n", json=n)).is_success
+        kinds = [data.get("type") for _, data in box["events"]]
+        assert kinds.count("SIGNAL_RECEIVED") == 2 and "WORKFLOW_COMPLETED" in kinds
