@@ -30,6 +30,9 @@ EXPECTED = {
     "secret_management.py": "value in the history: False | in the database files: False",
     "ownership.py": "COMPLETED ['reserved', 'paid']",
     "store_copy.py": "resumed in the copy: COMPLETED reserved a lamp, approved by Grace",
+    "api_models.py": "the answer matches its OpenAPI schema: True",
+    "retry_failed.py": "retry: COMPLETED ['reserved lamp', 'charged 42 EUR', 'shipped to Grace'], "
+    "ran ['charge', 'ship']",
     "approval_signals.py": "COMPLETED EXP-8 escalated: no decision in 2 days",
     "test_with_flux_testing.py": "flux.testing example: all tests passed",
 }

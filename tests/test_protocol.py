@@ -91,6 +91,14 @@ SECRETS = Secrets(request_id=9, values={"API_KEY": "hunter2"}, missing=["OTHER"]
 CACHE_GET = CacheGet(execution_id="ex-1", epoch=3, request_id=10, key="ab12")
 CACHE_VALUE = CacheValue(request_id=10, value=b"\x92\x01\x02")
 CACHE_PUT = CachePut(execution_id="ex-1", epoch=3, key="ab12", value=b"\xc0", ttl=60.0)
+LOGS = p.Logs(
+    execution_id="ex-1",
+    epoch=3,
+    lines=[["step#0", 1, "INFO", "stdout", 1700000000.25, "hello"]],
+    limit=1000,
+    cut_lines=2,
+    cut_bytes=40,
+)
 SIGNAL_SEND = SignalSend(
     execution_id="ex-1", epoch=3, request_id=11, target="ex-2", topic="go", value=b"\x01",
     key="ex-1/send_signal#0",
@@ -115,6 +123,7 @@ SAMPLES = [
     CACHE_GET,
     CACHE_VALUE,
     CACHE_PUT,
+    LOGS,
     SIGNAL_SEND,
     SIGNAL_SENT,
     SIGNALS_QUEUED,

@@ -54,7 +54,7 @@ from typing import Any
 import attrs
 import trio
 
-from flux.net import dispatch_signals
+from flux.net import dispatch_signals, task_logs
 from flux.net import protocol as p
 from flux.net.security import declared_secrets, secrets_for_call, task_secret_declarations
 from flux.net.signal import Signal
@@ -71,6 +71,7 @@ from flux.runtime.events import ExecutionEvent, ExecutionEventType, ExecutionSta
 from flux.runtime.history import child_failure, resume_targets
 from flux.runtime.patterns import child_execution_id
 from flux.runtime.records import SignalRecord
+from flux.runtime.retry import create_retry, latest_version
 from flux.runtime.secrets import redact_encoded
 from flux.runtime.store import ExecutionRecord, StaleWriteError, Store, StoredEvent, Write
 
@@ -768,6 +769,8 @@ class Dispatcher:
             lease = await self._current(link, msg.execution_id, msg.epoch)
             assert self._nursery is not None
             self._nursery.start_soon(dispatch_signals.from_worker, self, link, msg, lease)
+        elif isinstance(msg, p.Logs):
+            await task_logs.receive(self, link, msg)
         else:  # pragma: no cover - the session state machine lets nothing else through
             log.warning("unexpected %s from %s", msg.TYPE, link.worker_id)
 
@@ -1238,6 +1241,16 @@ class Dispatcher:
         await self._commit(Write(execution_id, [first], insert=record))
         self.submit(execution_id)
         return record
+
+    async def retry(self, execution_id: str, *, latest: bool = False) -> list[ExecutionRecord]:
+        """Retry a FAILED execution (flux.runtime.retry): store the new execution with the
+        original's history up to its failure, and queue it (and its failed children's retries,
+        listed after it) like a recovered one. ``latest``: run the workflow's latest version."""
+        versions = latest_version(self.store) if latest else None
+        plan = await create_retry(self.store, execution_id, version_for=versions, clock=self.wall)
+        for rec in plan.records:
+            self.submit(rec.execution_id)
+        return plan.records
 
     def watch(self, execution_id: str) -> trio.Event:
         """An event set when the execution completes, fails, is cancelled or pauses."""

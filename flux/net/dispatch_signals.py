@@ -40,7 +40,7 @@ async def accept(
     if record is None:
         raise ExecutionConflictError(
             f"execution {execution_id!r} is {state.value}: a finished execution takes no signals",
-            state.value,
+            state=state.value,
         )
     await notify(dispatcher, record)
     return record

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import attrs
 
-from . import codec, owners, wakes
+from . import codec, logs, owners, wakes
 from .context import ExecutionContext
 from .errors import (
     ExecutionLeasedError,
@@ -27,6 +27,7 @@ from .errors import (
 from .events import ExecutionEvent, ExecutionEventType, ExecutionState
 from .executor import Execution
 from .history import resume_targets
+from .retry import create_retry
 from .secrets import SecretStore
 from .settings import Settings
 from .store import (
@@ -67,6 +68,7 @@ def build_context(record: ExecutionRecord, events: list[StoredEvent]) -> Executi
         decoded,
         parent_id=record.parent_id,
         workflow_version=record.workflow_version,
+        retry_of=record.retry_of,
     )
 
 
@@ -85,12 +87,19 @@ class StoreJournal:
     every later write of this journal raise, so a history never gets a hole. A write that ends
     the run (a state other than RUNNING) releases the lease with it."""
 
-    __slots__ = ("store", "execution_id", "expect", "held", "tickets", "wrote")
+    __slots__ = ("store", "execution_id", "expect", "held", "tickets", "wrote", "log_sink")
 
     def __init__(
-        self, store: Store, execution_id: str, epoch: int, held: list[StoredEvent] | None = None
+        self,
+        store: Store,
+        execution_id: str,
+        epoch: int,
+        held: list[StoredEvent] | None = None,
+        log_sink: logs.LogSink | None = None,
     ):
         self.store = store
+        #: the run's task log lines are written before the write that ends (or suspends) it
+        self.log_sink = log_sink
         self.execution_id = execution_id
         self.expect = {"lease_epoch": epoch}
         self.held = held or []
@@ -137,6 +146,10 @@ class StoreJournal:
         update: dict[str, Any] | None = None,
         signals: tuple[int, ...] = (),
     ) -> None:
+        sink = self.log_sink
+        if sink is not None and update and sink.has(self.execution_id):
+            if update.get("state", ExecutionState.RUNNING) != ExecutionState.RUNNING:
+                await sink.flush(self.execution_id)
         await self.store.commit(self._write(events, update, signals))
         self._check()
 
@@ -202,6 +215,13 @@ class Engine:
         self._leases: dict[str, _Lease] = {}
         self._kick: anyio.Event | None = None  # set when a run starts (see watch)
         self._leased: anyio.Event | None = None  # set when a lease is taken (see heartbeat)
+        #: what task bodies print and log, until it is written (see flux.runtime.logs)
+        self.log_sink = logs.LogSink(
+            self._write_logs,
+            limit=settings.log_limit,
+            line_limit=settings.log_line_limit,
+            echo=settings.log_echo,
+        )
         #: workflows this engine has run or was given (by name), for waking executions
         self.workflows: dict[str, workflow] = {}
         #: set when something may have become due (a signal sent here); see serve_due
@@ -241,6 +261,40 @@ class Engine:
 
     async def send_signal_from(self, target: str, topic: str, data: bytes, key: str) -> None:
         await wakes.accept(self, target, topic, data, key)
+
+    async def _write_logs(
+        self, execution_id: str, entries: list, limit: int, cut_lines: int, cut_bytes: int
+    ) -> None:
+        await self.store.append_logs(
+            execution_id, entries, limit=limit, cut_lines=cut_lines, cut_bytes=cut_bytes
+        )
+
+    async def logs(
+        self,
+        execution_id: str,
+        *,
+        after: int = 0,
+        limit: int | None = None,
+        call_id: str | None = None,
+    ) -> list[logs.LogRecord]:
+        """The task log lines of ``execution_id`` after seq ``after`` (at most ``limit``; of
+        ``call_id`` and the calls below it when given), what this engine captured so far
+        included. Raises ExecutionNotFoundError for an unknown execution."""
+        if self.log_sink.has(execution_id):
+            await self.log_sink.flush(execution_id)
+        lines = await self.store.load_logs(execution_id, after, limit, call_id)
+        if not lines and await self.store.get_execution(execution_id) is None:
+            raise ExecutionNotFoundError(execution_id)
+        return lines
+
+    def follow_logs(
+        self, execution_id: str, *, after: int = 0, call_id: str | None = None, **options: Any
+    ) -> AsyncIterator[list[logs.LogRecord] | None]:
+        """The task log lines of ``execution_id`` as they are stored, in pages, until it ends
+        or pauses (see :func:`flux.runtime.log_reader.follow_logs`)."""
+        from .log_reader import follow_logs
+
+        return follow_logs(self.store, execution_id, after=after, call_id=call_id, **options)
 
     async def ensure_lease(self, execution: Execution) -> None:
         """Renew the lease of ``execution`` first if it is getting old (half its ttl gone by
@@ -329,7 +383,9 @@ class Engine:
         record = await self.store.get_execution(execution_id)
         if record is None:
             raise ExecutionNotFoundError(execution_id)
-        return build_context(record, await self.store.load_events(execution_id))
+        ctx = build_context(record, await self.store.load_events(execution_id))
+        ctx.retried_by = await self.store.retries_of(execution_id)
+        return ctx
 
     async def run(
         self,
@@ -457,7 +513,7 @@ class Engine:
         self._leases[eid] = _Lease(epoch, expires, began)
         if self._leased is not None:
             self._leased.set()
-        journal = StoreJournal(self.store, eid, epoch, held)
+        journal = StoreJournal(self.store, eid, epoch, held, self.log_sink)
         journal.tickets.extend(tickets)  # a refused creation stops the run at its next write
         execution = Execution(wf, ctx, journal, self, clock=self.clock)
         execution.resume_value = resume_value
@@ -471,6 +527,9 @@ class Engine:
         finally:
             self._running.pop(eid, None)
             self._leases.pop(eid, None)
+            if self.log_sink.has(eid):  # the run's last lines are stored when it returns
+                with anyio.CancelScope(shield=True):
+                    await self.log_sink.flush(eid, forget=True)
 
     async def _after_stop(
         self,
@@ -617,6 +676,30 @@ class Engine:
         (for signals sent by other processes), whichever comes first."""
         await wakes.serve_due(self, workflows, poll)
 
+    async def retry(
+        self, execution_id: str, wf: workflow | None = None, *, wait: bool | float = False
+    ) -> ExecutionContext:
+        """Retry the FAILED execution ``execution_id``: a new execution (new id, ``retry_of``
+        it) whose history is the original's up to its first failure (flux.runtime.retry).
+        With ``wf`` (the workflow, fixed or not), run it now: completed calls replay, the
+        failed one runs again; the result is returned. Without, return it SCHEDULED, for
+        ``engine.run(wf, execution_id=...)`` (or ``flux run FILE --execution-id``) to run.
+
+        ExecutionNotFoundError for an unknown id; ExecutionConflictError if it did not fail or
+        a retry of it is live."""
+        if wf is not None:
+            record = await self.store.get_execution(execution_id)
+            if record is not None and record.workflow_name != wf.name:
+                raise WorkflowError(
+                    f"execution {execution_id} belongs to workflow "
+                    f"{record.workflow_name!r}, not {wf.name!r}"
+                )
+        plan = await create_retry(self.store, execution_id, clock=self.clock)
+        new_id = plan.records[0].execution_id
+        if wf is None:
+            return await self.get(new_id)
+        return await self.run(wf, execution_id=new_id, wait=wait)
+
     async def cancel(self, execution_id: str) -> ExecutionContext:
         """Cancel a running (in this engine) or paused/queued execution."""
         running = self._running.get(execution_id)
@@ -709,6 +792,7 @@ async def open_engine(
     engine = Engine(
         opened, settings, SecretStore(opened, settings), clock=clock, cancel_poll=cancel_poll
     )
+    logs.install()
     try:
         if cancel_poll is None:
             yield engine
@@ -717,6 +801,7 @@ async def open_engine(
             async with anyio.create_task_group() as tg:
                 tg.start_soon(engine.watch)
                 tg.start_soon(engine.heartbeat)
+                tg.start_soon(engine.log_sink.serve)
                 try:
                     yield engine
                 finally:
@@ -727,5 +812,7 @@ async def open_engine(
                 raise group.exceptions[0] from None
             raise
     finally:
+        logs.uninstall()
         with anyio.CancelScope(shield=True):
+            await engine.log_sink.flush()
             await opened.aclose()

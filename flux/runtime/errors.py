@@ -169,6 +169,18 @@ class ExecutionLeasedError(WorkflowError):
         self.expires_at = expires_at
 
 
+class ExecutionConflictError(WorkflowError):
+    """The execution is not in a state that allows what was asked (resuming one that is not
+    paused, retrying one that did not fail, or one whose retry is live, a signal to one that has
+    finished); the HTTP API answers 409. ``state`` is the execution's state, ``retried_by`` the
+    retry that stands in the way."""
+
+    def __init__(self, message: str, *, state: str | None = None, retried_by: str | None = None):
+        super().__init__(message)
+        self.state = state
+        self.retried_by = retried_by
+
+
 class ExecutionStopped(BaseException):  # noqa: N818 - a control-flow signal, like Cancelled
     """Raised inside a workflow at the call that found its run must stop (see
     :class:`StoppedError`); the run's scope is cancelled at the same time. Not an
@@ -190,16 +202,6 @@ class StoreError(FluxError):
 
 class ExecutionCancelledError(ExecutionError):
     """Raised to code awaiting an execution that was cancelled."""
-
-
-class ExecutionConflictError(WorkflowError):
-    """The execution is not in a state that allows what was asked (resuming one that is not
-    paused, a signal to one that has finished); the HTTP API answers 409. ``state`` is the
-    state it is in, when known."""
-
-    def __init__(self, message: str, state: str | None = None):
-        super().__init__(message)
-        self.state = state
 
 
 class SignalTimeoutError(ExecutionTimeoutError):

@@ -35,6 +35,7 @@ from flux.runtime.records import (
     StoredEvent,
     WorkflowRecord,
 )
+from flux.runtime.store_logs import LOG_COLUMNS, TOTALS_COLUMNS, LogRecord, LogTotals
 
 __all__ = [
     "TABLES",
@@ -60,6 +61,8 @@ class Table:
     key: tuple[str, ...] | None
     #: How the CLI names its rows: (one, several).
     nouns: tuple[str, str]
+    #: Named in a copy's summary (bookkeeping tables are not).
+    shown: bool = True
 
     def noun(self, count: int) -> str:
         return f"{count} {self.nouns[0] if count == 1 else self.nouns[1]}"
@@ -88,6 +91,15 @@ _TABLES = (
         tuple(a.name for a in attrs.fields(CacheRecord)),
         ("key",),
         ("cache entry", "cache entries"),
+    ),
+    Table("logs", LogRecord, LOG_COLUMNS, ("execution_id", "seq"), ("log line", "log lines")),
+    Table(
+        "log_totals",
+        LogTotals,
+        TOTALS_COLUMNS,
+        ("execution_id",),
+        ("log total", "log totals"),
+        shown=False,
     ),
     Table(
         "signals",

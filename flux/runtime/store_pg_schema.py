@@ -99,6 +99,23 @@ def _migrate_1(conn: Any) -> None:
     )
 
 
+def _migrate_task_logs(conn: Any) -> None:
+    """task logs"""
+    from flux.runtime.store_logs import POSTGRES_SCHEMA
+
+    conn.execute(POSTGRES_SCHEMA)
+
+
+def _migrate_retry_of(conn: Any) -> None:
+    """executions.retry_of: the failed execution a retry was made from"""
+    conn.execute(
+        """
+        ALTER TABLE executions ADD COLUMN retry_of TEXT;
+        CREATE INDEX executions_retry_of ON executions (retry_of, created_at, row_id);
+        """
+    )
+
+
 def _migrate_signals(conn: Any) -> None:
     """signal queue"""
     conn.execute(
@@ -121,7 +138,12 @@ def _migrate_signals(conn: Any) -> None:
 #: Migration ``i`` (0-based) brings a database from schema version ``i`` to ``i + 1``; version 0
 #: is an empty database. Append, never edit: all that are due run in the opening transaction,
 #: and each is recorded in ``flux_migrations`` (its docstring's first line is its name).
-MIGRATIONS: tuple[Callable[[Any], None], ...] = (_migrate_1, _migrate_signals)
+MIGRATIONS: tuple[Callable[[Any], None], ...] = (
+    _migrate_1,
+    _migrate_task_logs,
+    _migrate_retry_of,
+    _migrate_signals,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _VERSION_KEY = "schema_version"

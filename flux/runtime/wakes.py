@@ -46,7 +46,7 @@ async def accept(
     if record is None:
         raise ExecutionConflictError(
             f"execution {execution_id!r} is {state.value}: a finished execution takes no signals",
-            state.value,
+            state=state.value,
         )
     running = engine._running.get(execution_id)
     if running is not None:
