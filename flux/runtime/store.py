@@ -32,7 +32,7 @@ import anyio
 import attrs
 import sqlite_utils
 
-from flux.runtime import store_bulk, store_logs, store_signals
+from flux.runtime import store_bulk, store_leases, store_logs, store_signals
 from flux.runtime.errors import StoreError, StoreUnavailableError
 from flux.runtime.events import ExecutionState
 from flux.runtime.group_commit import GroupCommit, _Pending
@@ -172,6 +172,18 @@ def _migrate_retry_of(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX executions_retry_of ON executions (retry_of)")
 
 
+def _migrate_lease_indexes(db: sqlite_utils.Database) -> None:
+    """indexes for due timers and expired leases"""
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS executions_wake_at ON executions (wake_at) "
+        "WHERE wake_at IS NOT NULL"
+    )
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS executions_lease_expires_at "
+        "ON executions (lease_expires_at) WHERE lease_expires_at IS NOT NULL"
+    )
+
+
 def _migrate_signals(db: sqlite_utils.Database) -> None:
     """The signal queue (flux.runtime.signals): accepted signals, kept once delivered so that a
     keyed send is never stored twice."""
@@ -190,6 +202,7 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_1,
     _migrate_task_logs,
     _migrate_retry_of,
+    _migrate_lease_indexes,
     _migrate_signals,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -656,6 +669,28 @@ class Store:
             return []
         return await self._run_retrying(_renew, list(leases), owner, expires_at)
 
+    async def reserve_due(
+        self, *, owner: str, now: float, expires_at: float, limit: int = 100
+    ) -> list[ExecutionRecord]:
+        """Reserve for server ``owner`` the executions due at ``now`` (a durable sleep due, a
+        lease expired), at most ``limit``, in one ``BEGIN IMMEDIATE`` transaction; see
+        :mod:`flux.runtime.store_leases`."""
+        return await self._run_retrying(_reserve_due, owner, now, expires_at, limit)
+
+    async def ready_executions(self, *, now: float, limit: int = 100) -> list[ExecutionRecord]:
+        """Queued executions with no wake time and no live lease, oldest first."""
+        return await self._run(store_leases.ready_executions, "?", now, limit)
+
+    #: SQLite has no notifications: one server per file, whose wake-ups stay in its process.
+    shared = False
+
+    async def notify(self, payloads: Sequence[str]) -> None:
+        """Nothing to do: no other server listens to a SQLite file."""
+
+    async def listen(self, deliver: Callable[[list[str]], None]) -> None:
+        """Never delivers anything (see :meth:`notify`); returns when cancelled."""
+        await anyio.sleep_forever()
+
     # -- executions and events --------------------------------------------------------------------
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
@@ -946,6 +981,20 @@ def _renew(
                 lost.append(execution_id)
         conn.execute("COMMIT")
         return lost
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _reserve_due(
+    conn: sqlite3.Connection, owner: str, now: float, expires_at: float, limit: int
+) -> list[ExecutionRecord]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        out = store_leases.reserve_due(conn, "?", owner, now, expires_at, limit, False)
+        conn.execute("COMMIT")
+        return out
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")

@@ -125,8 +125,41 @@ class StoreAPI(Protocol):
     async def renew_leases(
         self, leases: Sequence[tuple[str, int]], *, owner: str, expires_at: float
     ) -> list[str]:
-        """Extend ``owner``'s leases ``(execution_id, epoch)`` to ``expires_at`` in one
-        transaction; return the ids whose lease is no longer ``owner``'s at that epoch."""
+        """Extend ``owner``'s leases ``(execution_id, epoch)`` to ``expires_at`` (SQLite: in one
+        transaction; PostgreSQL: one statement per lease in one round trip, so that a renewal
+        never deadlocks with writes); return the ids whose lease is no longer ``owner``'s at
+        that epoch."""
+        ...
+
+    async def reserve_due(
+        self, *, owner: str, now: float, expires_at: float, limit: int = 100
+    ) -> list[ExecutionRecord]:
+        """Take, for server ``owner`` (a reservation owner, ``"<server id>/"``), up to ``limit``
+        executions due at ``now``: a durable sleep whose wake time passed, or a lease (of a
+        worker, or another reservation) that expired. One transaction: each is reserved by one
+        caller only, however many poll at once (``FOR UPDATE SKIP LOCKED`` on PostgreSQL); its
+        epoch is bumped, ``lease_owner``/``lease_expires_at`` set to ``owner``/``expires_at``.
+        Returns them as they are now. See :mod:`flux.runtime.store_leases`."""
+        ...
+
+    async def ready_executions(self, *, now: float, limit: int = 100) -> list[ExecutionRecord]:
+        """Up to ``limit`` CREATED or SCHEDULED executions with no wake time and no live lease
+        at ``now``, least recently updated first."""
+        ...
+
+    #: True when several servers may serve this database at once (PostgreSQL): they then
+    #: coordinate through :meth:`notify` and :meth:`listen`.
+    shared: bool
+
+    async def notify(self, payloads: Sequence[str]) -> None:
+        """Wake the other processes :meth:`listen`-ing on this database with ``payloads``
+        (short strings); a no-op where nobody else can listen (SQLite)."""
+        ...
+
+    async def listen(self, deliver: Callable[[list[str]], None]) -> None:
+        """Call ``deliver(payloads)`` on the event loop with what :meth:`notify` sends, until
+        cancelled; ``["*"]`` whenever listening (re)starts (anything may have been missed).
+        Never returns on SQLite."""
         ...
 
     async def commit(self, *writes: Write) -> None:

@@ -30,7 +30,14 @@ from typing import Any, TypeVar
 
 import anyio
 
-from flux.runtime import store_bulk, store_logs, store_pg_lease, store_signals
+from flux.runtime import (
+    store_bulk,
+    store_leases,
+    store_logs,
+    store_pg_lease,
+    store_pg_notify,
+    store_signals,
+)
 from flux.runtime.errors import StoreError
 from flux.runtime.events import ExecutionState
 from flux.runtime.group_commit import GroupCommit
@@ -337,10 +344,46 @@ class PostgresStore:
     async def renew_leases(
         self, leases: Sequence[tuple[str, int]], *, owner: str, expires_at: float
     ) -> list[str]:
-        """Extend ``owner``'s leases ``(execution_id, epoch)``; returns the ids it lost."""
+        """Extend ``owner``'s leases ``(execution_id, epoch)``; returns the ids it lost. Each
+        lease is its own statement (one round trip for all): a renewal never deadlocks with
+        writes of the same executions."""
         if not leases:
             return []
-        return await self._transaction(store_pg_lease.renew, list(leases), owner, expires_at)
+        return await self._run(store_pg_lease.renew, list(leases), owner, expires_at)
+
+    async def reserve_due(
+        self, *, owner: str, now: float, expires_at: float, limit: int = 100
+    ) -> list[ExecutionRecord]:
+        """Reserve for server ``owner`` the executions due at ``now`` (a durable sleep due, a
+        lease expired), at most ``limit``, in one transaction with ``FOR UPDATE SKIP LOCKED``:
+        servers polling at once take different rows; see :mod:`flux.runtime.store_leases`."""
+        return await self._transaction(
+            store_leases.reserve_due, "%s", owner, now, expires_at, limit, True
+        )
+
+    async def ready_executions(self, *, now: float, limit: int = 100) -> list[ExecutionRecord]:
+        """Queued executions with no wake time and no live lease, oldest first."""
+        return await self._run(store_leases.ready_executions, "%s", now, limit, retry=True)
+
+    #: Several servers may serve one PostgreSQL database: they wake each other with
+    #: LISTEN/NOTIFY (:meth:`notify`, :meth:`listen`).
+    shared = True
+
+    async def notify(self, payloads: Sequence[str]) -> None:
+        """Send each payload (< 8000 bytes) to every process in :meth:`listen` on this
+        database, in one round trip (``pg_notify``; delivered once this call commits)."""
+        if payloads:
+            await self._run(store_pg_notify.notify, list(payloads))
+
+    async def listen(self, deliver: Callable[[list[str]], None]) -> None:
+        """Hand the payloads sent by :meth:`notify` (of any process, this one included) to
+        ``deliver`` on the event loop, in batches, until cancelled. A dedicated connection
+        (not one of the pool's); when it breaks it reconnects, and ``deliver(["*"])`` says so
+        each time it (re)starts listening: what was sent meanwhile was lost."""
+        await self._run(_noop)  # connect and migrate first: a bad URL fails here
+        await store_pg_notify.listen(
+            self._conninfo, self._connection_kwargs(), deliver, self.location, self._password
+        )
 
     async def commit(self, *writes: Write) -> None:
         """Store ``writes`` and return once they are durably committed (see

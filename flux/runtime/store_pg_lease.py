@@ -78,14 +78,18 @@ def claim(
 
 
 def renew(conn: Any, leases: list[tuple[str, int]], owner: str, expires_at: float) -> list[str]:
-    """See ``Store.renew_leases``; runs inside one transaction."""
-    lost = []
-    for execution_id, epoch in leases:
-        cursor = conn.execute(
-            "UPDATE executions SET lease_expires_at = %s WHERE execution_id = %s "
-            "AND lease_epoch = %s AND lease_owner = %s",
-            (expires_at, execution_id, epoch, owner),
-        )
-        if cursor.rowcount == 0:
-            lost.append(execution_id)
-    return lost
+    """See ``Store.renew_leases``; on a connection in autocommit mode, one statement (its own
+    transaction) per lease, pipelined into one round trip: a renewal never holds one row's lock
+    while it waits for another's, so it cannot deadlock with a batch of writes locking the same
+    rows in another order. Leases are taken in id order."""
+    ordered = sorted(leases)
+    with conn.pipeline():
+        cursors = [
+            conn.execute(
+                "UPDATE executions SET lease_expires_at = %s WHERE execution_id = %s "
+                "AND lease_epoch = %s AND lease_owner = %s",
+                (expires_at, execution_id, epoch, owner),
+            )
+            for execution_id, epoch in ordered
+        ]
+    return [eid for (eid, _), cursor in zip(ordered, cursors, strict=True) if cursor.rowcount == 0]

@@ -116,6 +116,18 @@ def _migrate_retry_of(conn: Any) -> None:
     )
 
 
+def _migrate_lease_indexes(conn: Any) -> None:
+    """indexes for due timers and expired leases"""
+    conn.execute(
+        """
+        CREATE INDEX IF NOT EXISTS executions_wake_at ON executions (wake_at)
+            WHERE wake_at IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS executions_lease_expires_at ON executions (lease_expires_at)
+            WHERE lease_expires_at IS NOT NULL;
+        """
+    )
+
+
 def _migrate_signals(conn: Any) -> None:
     """signal queue"""
     conn.execute(
@@ -142,6 +154,7 @@ MIGRATIONS: tuple[Callable[[Any], None], ...] = (
     _migrate_1,
     _migrate_task_logs,
     _migrate_retry_of,
+    _migrate_lease_indexes,
     _migrate_signals,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
