@@ -161,6 +161,16 @@ def _finish(ctx: ExecutionContext, resume_hint: str | None = None, quiet: bool =
         return
     if ctx.state is ExecutionState.CANCELLED:
         _fail(f"workflow {ctx.workflow_name} was cancelled", 2)
+    if ctx.state is ExecutionState.SCHEDULED and resume_hint:
+        from .runtime.signals import waiting_topics_of
+
+        for topic in sorted(waiting_topics_of(ctx.events)):
+            click.echo(
+                f"waiting for a signal on {topic!r}; send it with: flux executions signal "
+                f"{ctx.execution_id} {topic} [VALUE], then continue with: "
+                f"{resume_hint.removesuffix(' [VALUE]')}",
+                err=True,
+            )
 
 
 # ---------------------------------------------------------------------------- executions
@@ -302,6 +312,39 @@ async def executions_cancel(
         _fail(f"execution {execution_id} already finished ({state}): nothing to cancel")
     else:
         click.echo(f"execution {execution_id}: cancel requested (state {state})")
+
+
+@executions.command("signal")
+@click.argument("execution_id")
+@click.argument("topic")
+@click.argument("value", required=False)
+@server_option
+@local_store_options
+@flux_errors
+async def executions_signal(
+    execution_id: str,
+    topic: str,
+    value: str | None,
+    server_url: str | None,
+    token: str | None,
+    settings: Settings,
+) -> None:
+    """Send a signal: VALUE (JSON, default null) goes to the execution's next receive(TOPIC)."""
+    data = _json_arg(value, "VALUE")
+    data = None if data is MISSING else data
+    if server_url:
+        async with _remote_client(server_url, token) as client:
+            sent = await client.send_signal(execution_id, topic, data)
+        signal_id, state = sent.get("signal_id"), sent.get("state")
+    else:
+        from .runtime.engine import open_engine
+
+        _existing_store(settings, execution_id)
+        async with open_engine(settings, cancel_poll=None) as engine:
+            record = await engine.send_signal(execution_id, topic, data)
+            signal_id = record.id
+            state = (await engine.store.get_execution(execution_id)).state.value
+    click.echo(f"execution {execution_id}: signal {topic!r} queued (#{signal_id}, state {state})")
 
 
 @executions.command("follow")

@@ -6,6 +6,8 @@ from .runtime.builtins import pause as pause
 from .runtime.builtins import randint as randint
 from .runtime.builtins import random as random
 from .runtime.builtins import randrange as randrange
+from .runtime.builtins import receive as receive
+from .runtime.builtins import send_signal as send_signal
 from .runtime.builtins import sleep as sleep
 from .runtime.builtins import uuid4 as uuid4
 from .runtime.graph import Graph as Graph
@@ -28,6 +30,8 @@ __all__ = [
     "randint",
     "random",
     "randrange",
+    "receive",
+    "send_signal",
     "sleep",
     "uuid4",
 ]

@@ -33,6 +33,8 @@ EXPECTED = {
     "api_models.py": "the answer matches its OpenAPI schema: True",
     "retry_failed.py": "retry: COMPLETED ['reserved lamp', 'charged 42 EUR', 'shipped to Grace'], "
     "ran ['charge', 'ship']",
+    "approval_signals.py": "COMPLETED EXP-8 escalated: no decision in 2 days",
+    "test_with_flux_testing.py": "flux.testing example: all tests passed",
 }
 
 SCRIPTS = sorted(

@@ -38,6 +38,9 @@ from flux.net.protocol import (
     SecretsRequest,
     ServerSession,
     SessionState,
+    SignalSend,
+    SignalSent,
+    SignalsQueued,
     Welcome,
     WorkerSession,
     from_frame,
@@ -96,6 +99,12 @@ LOGS = p.Logs(
     cut_lines=2,
     cut_bytes=40,
 )
+SIGNAL_SEND = SignalSend(
+    execution_id="ex-1", epoch=3, request_id=11, target="ex-2", topic="go", value=b"\x01",
+    key="ex-1/send_signal#0",
+)
+SIGNAL_SENT = SignalSent(request_id=11, error="conflict", detail="ex-2 is COMPLETED")
+SIGNALS_QUEUED = SignalsQueued(execution_id="ex-1", epoch=3, signals=[[4, "go", b"\xc0"]])
 ERROR = Error(code="bad-field", detail="something was wrong")
 
 SAMPLES = [
@@ -115,6 +124,9 @@ SAMPLES = [
     CACHE_VALUE,
     CACHE_PUT,
     LOGS,
+    SIGNAL_SEND,
+    SIGNAL_SENT,
+    SIGNALS_QUEUED,
     ERROR,
 ]
 WORKER_SENDS = [m for m in SAMPLES if m.SENDER is Role.WORKER and not isinstance(m, Hello)]

@@ -1327,7 +1327,7 @@ async def test_random_batches_give_the_same_outcomes_on_every_path(
 
 def _bulk_rows():
     """One record of every kind and shape a table holds (NULLs, flags, leases, equal times)."""
-    from flux.runtime.records import CacheRecord, SecretRecord
+    from flux.runtime.records import CacheRecord, SecretRecord, SignalRecord
 
     executions = [
         record("zz-first", created_at=5.0, updated_at=6.0),
@@ -1366,6 +1366,10 @@ def _bulk_rows():
         LogRecord("zz-first", 1, "t#0/u#1", 2, "ERROR", "app", 6.0, ""),
     ]
     totals = [LogTotals("aa-second", 2, 7, 3, 90, 2), LogTotals("zz-first", 1, 0, 0, 0, None)]
+    signals = [
+        SignalRecord(3, "aa-second", "go", b"\x01", 5.0),
+        SignalRecord(9, "aa-second", "go", b"\x02", 6.0, "aa/send_signal#0", 7.0),
+    ]
     return {
         "logs": logs,
         "log_totals": totals,
@@ -1374,6 +1378,7 @@ def _bulk_rows():
         "events": events,
         "secrets": secrets,
         "cache": cache,
+        "signals": signals,
     }
 
 

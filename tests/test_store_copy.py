@@ -75,6 +75,7 @@ async def fill_sqlite(path: str, key_file: str) -> str:
         await engine.store.save_workflow("order_flow", "source v1", "h1")
         await engine.store.save_workflow("order_flow", "source v2", "h2")
         await engine.store.cache_put("expired", b"\xc0", expires_at=1.0)
+        await engine.send_signal(paused.execution_id, "note", {"queued": True}, key="k1")
         return paused.execution_id
 
 
@@ -111,6 +112,10 @@ async def test_copied_store_resumes_a_paused_execution(tmp_path, pg_url):
     await copy_store_locations(source, pg_url)
     runs.clear()
     async with open_engine(settings_for(pg_url, key), cancel_poll=None) as engine:
+        queued = await engine.store.pending_signals(paused_id)
+        assert [(s.topic, s.key) for s in queued] == [("note", "k1")]  # queued signals came too
+        _, fresh = await engine.store.add_signal(paused_id, "note", b"\xc0", 1.0)
+        assert fresh.id > queued[0].id  # numbered after the copied ones
         resumed = await engine.run(order_flow, None, execution_id=paused_id, resume_value="bob")
         assert resumed.state == ExecutionState.COMPLETED
         assert resumed.output == "bob: charged 50 with key sk-"
@@ -230,7 +235,7 @@ def test_example_moves_a_paused_execution_to_postgres(tmp_path, pg_url):
     lines = out.stdout.splitlines()
     assert (
         "copied 0 workflow versions, 1 execution, 5 events, 1 secret, 0 cache entries, "
-        "1 log line" in lines
+        "1 log line, 0 signals" in lines
     )
     assert "resumed in the copy: COMPLETED reserved a lamp, approved by Grace" in lines
     assert "secret readable in the copy: tok-1234567890" in lines

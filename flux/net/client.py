@@ -398,6 +398,19 @@ class FluxClient:
         )
         return _parsed(data, Execution, f"execution {execution_id!r}")
 
+    async def send_signal(self, execution_id: str, topic: str, value: Any = None) -> dict[str, Any]:
+        """Send a signal: ``value`` (any JSON value) is queued for the execution's next
+        ``receive(topic)``. Returns ``{execution_id, topic, signal_id, sent_at, state}``; a
+        finished execution is a 409 FluxClientError (its detail names the state), an unknown
+        one a 404."""
+        return await self._request(
+            "POST", f"/executions/{_name(execution_id)}/signals/{_name(topic)}", body=value
+        )
+
+    async def queued_signals(self, execution_id: str) -> list[dict[str, Any]]:
+        """The signals sent to an execution that it has not received yet, oldest first."""
+        return _items(await self._request("GET", f"/executions/{_name(execution_id)}/signals"))
+
     async def get_execution(self, execution_id: str, detailed: bool = False) -> Execution:
         """Any execution's summary by id alone (with its ``events`` when ``detailed``)."""
         data = await self._request(

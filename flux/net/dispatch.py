@@ -65,6 +65,7 @@ from typing import Any
 
 import trio
 
+from flux.net import dispatch_signals
 from flux.net import protocol as p
 from flux.net.dispatch_children import Children
 from flux.net.dispatch_frames import WorkerFrames
@@ -94,6 +95,7 @@ from flux.runtime.errors import (
     WorkflowNotFoundError,
 )
 from flux.runtime.events import ExecutionEventType, ExecutionState
+from flux.runtime.records import SignalRecord
 from flux.runtime.store import ExecutionRecord, StaleWriteError, Store, StoredEvent, Write
 
 __all__ = [
@@ -177,6 +179,9 @@ class Dispatcher(WorkerFrames, Children, Operations, PeerHooks):
         for rec in reversed(queued):  # oldest first
             if rec.wake_at is not None and rec.wake_at > now:
                 self.wake_at(rec.execution_id, rec.wake_at)
+                await dispatch_signals.wake_if_ready(self, rec.execution_id)
+            elif rec.wake_at is None and await dispatch_signals.waits_only_for_signals(self, rec):
+                continue  # a signal submits it
             else:
                 self.submit(rec.execution_id)
         if self.shared:  # other servers' leases: the store says when they expire (Peers)
@@ -442,6 +447,10 @@ class Dispatcher(WorkerFrames, Children, Operations, PeerHooks):
             events = await self.store.load_events(eid)
             seq = events[-1].seq if events else 0
             extra = await self._child_outcomes(rec, events, seq)
+            delivered, signals = await dispatch_signals.grant_deliveries(
+                self, eid, [*events, *extra]
+            )
+            extra += delivered
             source, _ = await self._source(rec.workflow_name, rec.workflow_version)
             epoch = rec.lease_epoch + 1
             if rec.cancel_requested:
@@ -459,6 +468,7 @@ class Dispatcher(WorkerFrames, Children, Operations, PeerHooks):
                     },
                     # the state too: a cancel of the queued execution may have come first
                     expect={"lease_epoch": rec.lease_epoch, "state": rec.state.value},
+                    signals=signals,
                 )
             )
         except Exception as exc:
@@ -591,6 +601,10 @@ class Dispatcher(WorkerFrames, Children, Operations, PeerHooks):
         self._end_lease(lease, Cause.EXPIRED, requeue=True)
 
     # ------------------------------------------------------------------ timers
+
+    async def send_signal(self, execution_id: str, topic: str, data: bytes) -> SignalRecord:
+        """Queue a signal (value already encoded) for an execution; see dispatch_signals."""
+        return await dispatch_signals.accept(self, execution_id, topic, data)
 
     def wake_at(self, execution_id: str, when: float) -> None:
         """Submit ``execution_id`` at wall time ``when``."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+from flux.net import dispatch_signals
 from flux.net.dispatch_types import (
     _SETTLED,
     ExecutionConflictError,
@@ -59,6 +60,8 @@ class Children:
         elif state is S.SCHEDULED:
             # waiting for children: maybe one ended (or paused) while this one was running
             await self._check_waiting(eid)
+            await dispatch_signals.wake_if_ready(self, eid)  # or for a signal that came
+            await dispatch_signals.settle_if_waiting(self, rec)
 
     async def _wake_parent(self, parent_id: str) -> None:
         if parent_id in self._leases or parent_id in self._queued:

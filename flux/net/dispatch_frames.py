@@ -11,8 +11,8 @@ from typing import Any
 import attrs
 import trio
 
+from flux.net import dispatch_signals, task_logs
 from flux.net import protocol as p
-from flux.net import task_logs
 from flux.net.dispatch_types import (
     _TERMINAL_EVENTS,
     WorkerLink,
@@ -93,6 +93,10 @@ class WorkerFrames:
                         msg = attrs.evolve(msg, value=masked)
                 assert self._nursery is not None
                 self._nursery.start_soon(self._cache, link, msg)
+        elif isinstance(msg, p.SignalSend):
+            lease = await self._current(link, msg.execution_id, msg.epoch)
+            assert self._nursery is not None
+            self._nursery.start_soon(dispatch_signals.from_worker, self, link, msg, lease)
         elif isinstance(msg, p.Logs):
             await task_logs.receive(self, link, msg)
         else:  # pragma: no cover - the session state machine lets nothing else through
@@ -189,7 +193,13 @@ class WorkerFrames:
         if ending:
             assert update is not None
             update.update(lease_owner=None, lease_expires_at=None)
-        write = Write(eid, events, update=update, expect={"lease_epoch": lease.epoch})
+        write = Write(
+            eid,
+            events,
+            update=update,
+            expect={"lease_epoch": lease.epoch},
+            signals=msg.signals or (),
+        )
         try:
             await self._commit(write)
         except StaleWriteError as exc:
@@ -250,6 +260,8 @@ class WorkerFrames:
         elif msg.reason == "sleeping":
             assert msg.wake_at is not None
             self.wake_at(eid, msg.wake_at)
+            await dispatch_signals.wake_if_ready(self, eid)  # a signal came while it ran
+            await dispatch_signals.settle_if_waiting(self, lease.record)
         else:
             await self._after_end(lease.record, S.PAUSED)
 

@@ -104,6 +104,9 @@ __all__ = [
     "CacheGet",
     "CachePut",
     "CacheValue",
+    "SignalSend",
+    "SignalSent",
+    "SignalsQueued",
     "Cancel",
     "CloseCode",
     "Complete",
@@ -576,7 +579,10 @@ class Lease(_MessageBase):
 
 @attrs.frozen(kw_only=True)
 class Events(_MessageBase):
-    """W->S: events to append (batch ``batch`` of this worker), and the new state if it changed."""
+    """W->S: events to append (batch ``batch`` of this worker), and the new state if it changed.
+    ``signals`` (absent or None: none): ids of queued signals these events deliver (see
+    SignalsQueued);
+    the write is refused whole if one was delivered already."""
 
     TYPE: ClassVar[str] = "events"
     SENDER: ClassVar[Role | None] = Role.WORKER
@@ -586,6 +592,9 @@ class Events(_MessageBase):
     batch: int = _field(_int(0))
     events: list[dict[str, Any]] = _field(_list_of(_event))
     state: str | None = _field(_optional(_EXECUTION_STATE), default=None)
+    signals: list[int] | None = _field(
+        _optional(_list_of(_int(0))), optional=True, default=None
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -733,6 +742,60 @@ class CacheValue(_MessageBase):
     value: bytes | None = _field(_optional(_bytes()), repr=lambda v: _hide_bytes(v))
 
 
+def _queued_signal(value: Any, path: str) -> list[Any]:
+    """One ``[id, topic, value]`` of SignalsQueued."""
+    if not isinstance(value, list | tuple) or len(value) != 3:
+        raise _Invalid(path, f"must be [id, topic, value], got {_kind(value)}")
+    return [_int(0)(value[0], f"{path}[0]"), _str(value[1], f"{path}[1]"),
+            _bytes()(value[2], f"{path}[2]")]
+
+
+@attrs.frozen(kw_only=True)
+class SignalsQueued(_MessageBase):
+    """S->W: signals were queued for an execution this worker holds (``epoch``): each
+    ``[id, topic, value]`` (value codec-encoded). A receive waiting in the run takes one by
+    recording its delivery with the id in its ``events`` batch (``signals``). Not answered."""
+
+    TYPE: ClassVar[str] = "signals_queued"
+    SENDER: ClassVar[Role | None] = Role.SERVER
+
+    execution_id: str = _field(_str)
+    epoch: int = _field(_EPOCH)
+    signals: list[list[Any]] = _field(_list_of(lambda v, path: _queued_signal(v, path)))
+
+
+@attrs.frozen(kw_only=True)
+class SignalSend(_MessageBase):
+    """W->S: a workflow's ``send_signal`` (call ``key``, which makes it idempotent): queue the
+    codec-encoded ``value`` on ``topic`` for execution ``target``. Answered by
+    SignalSent(request_id)."""
+
+    TYPE: ClassVar[str] = "signal_send"
+    SENDER: ClassVar[Role | None] = Role.WORKER
+
+    execution_id: str = _field(_str)
+    epoch: int = _field(_EPOCH)
+    request_id: int = _field(_int(0))
+    target: str = _field(_str)
+    topic: str = _field(_str)
+    value: bytes = _field(_bytes(), repr=lambda v: _hide_bytes(v))
+    key: str = _field(_str)
+
+
+@attrs.frozen(kw_only=True)
+class SignalSent(_MessageBase):
+    """S->W: the answer to SignalSend ``request_id``: ``error`` None when the signal is queued,
+    else ``not-found`` (no such execution), ``conflict`` (it has finished), ``bad-topic`` or
+    ``refused`` (the lease is not current), with ``detail`` for a human."""
+
+    TYPE: ClassVar[str] = "signal_sent"
+    SENDER: ClassVar[Role | None] = Role.SERVER
+
+    request_id: int = _field(_int(0))
+    error: str | None = _field(_optional(_str), default=None)
+    detail: str = _field(_str, default="")
+
+
 @attrs.frozen(kw_only=True)
 class CachePut(_MessageBase):
     """W->S: store the codec-encoded ``value`` of a cached task under ``key`` for ``ttl``
@@ -816,6 +879,9 @@ Message: TypeAlias = (
     | CacheValue
     | CachePut
     | Logs
+    | SignalSend
+    | SignalSent
+    | SignalsQueued
     | Error
 )
 
@@ -840,6 +906,9 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
             CacheValue,
             CachePut,
             Logs,
+            SignalSend,
+            SignalSent,
+            SignalsQueued,
             Error,
         )
     }
@@ -1074,6 +1143,9 @@ TRANSITIONS: Mapping[Role, Mapping[SessionState, _Table]] = MappingProxyType(
                         (SEND, Cancel): _S.READY,
                         (SEND, Secrets): _S.READY,
                         (SEND, CacheValue): _S.READY,
+                        (SEND, SignalSent): _S.READY,
+                        (SEND, SignalsQueued): _S.READY,
+                        (RECEIVE, SignalSend): _S.READY,
                         (RECEIVE, Events): _S.READY,
                         (RECEIVE, Heartbeat): _S.READY,
                         (RECEIVE, Release): _S.READY,
@@ -1102,6 +1174,9 @@ TRANSITIONS: Mapping[Role, Mapping[SessionState, _Table]] = MappingProxyType(
                         (SEND, CacheGet): _S.READY,
                         (SEND, CachePut): _S.READY,
                         (SEND, Logs): _S.READY,
+                        (SEND, SignalSend): _S.READY,
+                        (RECEIVE, SignalSent): _S.READY,
+                        (RECEIVE, SignalsQueued): _S.READY,
                         (RECEIVE, Lease): _S.READY,
                         (RECEIVE, Ack): _S.READY,
                         (RECEIVE, Reject): _S.READY,

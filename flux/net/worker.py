@@ -50,6 +50,8 @@ from flux.runtime import codec, logs
 from flux.runtime.context import ExecutionContext
 from flux.runtime.engine import decode_event
 from flux.runtime.errors import (
+    ExecutionConflictError,
+    ExecutionNotFoundError,
     FluxError,
     NondeterminismError,
     SecretNotFoundError,
@@ -60,6 +62,7 @@ from flux.runtime.errors import LeaseLostError as RuntimeLeaseLost
 from flux.runtime.events import ExecutionEventType, ExecutionState
 from flux.runtime.executor import Execution
 from flux.runtime.loader import load_source, workflows_in
+from flux.runtime.records import SignalRecord
 from flux.runtime.secrets import redact_encoded
 from flux.runtime.store import StaleWriteError, StoredEvent
 from flux.runtime.workflow import workflow
@@ -192,6 +195,12 @@ class _Run:
         self.cancel_requested = trio.Event()
         #: cancelled when the execution is cancelled while its source is still loading
         self.load_scope = trio.CancelScope()
+        #: signals the server says are queued for this lease (signals_queued), by id
+        self.queued_signals: dict[int, SignalRecord] = {}
+        #: ids this run has delivered (a repeated signals_queued never offers them again)
+        self.taken_signals: set[int] = set()
+        #: ids delivered by the events not yet sent (they go with that batch)
+        self.signals_out: list[int] = []
 
     #: on a worker, user code raising SystemExit, KeyboardInterrupt... fails its execution
     base_exceptions_fail = True
@@ -223,9 +232,33 @@ class _Run:
             self.pending_state = str(update["state"])
         self._poke.set()
 
-    async def commit(self, events: list[StoredEvent], update: dict[str, Any] | None = None) -> None:
+    def signals_queued(self, msg: p.SignalsQueued) -> None:
+        for signal_id, topic, value in msg.signals:
+            if signal_id not in self.taken_signals:
+                record = SignalRecord(signal_id, self.execution_id, topic, value, 0.0)
+                self.queued_signals[signal_id] = record
+        if self.execution is not None:
+            self.execution.signals_arrived()
+
+    async def pending_signals(
+        self, execution: Execution, topic: str | None = None, limit: int | None = None
+    ) -> list[SignalRecord]:
+        queued = sorted(self.queued_signals.values(), key=lambda s: s.id)
+        queued = [s for s in queued if topic is None or s.topic == topic]
+        return queued if limit is None else queued[:limit]
+
+    async def commit(
+        self,
+        events: list[StoredEvent],
+        update: dict[str, Any] | None = None,
+        signals: tuple[int, ...] = (),
+    ) -> None:
         if self.dead is not None:
             raise LeaseLostError(f"execution {self.execution_id}: {self.dead}")
+        for signal_id in signals:
+            self.queued_signals.pop(signal_id, None)
+            self.taken_signals.add(signal_id)
+        self.signals_out.extend(signals)
         state = update.get("state") if update else None
         if state is not None and state not in (S.RUNNING, S.CLAIMED):
             # the lease ends with this write: the run's log lines go first
@@ -272,8 +305,9 @@ class _Run:
                 batch, self.pending = self.pending, []
                 state, self.pending_state = self.pending_state, None
                 waiters, self.waiters = self.waiters, []
+                signals, self.signals_out = self.signals_out, []
                 try:
-                    await self._send_batch(batch, state)
+                    await self._send_batch(batch, state, signals=signals)
                 except Exception as exc:
                     for w in waiters:
                         w.resolve(exc)
@@ -286,10 +320,16 @@ class _Run:
                     w.resolve()
 
     async def _send_batch(
-        self, batch: list[StoredEvent], state: str | None, *, check: bool = True
+        self,
+        batch: list[StoredEvent],
+        state: str | None,
+        *,
+        check: bool = True,
+        signals: list[int] | None = None,
     ) -> None:
         """Send ``batch`` in as many frames as the server's frame limit needs, each after the
-        ack of the one before; ``state`` goes with the last. Secret values are masked first."""
+        ack of the one before; ``state`` and the delivered ``signals`` go with the last. Secret
+        values are masked first."""
         worker = self.worker
         if self._secret_values:
             batch = [self._masked(e) for e in batch]
@@ -313,6 +353,7 @@ class _Run:
                             batch=number,
                             events=[p.event_to_wire(e) for e in part],
                             state=state if i == len(parts) - 1 else None,
+                            signals=list(signals) if signals and i == len(parts) - 1 else None,
                         )
                     )
                 except LeaseLostError as exc:  # no session, or one that takes nothing
@@ -409,6 +450,9 @@ class _Run:
 
     async def cache_get(self, key: str) -> bytes | None:
         return await self.worker.cache_get(self, key)
+
+    async def send_signal_from(self, target: str, topic: str, data: bytes, key: str) -> None:
+        await self.worker.send_signal(self, target, topic, data, key)
 
     @property
     def max_value_size(self) -> int:
@@ -592,6 +636,36 @@ class Worker:
         finally:
             self._cache_waiters.pop(number, None)
         return box[0].value
+
+    async def send_signal(self, run: _Run, target: str, topic: str, data: bytes, key: str) -> None:
+        """A workflow's send_signal, queued by the server (ExecutionNotFoundError or
+        ExecutionConflictError as the server answers)."""
+        number = next(self._requests)
+        waiter = _Pending()
+        box: list[p.SignalSent] = []
+        self._cache_waiters[number] = (waiter, box)  # type: ignore[assignment]
+        try:
+            await self.send(
+                p.SignalSend(
+                    execution_id=run.execution_id,
+                    epoch=run.epoch,
+                    request_id=number,
+                    target=target,
+                    topic=topic,
+                    value=data,
+                    key=key,
+                )
+            )
+            await self.answer(waiter, run, f"a signal to {target}")
+        finally:
+            self._cache_waiters.pop(number, None)
+        answer = box[0]
+        if answer.error == "not-found":
+            raise ExecutionNotFoundError(target)
+        if answer.error == "conflict":
+            raise ExecutionConflictError(answer.detail)
+        if answer.error is not None:
+            raise LeaseLostError(f"execution {run.execution_id}: {answer.detail}")
 
     # ------------------------------------------------------------------ loading workflows
 
@@ -791,7 +865,11 @@ class Worker:
                                 run.cancel_requested.set()
                             elif run is None:  # the lease's task has not started yet
                                 self._cancels[msg.execution_id] = msg.epoch
-                        elif isinstance(msg, p.Secrets | p.CacheValue):
+                        elif isinstance(msg, p.SignalsQueued):
+                            run = self.runs.get(msg.execution_id)
+                            if run is not None and run.epoch == msg.epoch:
+                                run.signals_queued(msg)
+                        elif isinstance(msg, p.Secrets | p.CacheValue | p.SignalSent):
                             waiters = (
                                 self._secret_waiters
                                 if isinstance(msg, p.Secrets)

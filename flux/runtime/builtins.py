@@ -13,6 +13,7 @@ import anyio
 from . import frames
 from .errors import WorkflowError
 from .task import task
+from .workflow import MISSING
 
 T = TypeVar("T")
 
@@ -87,3 +88,39 @@ async def pause(name: str = "pause") -> Any:
     if frame is None:
         raise WorkflowError("pause() can only be awaited inside a running workflow")
     return await frame.execution.pause(frame, name)
+
+
+async def receive(
+    topic: str, timeout: float | timedelta | None = None, default: Any = MISSING
+) -> Any:
+    """Wait durably for a signal on ``topic`` and return its value (see flux.runtime.signals).
+
+    A signal already queued is taken at once; else the execution waits, released from its
+    runner when nothing else of it can go on, and is woken by a signal or when ``timeout``
+    (seconds or a timedelta; None: for ever) passes: then this returns ``default`` if given,
+    else raises :class:`~flux.errors.SignalTimeoutError`. Recorded: a replay returns the same."""
+    from .receive import check_receive
+
+    seconds = check_receive(topic, timeout)
+    frame = frames.current()
+    if frame is None:
+        raise WorkflowError("receive() can only be awaited inside a running workflow")
+    return await frame.execution.receive(frame, topic, seconds, default)
+
+
+async def send_signal(execution_id: str, topic: str, value: Any = None) -> None:
+    """Send a signal to another execution from inside a workflow, recorded as a call: it is
+    accepted once, never again on replay (nor after a crash between the send and its record).
+    Raises ExecutionNotFoundError or ExecutionConflictError (finished) as a failed call."""
+    from .signals import check_topic
+
+    if not isinstance(execution_id, str) or not execution_id:
+        raise TypeError(f"send_signal() takes an execution id string, got {execution_id!r}")
+    check_topic(topic)
+    frame = frames.current()
+    if frame is None:
+        raise WorkflowError(
+            "send_signal() from flux.tasks is for workflows; elsewhere use "
+            "engine.send_signal() or client.send_signal()"
+        )
+    await frame.execution.send_signal(frame, execution_id, topic, value)

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import attrs
 
-from . import codec, logs, owners
+from . import codec, logs, owners, wakes
 from .context import ExecutionContext
 from .errors import (
     ExecutionLeasedError,
@@ -32,6 +32,7 @@ from .secrets import SecretStore
 from .settings import Settings
 from .store import (
     ExecutionRecord,
+    SignalRecord,
     StaleWriteError,
     Store,
     StoredEvent,
@@ -116,7 +117,12 @@ class StoreJournal:
                 raise ticket.error
         self.tickets = open_
 
-    def _write(self, events: list[StoredEvent], update: dict[str, Any] | None) -> Write:
+    def _write(
+        self,
+        events: list[StoredEvent],
+        update: dict[str, Any] | None,
+        signals: tuple[int, ...] = (),
+    ) -> Write:
         self._check()
         if self.held:
             events, self.held = self.held + events, []
@@ -127,17 +133,24 @@ class StoreJournal:
             columns["lease_owner"] = None
             columns["lease_expires_at"] = None
         self.wrote = True
-        return Write(self.execution_id, events, update=columns, expect=self.expect)
+        return Write(
+            self.execution_id, events, update=columns, expect=self.expect, signals=signals
+        )
 
     def enqueue(self, events: list[StoredEvent], update: dict[str, Any] | None = None) -> None:
         self.tickets.extend(self.store.enqueue(self._write(events, update)))
 
-    async def commit(self, events: list[StoredEvent], update: dict[str, Any] | None = None) -> None:
+    async def commit(
+        self,
+        events: list[StoredEvent],
+        update: dict[str, Any] | None = None,
+        signals: tuple[int, ...] = (),
+    ) -> None:
         sink = self.log_sink
         if sink is not None and update and sink.has(self.execution_id):
             if update.get("state", ExecutionState.RUNNING) != ExecutionState.RUNNING:
                 await sink.flush(self.execution_id)
-        await self.store.commit(self._write(events, update))
+        await self.store.commit(self._write(events, update, signals))
         self._check()
 
     def discard(self) -> None:
@@ -209,6 +222,12 @@ class Engine:
             line_limit=settings.log_line_limit,
             echo=settings.log_echo,
         )
+        #: workflows this engine has run or was given (by name), for waking executions
+        self.workflows: dict[str, workflow] = {}
+        #: set when something may have become due (a signal sent here); see serve_due
+        self._due_kick = anyio.Event()
+        #: more things that come due, run by wake_due (see flux.runtime.wakes)
+        self.due_sources: list[Any] = []
 
     # -------------------------------------------------------------- Host services
 
@@ -233,6 +252,15 @@ class Engine:
     ) -> ExecutionContext:
         value, execution.resume_value = execution.resume_value, MISSING
         return await self._run(child, input, child_id, value, execution.ctx.execution_id, wait=True)
+
+    async def pending_signals(
+        self, execution: Execution, topic: str | None = None, limit: int | None = None
+    ) -> list[SignalRecord]:
+        eid = execution.ctx.execution_id
+        return await self.store.pending_signals(eid, topic=topic, limit=limit)
+
+    async def send_signal_from(self, target: str, topic: str, data: bytes, key: str) -> None:
+        await wakes.accept(self, target, topic, data, key)
 
     async def _write_logs(
         self, execution_id: str, entries: list, limit: int, cut_lines: int, cut_bytes: int
@@ -308,6 +336,9 @@ class Engine:
         began = time.monotonic()
         expires = self.clock() + self.lease_ttl
         try:
+            # a run's creation may still be queued (it commits with the first outcome): an
+            # execution row that is not there yet would read as a lease lost
+            await self.store.flush()
             lost = set(await self.store.renew_leases(due, owner=self.owner, expires_at=expires))
         except StoreError as exc:
             log.warning("cannot renew the leases of %d execution(s): %s", len(due), exc)
@@ -393,11 +424,18 @@ class Engine:
             raise ValueError(f"wait must be True, False or seconds >= 0, got {wait!r}")
         limit = None if isinstance(wait, bool) else time.monotonic() + float(wait)
         delay = 0.05
+        self.workflows.setdefault(wf.name, wf)
+        again = 0
         while True:
             try:
-                return await self._run_once(
+                ctx = await self._run_once(
                     wf, input, execution_id, resume_value, parent_id, input_resumes
                 )
+                again += 1
+                if again > 1000 or not await wakes.signal_came(self, ctx):
+                    return ctx  # (past 1000 runs in a row, wake_due takes it on)
+                execution_id, input, resume_value = ctx.execution_id, None, MISSING
+                continue
             except _Busy as busy:
                 if wait is False or (limit is not None and time.monotonic() >= limit):
                     assert execution_id is not None
@@ -554,6 +592,8 @@ class Engine:
                     running = self._running.get(execution_id)
                     if running is not None:
                         running.request_cancel()
+                for running in list(self._running.values()):
+                    running.signals_arrived()  # sent by another process, maybe
 
     def _creation(
         self, wf: workflow, input: Any, execution_id: str, parent_id: str | None, expires: float
@@ -604,6 +644,37 @@ class Engine:
         )
         ctx.state = ExecutionState.CANCELLED
         return ctx
+
+    def register(self, *workflows: workflow) -> None:
+        """Make workflows known to this engine by name, so that :meth:`wake_due` can run their
+        executions (every workflow the engine runs is registered by itself)."""
+        for wf in workflows:
+            self.workflows[wf.name] = wf
+
+    async def send_signal(
+        self, execution_id: str, topic: str, value: Any = None, *, key: str | None = None
+    ) -> SignalRecord:
+        """Queue a signal for ``execution_id`` (see :mod:`flux.runtime.signals`); returns it as
+        stored. A receive running in this engine takes it at once, one in another process
+        within its engine's poll (``cancel_poll``); an execution released while it waits is
+        run by :meth:`wake_due`. Raises ExecutionNotFoundError, ExecutionConflictError
+        (finished), TypeError/ValueError (topic) or SerializationError (value). ``key``: a
+        second send with the same key is not queued again (returns the first)."""
+        return await wakes.send(self, execution_id, topic, value, key)
+
+    async def wake_due(self, workflows: Any = None) -> list[ExecutionContext]:
+        """Run, once each, the released executions that can go on now: a signal queued for one
+        of their receives, or a wake time (sleep, receive timeout) passed by the engine clock.
+        ``workflows`` (an iterable or a name -> workflow mapping) adds to :attr:`workflows`;
+        executions of workflows it does not know are left alone. Returns what the runs came
+        to. The one function every loop that wakes executions calls (see :meth:`serve_due`)."""
+        return await wakes.wake_due(self, workflows)
+
+    async def serve_due(self, workflows: Any = None, *, poll: float = 1.0) -> None:
+        """Wake due executions for ever (a long-running app's loop): :meth:`wake_due`, then
+        wait until the next wake time, a signal sent through this engine, or ``poll`` seconds
+        (for signals sent by other processes), whichever comes first."""
+        await wakes.serve_due(self, workflows, poll)
 
     async def retry(
         self, execution_id: str, wf: workflow | None = None, *, wait: bool | float = False

@@ -171,8 +171,9 @@ class ExecutionLeasedError(WorkflowError):
 
 class ExecutionConflictError(WorkflowError):
     """The execution is not in a state that allows what was asked (resuming one that is not
-    paused, retrying one that did not fail, or one whose retry is live); the HTTP API answers
-    409. ``state`` is the execution's state, ``retried_by`` the retry that stands in the way."""
+    paused, retrying one that did not fail, or one whose retry is live, a signal to one that has
+    finished); the HTTP API answers 409. ``state`` is the execution's state, ``retried_by`` the
+    retry that stands in the way."""
 
     def __init__(self, message: str, *, state: str | None = None, retried_by: str | None = None):
         super().__init__(message)
@@ -203,6 +204,17 @@ class ExecutionCancelledError(ExecutionError):
     """Raised to code awaiting an execution that was cancelled."""
 
 
+class SignalTimeoutError(ExecutionTimeoutError):
+    """``await receive(topic, timeout=...)`` waited ``timeout`` seconds and no signal on
+    ``topic`` came (raised only when no ``default`` was given). A normal failure: the workflow
+    may catch it."""
+
+    def __init__(self, message: str, topic: str | None = None, timeout: float | None = None):
+        super().__init__(message)
+        self.topic = topic
+        self.timeout = timeout
+
+
 __all__ = [
     "ExecutionCancelledError",
     "ExecutionConflictError",
@@ -216,6 +228,7 @@ __all__ = [
     "NondeterminismError",
     "SecretNotFoundError",
     "SerializationError",
+    "SignalTimeoutError",
     "StoppedError",
     "StoreError",
     "StoreUnavailableError",

@@ -60,6 +60,8 @@ class ExecutionEventType(StrEnum):
     #: a Graph began: its shape (nodes with their call ids, edges with their conditions'
     #: names), for the console's DAG. Not a call: replay skips it (flux.runtime.graph)
     GRAPH_STARTED = "GRAPH_STARTED"
+    #: a queued signal delivered to the receive at ``source_id`` (name: the topic)
+    SIGNAL_RECEIVED = "SIGNAL_RECEIVED"
 
     def __str__(self) -> str:
         return self.value

@@ -45,6 +45,7 @@ from .errors import (
 from .events import ExecutionEvent, ExecutionState
 from .events import ExecutionEventType as E
 from .history import CallRecord, index_calls
+from .receive import Receives
 from .replay import Replay
 from .secrets import redact_value
 from .store import StaleWriteError, StoredEvent
@@ -112,7 +113,7 @@ def _wall() -> float:
     return time.time()
 
 
-class Execution(Waits, TaskRuns):
+class Execution(Waits, Receives, TaskRuns):
     """One run of a workflow over a history."""
 
     def __init__(
@@ -285,11 +286,17 @@ class Execution(Waits, TaskRuns):
         await self._write([stored], update)
         return seen
 
-    async def _write(self, events: list[StoredEvent], update: dict | None) -> None:
+    async def _write(
+        self, events: list[StoredEvent], update: dict | None, signals: tuple[int, ...] = ()
+    ) -> None:
+        """Commit ``events`` (and the queued ``signals`` they deliver); a refusal stops the run."""
         eid = self.ctx.execution_id
         with anyio.CancelScope(shield=True):
             try:
-                await self.journal.commit(events, update)
+                if signals:
+                    await self.journal.commit(events, update, signals=signals)  # type: ignore[call-arg]
+                else:
+                    await self.journal.commit(events, update)
                 return
             except StoppedError as e:
                 reason: StoppedError = e

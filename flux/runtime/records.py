@@ -25,6 +25,7 @@ __all__ = [
     "WORKFLOW_COLUMNS",
     "ExecutionRecord",
     "SecretRecord",
+    "SignalRecord",
     "StaleWriteError",
     "StoreStatistics",
     "StoredEvent",
@@ -109,7 +110,24 @@ class CacheRecord:
     expires_at: float | None = None
 
 
-def _tuple(events: Iterable[StoredEvent]) -> tuple[StoredEvent, ...]:
+@attrs.frozen
+class SignalRecord:
+    """One signal accepted for an execution (queued until a ``receive`` takes it), its value
+    still encoded. ``id`` orders the signals of a store in the order they were accepted;
+    ``key`` (None for most) makes a send idempotent: a second signal with the same key to the
+    same execution is not stored (a workflow's ``send_signal`` replayed after a crash)."""
+
+    id: int
+    execution_id: str
+    topic: str
+    value: bytes
+    sent_at: float
+    key: str | None = None
+    #: when a receive took it (None: still queued)
+    delivered_at: float | None = None
+
+
+def _tuple(events: Iterable[Any]) -> tuple[Any, ...]:
     return tuple(events)
 
 
@@ -119,7 +137,10 @@ class Write:
 
     In order: ``expect`` (column values the execution row must have, else
     :class:`StaleWriteError`), ``insert`` (a new execution row), ``update`` (columns to set;
-    ``updated_at`` is set too unless given), ``events`` (appended to the history).
+    ``updated_at`` is set too unless given), ``events`` (appended to the history), then
+    ``signals``: ids of queued signals of this execution that these events deliver, removed
+    from its queue; one already gone (delivered by another write) refuses the whole write with
+    StaleWriteError, so each signal is delivered exactly once.
     """
 
     execution_id: str
@@ -127,6 +148,7 @@ class Write:
     insert: ExecutionRecord | None = None
     update: dict[str, Any] | None = None
     expect: dict[str, Any] | None = None
+    signals: tuple[int, ...] = attrs.field(default=(), converter=_tuple)
 
 
 @attrs.frozen

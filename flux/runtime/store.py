@@ -32,7 +32,7 @@ import anyio
 import attrs
 import sqlite_utils
 
-from flux.runtime import store_bulk, store_leases, store_logs
+from flux.runtime import store_bulk, store_leases, store_logs, store_signals
 from flux.runtime.errors import StoreError, StoreUnavailableError
 from flux.runtime.events import ExecutionState
 from flux.runtime.group_commit import GroupCommit, _Pending
@@ -42,6 +42,7 @@ from flux.runtime.records import (
     WORKFLOW_COLUMNS,
     Claim,
     ExecutionRecord,
+    SignalRecord,
     StaleWriteError,
     StoredEvent,
     StoreStatistics,
@@ -61,6 +62,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Claim",
     "ExecutionRecord",
+    "SignalRecord",
     "StaleWriteError",
     "Store",
     "StoreStatistics",
@@ -182,6 +184,18 @@ def _migrate_lease_indexes(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migrate_signals(db: sqlite_utils.Database) -> None:
+    """The signal queue (flux.runtime.signals): accepted signals, kept once delivered so that a
+    keyed send is never stored twice."""
+    db.execute(
+        "CREATE TABLE signals (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "execution_id TEXT NOT NULL REFERENCES executions (execution_id), topic TEXT NOT NULL, "
+        "value BLOB NOT NULL, sent_at REAL NOT NULL, key TEXT, delivered_at REAL)"
+    )
+    db.execute("CREATE INDEX signals_execution ON signals (execution_id, delivered_at, id)")
+    db.execute("CREATE UNIQUE INDEX signals_key ON signals (execution_id, key)")
+
+
 #: Migration ``i`` (0-based) brings a database from schema version ``i`` to ``i + 1``; version 0
 #: is an empty file. Append, never edit: each runs inside the opening transaction.
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
@@ -189,6 +203,7 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_task_logs,
     _migrate_retry_of,
     _migrate_lease_indexes,
+    _migrate_signals,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -599,6 +614,8 @@ class Store:
                 except sqlite3.IntegrityError as exc:
                     inserted = conn.total_changes - changes
                     raise _events_error(conn, write, exc, inserted) from exc
+            if write.signals:
+                store_signals.consume(conn, "?", eid, write.signals, time.time())
         except (
             sqlite3.ProgrammingError,
             sqlite3.InterfaceError,
@@ -835,6 +852,31 @@ class Store:
         rows = await self._run(_rows, sql, params)
         return [store_logs.LogRecord(*row) for row in rows]
 
+    # -- signals (flux.runtime.signals) ----------------------------------------------------------
+
+    async def add_signal(
+        self,
+        execution_id: str,
+        topic: str,
+        value: bytes,
+        sent_at: float,
+        key: str | None = None,
+    ) -> tuple[ExecutionState | None, SignalRecord | None]:
+        """Queue a signal for an execution that exists and has not finished, atomically with
+        that check; see :meth:`StoreAPI.add_signal`."""
+        return await self._run_retrying(
+            _in_transaction, store_signals.add_signal, "?", execution_id, topic, value, sent_at, key
+        )
+
+    async def pending_signals(
+        self, execution_id: str, *, topic: str | None = None, limit: int | None = None
+    ) -> list[SignalRecord]:
+        """The queued signals of an execution, in the order accepted (only ``topic``'s, at
+        most ``limit``, when given)."""
+        return await self._run(
+            store_signals.pending, "?", execution_id, topic, limit
+        )
+
     # -- whole tables, for moving a store (see flux.runtime.store_bulk) ---------------------------
 
     async def count_rows(self, table: str) -> int:
@@ -868,6 +910,18 @@ class Store:
 
 def _noop(conn: sqlite3.Connection) -> None:
     pass
+
+
+def _in_transaction(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn, *args)
+        conn.execute("COMMIT")
+        return result
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _claim(

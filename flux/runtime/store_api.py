@@ -49,6 +49,7 @@ from flux.runtime.events import ExecutionState
 from flux.runtime.records import (
     Claim,
     ExecutionRecord,
+    SignalRecord,
     StoredEvent,
     StoreStatistics,
     WorkflowRecord,
@@ -310,6 +311,30 @@ class StoreAPI(Protocol):
         """The lines of ``execution_id`` with ``seq > after``, ordered by seq, at most
         ``limit`` (None: all); with ``call_id``, only the lines of that call and of the calls
         below it (``call_id/...``). A bad ``after`` or ``limit`` raises ValueError."""
+        ...
+
+    # -- signals (flux.runtime.signals) -----------------------------------------------------------
+
+    async def add_signal(
+        self,
+        execution_id: str,
+        topic: str,
+        value: bytes,
+        sent_at: float,
+        key: str | None = None,
+    ) -> tuple[ExecutionState | None, SignalRecord | None]:
+        """Queue a signal for ``execution_id``, atomically with reading its state: ``(None,
+        None)`` and nothing stored when there is no such execution, ``(state, None)`` when it
+        has finished, else ``(state, record)``. With ``key``, a signal already stored with that
+        key for that execution is returned instead of storing another (idempotent send)."""
+        ...
+
+    async def pending_signals(
+        self, execution_id: str, *, topic: str | None = None, limit: int | None = None
+    ) -> list[SignalRecord]:
+        """The signals of ``execution_id`` not yet delivered, in the order accepted (only those
+        on ``topic``, at most ``limit``, when given). A :class:`Write` naming some in
+        ``signals`` delivers them (exactly once: see Write)."""
         ...
 
     # -- whole tables, for moving a store (flux.runtime.store_bulk) ------------------------------

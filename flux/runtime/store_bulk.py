@@ -31,6 +31,7 @@ from flux.runtime.records import (
     CacheRecord,
     ExecutionRecord,
     SecretRecord,
+    SignalRecord,
     StoredEvent,
     WorkflowRecord,
 )
@@ -99,6 +100,13 @@ _TABLES = (
         ("execution_id",),
         ("log total", "log totals"),
         shown=False,
+    ),
+    Table(
+        "signals",
+        SignalRecord,
+        tuple(a.name for a in attrs.fields(SignalRecord)),
+        ("id",),
+        ("signal", "signals"),
     ),
 )
 _BY_NAME = {t.name: t for t in _TABLES}

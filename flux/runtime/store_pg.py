@@ -30,7 +30,14 @@ from typing import Any, TypeVar
 
 import anyio
 
-from flux.runtime import store_bulk, store_leases, store_logs, store_pg_lease, store_pg_notify
+from flux.runtime import (
+    store_bulk,
+    store_leases,
+    store_logs,
+    store_pg_lease,
+    store_pg_notify,
+    store_signals,
+)
 from flux.runtime.errors import StoreError
 from flux.runtime.events import ExecutionState
 from flux.runtime.group_commit import GroupCommit
@@ -39,6 +46,7 @@ from flux.runtime.records import (
     WORKFLOW_COLUMNS,
     Claim,
     ExecutionRecord,
+    SignalRecord,
     StoredEvent,
     StoreStatistics,
     WorkflowRecord,
@@ -614,6 +622,38 @@ class PostgresStore:
 
     # -- whole tables, for moving a store (see flux.runtime.store_bulk) -------------------------
 
+    # -- signals (flux.runtime.signals) ----------------------------------------------------------
+
+    async def add_signal(
+        self,
+        execution_id: str,
+        topic: str,
+        value: bytes,
+        sent_at: float,
+        key: str | None = None,
+    ) -> tuple[ExecutionState | None, SignalRecord | None]:
+        """Queue a signal for an execution that exists and has not finished, atomically with
+        that check (the execution row locked); see :meth:`StoreAPI.add_signal`."""
+        return await self._transaction(
+            store_signals.add_signal,
+            "%s",
+            execution_id,
+            topic,
+            value,
+            sent_at,
+            key,
+            " FOR UPDATE",
+        )
+
+    async def pending_signals(
+        self, execution_id: str, *, topic: str | None = None, limit: int | None = None
+    ) -> list[SignalRecord]:
+        """The queued signals of an execution, in the order accepted (only ``topic``'s, at
+        most ``limit``, when given)."""
+        return await self._run(
+            store_signals.pending, "%s", execution_id, topic, limit, retry=True
+        )
+
     async def count_rows(self, table: str) -> int:
         """How many rows ``table`` (one of :data:`~flux.runtime.store_bulk.TABLES`) holds."""
         return await self._run(_scalar, store_bulk.count_sql(table), (), retry=True)
@@ -699,6 +739,11 @@ def _copy_rows(conn: Any, table: str, rows: list[tuple[Any, ...]]) -> int:
                 copy.write_row(row)
     except (psycopg.errors.IntegrityError, psycopg.DataError) as exc:
         raise store_bulk.import_error(table, len(rows), exc) from exc
+    if table == "signals":  # ids copied as they are: new signals are numbered after them
+        conn.execute(
+            "SELECT setval(pg_get_serial_sequence('signals', 'id'), "
+            "(SELECT COALESCE(MAX(id), 0) + 1 FROM signals), false)"
+        )
     return len(rows)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 
+from flux.runtime import store_signals
 from flux.runtime.errors import StoreError
 from flux.runtime.records import (
     EVENT_COLUMNS,
@@ -185,6 +186,13 @@ class BatchWriter:
                 cursor = conn.execute(sql, (*values, eid))
                 checked.pop(eid, None)
             updates.append(cursor)
+            if write.signals:  # fails the pipeline (division by zero) unless all were queued
+                conn.execute(
+                    "WITH taken AS (UPDATE signals SET delivered_at = %s WHERE execution_id = %s "
+                    "AND id = ANY(%s) AND delivered_at IS NULL RETURNING 1) "
+                    "SELECT 1 / (CASE WHEN count(*) = %s THEN 1 ELSE 0 END) FROM taken",
+                    (time.time(), eid, list(write.signals), len(set(write.signals))),
+                )
             rows += _event_rows(write)
         _insert_events(conn, rows)
         return updates
@@ -246,6 +254,8 @@ class BatchWriter:
                     raise StoreError(
                         f"cannot append events to execution {eid!r}: {one_line(exc)}"
                     ) from exc
+            if write.signals:
+                store_signals.consume(conn, "%s", eid, write.signals, time.time())
         except (
             psycopg.DataError,
             psycopg.ProgrammingError,

@@ -50,8 +50,10 @@ class Waits:
             return
         if self.blocked:
             self.suspended_on = dict(self.blocked)
-            if self.waiting_sleeps:  # a durable sleep also pending: wake for it in any case
-                self.wake_at = min(self.waiting_sleeps.values())
+            # a durable sleep or a receive's timeout pending: wake for the first in any case
+            wakes = [*self.waiting_sleeps.values(), *self.receive_dues()]
+            if wakes:
+                self.wake_at = min(wakes)
             self.stop_reason = "suspend"
             self.root_scope.cancel()
             return

@@ -65,6 +65,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "secrets",
     "logs",
     "retry",
+    "signals",
 )
 
 
