@@ -218,3 +218,25 @@ def test_signal_sent_while_the_worker_runs_other_tasks(procs, tmp_path):  # noqa
     assert kinds.count("SIGNAL_RECEIVED") == 1
     outcomes = [e["source_id"] for e in done["events"] if e["type"] == "TASK_COMPLETED"]
     assert "receive" in outcomes[0] and "work" in outcomes[1]  # taken while the task ran
+
+
+def test_two_servers_leave_a_signal_wait_alone_until_a_signal_comes(procs, tmp_path, pg_url):  # noqa: F811
+    # the servers' poll for ready executions must not grant, again and again, one that can
+    # only go on when a signal comes (each grant a replay on a worker, and a new epoch)
+    from tests.test_distributed_pg import pg_execution
+
+    _, a = procs.server(store=pg_url, lease_ttl=1.5)
+    _, b = procs.server(store=pg_url, lease_ttl=1.5)
+    assert upload(a, SIGNAL_WORKFLOWS, "signal_flows.py").status_code == 200
+    worker = procs.worker(a, "receiver", concurrency=1)
+    eid = httpx.post(f"{a}/workflows/approve/run/async", json=None).json()["execution_id"]
+    wait_state(a, eid, {"SCHEDULED"}, 20, worker)
+    time.sleep(0.5)
+    _, _, epoch = pg_execution(pg_url, eid)
+    time.sleep(4.0)  # several polls of both servers
+    state, owner, later = pg_execution(pg_url, eid)
+    assert (state, owner, later) == ("SCHEDULED", None, epoch)
+    r = httpx.post(f"{b}/executions/{eid}/signals/approval", json={"by": "bo"}, timeout=10)
+    assert r.status_code == 202, r.text
+    done = wait_state(a, eid, {"COMPLETED"}, 30, worker)
+    assert done["output"] == "approved by bo"

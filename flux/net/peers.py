@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from flux.net import dispatch_signals
 from flux.net import protocol as p
 from flux.net.leases import Cause, owner_for, reservation_for
 from flux.net.signal import Signal
@@ -354,6 +355,8 @@ class Peers:
                     if len(self._waiting) > 10_000:
                         self._waiting.pop(next(iter(self._waiting)))
                     continue
+                if rec.wake_at is None and await dispatch_signals.waits_only_for_signals(d, rec):
+                    continue  # nothing to run until a signal comes (and that submits it)
                 d.submit(eid)
         mine = [
             eid
