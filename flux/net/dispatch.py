@@ -283,6 +283,8 @@ class Dispatcher:
         self._declared: dict[str, tuple[Any, frozenset[str] | None]] = {}
         self._sources: dict[tuple[str, int], tuple[bytes, str]] = {}
         self._nursery: trio.Nursery | None = None
+        #: called with the record of each execution that ended or paused (schedules)
+        self.on_end: list[Callable[[ExecutionRecord], None]] = []
         self._granted = 0
         self._expired = 0
         self._rejected = 0
@@ -1029,6 +1031,8 @@ class Dispatcher:
         if state in _SETTLED:
             for event in self._settled.pop(eid, ()):
                 event.set()
+            for hook in self.on_end:
+                hook(rec)
         if state is S.CANCELLED:
             # its subworkflows go too (embedded, they run inside the parent's scope)
             for child in await self.store.list_executions(parent_id=eid, limit=None):

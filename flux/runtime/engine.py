@@ -187,8 +187,32 @@ class Engine:
         self._secret_values: list[str] = []
         self._running: dict[str, Execution] = {}
         self._leases: dict[str, _Lease] = {}
+        self._schedules: Any = None  # see the schedules property
         self._kick: anyio.Event | None = None  # set when a run starts (see watch)
         self._leased: anyio.Event | None = None  # set when a lease is taken (see heartbeat)
+
+    @property
+    def schedules(self) -> Any:
+        """This engine's :class:`flux.runtime.scheduler.Schedules`: manage the store's
+        schedules, and run them here (``await engine.schedules.run()``)."""
+        if self._schedules is None:
+            from .scheduler import Schedules
+
+            self._schedules = Schedules(self)
+        return self._schedules
+
+    def stop_run(self, execution_id: str, reason: StoppedError) -> bool:
+        """Stop the run of ``execution_id`` in this engine, if any (nothing more is recorded;
+        the execution stays resumable). True if it was running here."""
+        running = self._running.get(execution_id)
+        if running is None:
+            return False
+        running.stop(reason)
+        return True
+
+    def scheduler(self, **options: Any) -> contextlib.AbstractAsyncContextManager[Any]:
+        """``async with engine.scheduler():`` runs the due schedules in the background."""
+        return self.schedules.running(**options)
 
     # -------------------------------------------------------------- Host services
 

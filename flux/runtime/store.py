@@ -51,6 +51,11 @@ from flux.runtime.records import (
     stale_error,
 )
 from flux.runtime.records import check_write as _check_write
+from flux.runtime.schedule_store import (
+    SQLITE_SCHEDULE_TABLES,
+    ScheduleMethods,
+    sqlite_dialect,
+)
 from flux.runtime.settings import check_durability, parse_store
 
 if TYPE_CHECKING:
@@ -158,9 +163,18 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migrate_schedules(db: sqlite_utils.Database) -> None:
+    """Schedules (flux.runtime.schedules) and the decisions each one recorded."""
+    for statement in SQLITE_SCHEDULE_TABLES:
+        db.execute(statement)
+
+
 #: Migration ``i`` (0-based) brings a database from schema version ``i`` to ``i + 1``; version 0
 #: is an empty file. Append, never edit: each runs inside the opening transaction.
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migrate_1,)
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
+    _migrate_1,
+    _migrate_schedules,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _VERSION_KEY = "schema_version"
@@ -290,7 +304,7 @@ def open_store(
     )
 
 
-class Store:
+class Store(ScheduleMethods):
     """The one writer and reader of a Flux database file; see the module docstring.
 
     A store serves one event loop at a time.
@@ -583,6 +597,10 @@ class Store:
         """A snapshot of the group-commit counters."""
         return attrs.evolve(self._writer.statistics(), retries=self._retries)
 
+    async def _schedule_call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, dialect, *args)`` in one ``BEGIN IMMEDIATE`` transaction (schedules)."""
+        return await self._run_retrying(_in_transaction, fn, args)
+
     # -- ownership ------------------------------------------------------------------------------
 
     async def claim(
@@ -778,6 +796,21 @@ class Store:
 
 def _noop(conn: sqlite3.Connection) -> None:
     pass
+
+
+_SQLITE = sqlite_dialect()
+
+
+def _in_transaction(conn: sqlite3.Connection, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn, _SQLITE, *args)
+        conn.execute("COMMIT")
+        return result
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _claim(

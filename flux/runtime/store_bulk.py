@@ -34,6 +34,12 @@ from flux.runtime.records import (
     StoredEvent,
     WorkflowRecord,
 )
+from flux.runtime.schedules import (
+    FIRE_COLUMNS,
+    SCHEDULE_COLUMNS,
+    ScheduleFireRecord,
+    ScheduleRecord,
+)
 
 __all__ = [
     "TABLES",
@@ -87,6 +93,16 @@ _TABLES = (
         tuple(a.name for a in attrs.fields(CacheRecord)),
         ("key",),
         ("cache entry", "cache entries"),
+    ),
+)
+_TABLES += (
+    Table("schedules", ScheduleRecord, SCHEDULE_COLUMNS, ("name",), ("schedule", "schedules")),
+    Table(
+        "schedule_fires",
+        ScheduleFireRecord,
+        FIRE_COLUMNS,
+        ("schedule_name", "seq"),
+        ("schedule decision", "schedule decisions"),
     ),
 )
 _BY_NAME = {t.name: t for t in _TABLES}
@@ -147,6 +163,16 @@ def records_and_cursor(
     width = len(_key(t, insertion_order))
     if t.record is ExecutionRecord:
         records = [ExecutionRecord(**dict(zip(t.columns, r[width:], strict=True))) for r in rows]
+    elif t.record is ScheduleRecord:
+        records = [
+            ScheduleRecord(
+                **{
+                    c: bytes(v) if isinstance(v, memoryview) else v
+                    for c, v in zip(t.columns, r[width:], strict=True)
+                }
+            )
+            for r in rows
+        ]
     else:
         records = [
             t.record(*(bytes(v) if isinstance(v, memoryview) else v for v in r[width:]))

@@ -54,7 +54,14 @@ __all__ = [
 ]
 
 #: The route modules of this package, registered in this order.
-ROUTE_MODULES: tuple[str, ...] = ("meta", "workflows", "executions", "workers", "secrets")
+ROUTE_MODULES: tuple[str, ...] = (
+    "meta",
+    "workflows",
+    "executions",
+    "workers",
+    "secrets",
+    "schedules",
+)
 
 
 def route_modules() -> list[ModuleType]:

@@ -1,0 +1,484 @@
+"""Running schedules: the loop that starts due executions, and ``engine.schedules``.
+
+:class:`ScheduleLoop` is the one loop both runners use. It claims what is due (one store
+transaction: see :mod:`flux.runtime.schedule_store`), hands each started execution to its
+runner, then sleeps until the earliest next due time by the engine's clock, woken at once when
+a schedule changes in this process or one of its executions ends, and at the latest after
+``refresh`` seconds (changes made by other processes). It never polls faster than that.
+
+- Embedded (:class:`Schedules`, ``engine.schedules``; ``flux start scheduler``): the engine runs
+  each started execution in this process, like ``flux run``. Only schedules of workflows the
+  runner knows (registered with :meth:`Schedules.register`, or passed to
+  :meth:`Schedules.create`) are claimed, so several runners on one database may each run their
+  own workflows.
+- Server (:mod:`flux.net.schedule_runner`): every schedule is claimed; each started execution
+  goes to the dispatcher, pinned to the latest uploaded version of its workflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import attrs
+
+from . import codec
+from .errors import ExecutionLeasedError, StoppedError, StoreError
+from .events import ExecutionState
+from .schedule_store import Started
+from .schedules import (
+    ScheduleError,
+    ScheduleFireRecord,
+    ScheduleNotFoundError,
+    ScheduleRecord,
+    format_every,
+    new_record,
+)
+from .workflow import workflow
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .store_api import StoreAPI
+
+__all__ = [
+    "REFRESH",
+    "Schedule",
+    "ScheduleDetails",
+    "ScheduleFire",
+    "ScheduleLoop",
+    "Schedules",
+    "details",
+    "view",
+]
+
+log = logging.getLogger("flux.schedules")
+
+#: Longest sleep of a loop between two looks at the store (changes made by other processes).
+REFRESH = 5.0
+#: Executions one claim starts at most (the loop claims again at once when it was full).
+CLAIM_LIMIT = 50
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+
+# ---------------------------------------------------------------------------------- views
+
+
+@attrs.frozen
+class Schedule:
+    """A schedule as the API, the CLI and ``engine.schedules`` show it (times: ISO 8601 UTC)."""
+
+    name: str
+    workflow: str
+    cron: str | None
+    timezone: str | None
+    every: str | None
+    every_seconds: int | None
+    input: Any
+    overlap: str
+    catch_up: str
+    paused: bool
+    created_at: str
+    updated_at: str
+    next_due_at: str | None
+    last_due_at: str | None
+    last_execution_id: str | None
+    buffered_at: str | None
+    trigger_pending: bool
+
+
+@attrs.frozen
+class ScheduleFire:
+    """One recorded decision of a schedule, with the state of the execution it started."""
+
+    due_at: str
+    outcome: str
+    execution_id: str | None
+    state: str | None
+    detail: str
+    recorded_at: str
+
+
+@attrs.frozen
+class ScheduleDetails:
+    """``show``: the schedule, its next due times and its latest decisions (newest first)."""
+
+    schedule: Schedule
+    upcoming: list[str]
+    recent: list[ScheduleFire]
+
+
+def view(rec: ScheduleRecord) -> Schedule:
+    return Schedule(
+        name=rec.name,
+        workflow=rec.workflow,
+        cron=rec.cron,
+        timezone=rec.timezone,
+        every=None if rec.every is None else format_every(rec.every),
+        every_seconds=rec.every,
+        input=codec.decode(rec.input),
+        overlap=rec.overlap,
+        catch_up=rec.catch_up,
+        paused=bool(rec.paused),
+        created_at=_iso(rec.created_at) or "",
+        updated_at=_iso(rec.updated_at) or "",
+        next_due_at=None if rec.paused else _iso(rec.next_due_at),
+        last_due_at=_iso(rec.last_due_at),
+        last_execution_id=rec.last_execution_id,
+        buffered_at=_iso(rec.buffered_at),
+        trigger_pending=rec.trigger_at is not None,
+    )
+
+
+def _fire(fire: ScheduleFireRecord, state: str | None) -> ScheduleFire:
+    return ScheduleFire(
+        due_at=_iso(fire.due_at) or "",
+        outcome=fire.outcome,
+        execution_id=fire.execution_id,
+        state=state,
+        detail=fire.detail,
+        recorded_at=_iso(fire.recorded_at) or "",
+    )
+
+
+async def details(
+    store: StoreAPI, name: str, now: float, *, upcoming: int = 5, recent: int = 20
+) -> ScheduleDetails:
+    """What ``show NAME`` prints; ScheduleNotFoundError."""
+    rec = await store.get_schedule(name)
+    if rec is None:
+        raise ScheduleNotFoundError(name)
+    times: list[float] = []
+    if not rec.paused:
+        first = rec.next_due_at if rec.next_due_at is not None else rec.spec.next_after(now)
+        times = [first, *rec.spec.upcoming(first, upcoming - 1)] if upcoming > 0 else []
+    fires = await store.schedule_fires(name, recent)
+    return ScheduleDetails(
+        view(rec), [_iso(t) or "" for t in times], [_fire(f, s) for f, s in fires]
+    )
+
+
+# ---------------------------------------------------------------------------------- the loop
+
+
+class ScheduleLoop:
+    """Claims due schedules and hands what it started to ``start``; see the module docstring.
+
+    ``workflows``: a callable giving the workflow names this runner may start (None: all);
+    ``clock``: Unix seconds (the engine's clock, so tests run it in virtual time)."""
+
+    def __init__(
+        self,
+        store: StoreAPI,
+        start: Callable[[Started], Awaitable[None]],
+        *,
+        clock: Callable[[], float],
+        workflows: Callable[[], Iterable[str]] | None = None,
+        pin_version: bool = False,
+        refresh: float = REFRESH,
+    ):
+        if not refresh > 0:
+            raise ValueError(f"refresh must be > 0 seconds, got {refresh!r}")
+        self.store = store
+        self.start = start
+        self.clock = clock
+        self.workflows = workflows
+        self.pin_version = pin_version
+        self.refresh = refresh
+        self._changed = anyio.Event()
+        #: claims made (a counter for tests and statistics)
+        self.claims = 0
+
+    def wake(self) -> None:
+        """Look at the store again now (a schedule changed, an execution of one ended)."""
+        self._changed.set()
+
+    async def run(self) -> None:
+        """Claim and sleep until cancelled. A store fault is logged and retried (backoff up to
+        ``refresh``), never ends the loop."""
+        delay = 0.1
+        while True:
+            self._changed = anyio.Event()
+            try:
+                wait = await self.step()
+                delay = 0.1
+            except StoreError as exc:
+                log.warning("schedules: store unavailable (%s); retrying in %.1fs", exc, delay)
+                wait, delay = delay, min(delay * 2, self.refresh)
+            if wait > 0:
+                with anyio.move_on_after(wait):
+                    await self._changed.wait()
+
+    async def step(self) -> float:
+        """One look: claim what is due and start it; returns how long to sleep."""
+        names = None if self.workflows is None else list(self.workflows())
+        while True:
+            started = await self.store.claim_due_schedules(
+                self.clock(), workflows=names, pin_version=self.pin_version, limit=CLAIM_LIMIT
+            )
+            self.claims += 1
+            for s in started:
+                await self.start(s)
+            if len(started) < CLAIM_LIMIT:
+                break
+        wake = await self.store.next_schedule_wake(names)
+        if wake is None:
+            return self.refresh
+        if wake == -math.inf:
+            # a trigger or a startable buffered due time arrived after the claim
+            # (or another server holds its row locked for a moment)
+            return 0.05
+        return max(0.0, min(wake - self.clock(), self.refresh))
+
+
+# ---------------------------------------------------------------------------------- embedded
+
+
+class Schedules:
+    """``engine.schedules``: manage the store's schedules and run them in this engine.
+
+    ``create``, ``list``, ``get``, ``show``, ``pause``, ``resume``, ``delete`` and ``trigger``
+    work on the store (any process may run them); :meth:`run` (or ``async with
+    engine.scheduler():``) starts the due executions of the workflows this object knows and
+    runs them in the engine, at most ``max_running`` at once (the others wait, SCHEDULED)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._workflows: dict[str, workflow] = {}
+        self._loop: ScheduleLoop | None = None
+        self._stopping = False
+        #: executions this object runs now, and those waiting for a free slot
+        self._mine: set[str] = set()
+        self._waiting: set[anyio.CancelScope] = set()
+
+    # -- workflows --------------------------------------------------------------------------
+
+    def register(self, *workflows: workflow) -> None:
+        """Let :meth:`run` start these workflows (by their names)."""
+        for wf in workflows:
+            if not isinstance(wf, workflow):
+                raise TypeError(f"{wf!r} is not a @workflow")
+            self._workflows[wf.name] = wf
+        self._changed()
+
+    @property
+    def workflows(self) -> dict[str, workflow]:
+        return dict(self._workflows)
+
+    def _changed(self) -> None:
+        if self._loop is not None:
+            self._loop.wake()
+
+    # -- management ---------------------------------------------------------------------------
+
+    async def create(
+        self,
+        name: str,
+        workflow: workflow | str,
+        *,
+        cron: str | None = None,
+        timezone: str | None = None,
+        every: str | int | Any = None,
+        input: Any = None,
+        overlap: str = "skip",
+        catch_up: str = "none",
+        paused: bool = False,
+    ) -> Schedule:
+        """Create a schedule (its first due time: the first after now). ``workflow`` is a
+        ``@workflow`` (registered for :meth:`run` too) or a workflow's name. ScheduleError
+        naming what is wrong; ScheduleExistsError for a taken name."""
+        wf_name = workflow.name if isinstance(workflow, _workflow_type) else workflow
+        try:
+            data = codec.encode(input)
+        except Exception as exc:
+            raise ScheduleError(f"input of schedule {name!r}: {exc}") from None
+        rec = new_record(
+            name,
+            wf_name,
+            input=data,
+            now=self.engine.clock(),
+            cron=cron,
+            timezone=timezone,
+            every=every,
+            overlap=overlap,
+            catch_up=catch_up,
+            paused=paused,
+        )
+        rec = await self.engine.store.create_schedule(rec)
+        if isinstance(workflow, _workflow_type):
+            self.register(workflow)
+        self._changed()
+        return view(rec)
+
+    async def list(self) -> list[Schedule]:
+        return [view(r) for r in await self.engine.store.list_schedules()]
+
+    async def get(self, name: str) -> Schedule:
+        rec = await self.engine.store.get_schedule(name)
+        if rec is None:
+            raise ScheduleNotFoundError(name)
+        return view(rec)
+
+    async def show(self, name: str, *, upcoming: int = 5, recent: int = 20) -> ScheduleDetails:
+        """The schedule, its next ``upcoming`` due times and its latest decisions."""
+        return await details(
+            self.engine.store, name, self.engine.clock(), upcoming=upcoming, recent=recent
+        )
+
+    async def pause(self, name: str) -> Schedule:
+        rec = await self.engine.store.set_schedule_paused(name, True, self.engine.clock())
+        self._changed()
+        return view(rec)
+
+    async def resume(self, name: str) -> Schedule:
+        """Resume: the next due time is the first after now (none of those that passed while
+        it was paused is caught up)."""
+        rec = await self.engine.store.set_schedule_paused(name, False, self.engine.clock())
+        self._changed()
+        return view(rec)
+
+    async def delete(self, name: str) -> None:
+        if not await self.engine.store.delete_schedule(name):
+            raise ScheduleNotFoundError(name)
+        self._changed()
+
+    async def trigger(self, name: str) -> str:
+        """Start one execution of the schedule now, whatever its overlap policy and even when
+        paused, by whichever runner serves it (this engine's loop at once, if it runs).
+        Returns the id the execution gets."""
+        eid = await self.engine.store.trigger_schedule(name, self.engine.clock())
+        self._changed()
+        return eid
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def run(
+        self,
+        *,
+        refresh: float = REFRESH,
+        max_running: int = 100,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run this engine's schedules until cancelled: first the executions that earlier
+        runs of schedules left unfinished (a crash), then every due time as it comes.
+
+        Cancelling this *stops* the executions it runs (nothing is recorded, they stay
+        resumable and the next scheduler goes on with them); it does not cancel them."""
+        if self._loop is not None:
+            raise RuntimeError("this engine's schedules are running already")
+        limiter = anyio.CapacityLimiter(max_running)
+        self._stopping = False
+        done = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            runs: anyio.abc.TaskGroup = await tg.start(self._host, done)
+
+            async def start(s: Started) -> None:
+                runs.start_soon(self._execute, s.execution_id, s.workflow, limiter)
+
+            loop = ScheduleLoop(
+                self.engine.store,
+                start,
+                clock=self.engine.clock,
+                workflows=lambda: self._workflows,
+                refresh=refresh,
+            )
+            self._loop = loop
+            try:
+                await self._recover(runs, limiter)
+                task_status.started()
+                await loop.run()
+            finally:
+                self._loop = None
+                with anyio.CancelScope(shield=True):
+                    await self._stop_runs(done)
+
+    async def _host(
+        self, done: anyio.Event, *, task_status: anyio.abc.TaskStatus[Any]
+    ) -> None:
+        """Hold the executions' task group, shielded from the caller's cancellation: they are
+        stopped (see :meth:`_stop_runs`), not cancelled."""
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as runs:
+                task_status.started(runs)
+                await done.wait()
+
+    async def _stop_runs(self, done: anyio.Event) -> None:
+        self._stopping = True
+        while True:
+            for scope in list(self._waiting):
+                scope.cancel()
+            for eid in list(self._mine):
+                self.engine.stop_run(
+                    eid,
+                    StoppedError(
+                        f"execution {eid}: the scheduler stopped; the next scheduler on this "
+                        "store goes on with it"
+                    ),
+                )
+            if not self._mine and not self._waiting:
+                break
+            await anyio.sleep(0.02)
+        done.set()
+
+    async def _recover(self, tg: anyio.abc.TaskGroup, limiter: anyio.CapacityLimiter) -> None:
+        """Run the unfinished executions schedules started (their runner stopped)."""
+        records = await self.engine.store.list_executions(
+            state=[ExecutionState.SCHEDULED, ExecutionState.RUNNING], limit=None
+        )
+        for rec in reversed(records):
+            if rec.execution_id.startswith("sched-") and rec.workflow_name in self._workflows:
+                tg.start_soon(self._execute, rec.execution_id, rec.workflow_name, limiter)
+
+    async def _execute(
+        self, execution_id: str, workflow_name: str, limiter: anyio.CapacityLimiter
+    ) -> None:
+        wf = self._workflows.get(workflow_name)
+        if wf is None or self._stopping:
+            return
+        acquired = False
+        with anyio.CancelScope() as waiting:
+            self._waiting.add(waiting)
+            await limiter.acquire()
+            acquired = True
+        self._waiting.discard(waiting)
+        if not acquired:
+            return
+        self._mine.add(execution_id)
+        try:
+            if self._stopping:
+                return
+            ctx = await self.engine.run(wf, None, execution_id=execution_id)
+            log.info("execution %s (schedule): %s", execution_id, ctx.state.value)
+        except ExecutionLeasedError:
+            log.info("execution %s (schedule): another runner holds it", execution_id)
+        except StoppedError as stop:
+            log.info("execution %s (schedule) stopped: %s", execution_id, stop)
+        except Exception:
+            log.exception("execution %s (schedule) could not run", execution_id)
+        finally:
+            self._mine.discard(execution_id)
+            limiter.release()
+            self._changed()  # a buffered due time may start now
+
+    @contextlib.asynccontextmanager
+    async def running(self, **options: Any) -> AsyncIterator[Schedules]:
+        """Run the schedules in the background for the body of an ``async with``."""
+        async with anyio.create_task_group() as tg:
+            await tg.start(lambda task_status: self.run(task_status=task_status, **options))
+            try:
+                yield self
+            finally:
+                tg.cancel_scope.cancel()  # run() stops its executions, it does not cancel them
+
+
+_workflow_type = workflow
