@@ -12,6 +12,7 @@ from typing import Any
 import asyncclick as click
 
 from ._cli_local import executions, run_command, secrets, store_group
+from ._cli_schedules import schedules_group, start_scheduler
 from ._cli_server import start, workflow_group
 
 
@@ -23,6 +24,8 @@ async def cli() -> None:
 
 for _command in (run_command, executions, secrets, store_group, start, workflow_group):
     cli.add_command(_command)
+cli.add_command(schedules_group)
+start.add_command(start_scheduler)
 
 
 def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:

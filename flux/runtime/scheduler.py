@@ -482,3 +482,69 @@ class Schedules:
 
 
 _workflow_type = workflow
+
+
+# ---------------------------------------------------------------------------------- flux start
+
+
+def workflows_from_files(paths: Iterable[str]) -> list[workflow]:
+    """Every ``@workflow`` defined in the given Python files (WorkflowError for a file that
+    cannot load or defines none)."""
+    from .errors import WorkflowError
+    from .loader import load_file, workflows_in
+
+    found: list[workflow] = []
+    for path in paths:
+        defined = workflows_in(load_file(path))
+        if not defined:
+            raise WorkflowError(f"{path} defines no @workflow")
+        found.extend(defined.values())
+    return found
+
+
+async def serve(
+    settings: Any,
+    workflows: Iterable[workflow],
+    *,
+    refresh: float = REFRESH,
+    max_running: int = 100,
+    handle_signals: bool = False,
+    started: Callable[[Engine], None] | None = None,
+) -> None:
+    """``flux start scheduler``: run the store's schedules of ``workflows`` in this process
+    until cancelled (or, with ``handle_signals``, SIGTERM/SIGINT). Stopping stops the
+    executions it runs (resumed by the next scheduler), it does not cancel them."""
+    import signal
+
+    from .engine import open_engine
+
+    async with open_engine(settings) as engine:
+        engine.schedules.register(*workflows)
+        async with anyio.create_task_group() as tg:
+            if handle_signals:
+
+                async def on_signal() -> None:
+                    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                        async for signum in signals:
+                            log.info("scheduler: %s, stopping", signal.Signals(signum).name)
+                            tg.cancel_scope.cancel()
+                            return
+
+                tg.start_soon(on_signal)
+            await tg.start(
+                lambda task_status: engine.schedules.run(
+                    refresh=refresh, max_running=max_running, task_status=task_status
+                )
+            )
+            unknown = sorted(
+                {r.workflow for r in await engine.store.list_schedules()}
+                - set(engine.schedules.workflows)
+            )
+            if unknown:
+                log.warning(
+                    "scheduler: schedules of workflow(s) %s are not run here (not in the files "
+                    "given)",
+                    ", ".join(unknown),
+                )
+            if started is not None:
+                started(engine)
