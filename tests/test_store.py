@@ -133,7 +133,7 @@ async def test_schema_created_and_version_recorded(db_path):
     assert {"executions_state", "executions_workflow_name", "executions_parent_id"} <= tables
     version = raw_query(db_path, "SELECT value FROM flux_meta WHERE key = 'schema_version'")
     assert version == [(str(SCHEMA_VERSION),)]
-    assert SCHEMA_VERSION == len(store_module.MIGRATIONS) == 1
+    assert SCHEMA_VERSION == len(store_module.MIGRATIONS)
 
 
 @pytest.mark.trio
@@ -161,7 +161,7 @@ async def test_older_schema_is_migrated_in_one_transaction(db_path, monkeypatch)
     monkeypatch.setattr(store_module, "MIGRATIONS", (*store_module.MIGRATIONS, add_priority))
     async with open_store(db_path) as store:
         assert (await store.get_execution("e1")).execution_id == "e1"
-    assert raw_query(db_path, "SELECT value FROM flux_meta") == [("2",)]
+    assert raw_query(db_path, "SELECT value FROM flux_meta") == [(str(SCHEMA_VERSION + 1),)]
     assert raw_query(db_path, "SELECT priority FROM executions") == [(None,)]
 
 
@@ -176,10 +176,10 @@ async def test_failing_migration_leaves_database_as_it_was(db_path, monkeypatch)
 
     monkeypatch.setattr(store_module, "MIGRATIONS", (*store_module.MIGRATIONS, half_done))
     store = open_store(db_path)
-    with pytest.raises(StoreError, match="schema version 2 failed: boom"):
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1} failed: boom"):
         await store.list_executions()
     await store.aclose()
-    assert raw_query(db_path, "SELECT value FROM flux_meta") == [("1",)]
+    assert raw_query(db_path, "SELECT value FROM flux_meta") == [(str(SCHEMA_VERSION),)]
     assert raw_query(db_path, "SELECT name FROM sqlite_master WHERE name = 'half'") == []
 
 
@@ -765,7 +765,9 @@ async def test_postgres_schema_created_and_version_recorded(pg_url):
     assert {"executions_state", "executions_workflow_name", "executions_parent_id"} <= indexes
     version = pg_query(pg_url, "SELECT value FROM flux_meta WHERE key = 'schema_version'")
     assert version == [(str(store_pg.SCHEMA_VERSION),)]
-    assert pg_query(pg_url, "SELECT version, name FROM flux_migrations") == [(1, "initial schema")]
+    migrations = pg_query(pg_url, "SELECT version, name FROM flux_migrations ORDER BY version")
+    assert migrations[0] == (1, "initial schema")
+    assert [v for v, _ in migrations] == list(range(1, store_pg.SCHEMA_VERSION + 1))
     types = dict(
         pg_query(
             pg_url,
@@ -799,10 +801,13 @@ async def test_postgres_older_schema_is_migrated_and_recorded(pg_url, monkeypatc
     monkeypatch.setattr(store_pg_schema, "MIGRATIONS", (*store_pg_schema.MIGRATIONS, add_priority))
     async with open_store(pg_url) as store:
         assert (await store.get_execution("e1")).execution_id == "e1"
-    assert pg_query(pg_url, "SELECT value FROM flux_meta") == [("2",)]
+    assert pg_query(pg_url, "SELECT value FROM flux_meta") == [
+        (str(store_pg.SCHEMA_VERSION + 1),)
+    ]
     assert pg_query(pg_url, "SELECT priority FROM executions") == [(None,)]
     names = pg_query(pg_url, "SELECT name FROM flux_migrations ORDER BY version")
-    assert names == [("initial schema",), ("executions.priority",)]
+    assert names[0] == ("initial schema",) and names[-1] == ("executions.priority",)
+    assert len(names) == store_pg.SCHEMA_VERSION + 1
 
 
 @pytest.mark.trio
@@ -816,10 +821,12 @@ async def test_postgres_failing_migration_leaves_database_as_it_was(pg_url, monk
 
     monkeypatch.setattr(store_pg_schema, "MIGRATIONS", (*store_pg_schema.MIGRATIONS, half_done))
     store = open_store(pg_url)
-    with pytest.raises(StoreError, match="schema version 2 failed: boom"):
+    with pytest.raises(
+        StoreError, match=f"schema version {store_pg.SCHEMA_VERSION + 1} failed: boom"
+    ):
         await store.list_executions()
     await store.aclose()
-    assert pg_query(pg_url, "SELECT value FROM flux_meta") == [("1",)]
+    assert pg_query(pg_url, "SELECT value FROM flux_meta") == [(str(store_pg.SCHEMA_VERSION),)]
     assert pg_query(pg_url, "SELECT to_regclass('half')") == [(None,)]
 
 
@@ -843,7 +850,7 @@ async def test_postgres_stores_opening_a_new_database_together_migrate_once(pg_u
             nursery.start_soon(store.__aenter__)
     for store in stores:
         await store.aclose()
-    assert pg_query(pg_url, "SELECT count(*) FROM flux_migrations") == [(1,)]
+    assert pg_query(pg_url, "SELECT count(*) FROM flux_migrations") == [(store_pg.SCHEMA_VERSION,)]
 
 
 @pytest.mark.trio
@@ -1351,11 +1358,30 @@ def _bulk_rows():
     ]
     secrets = [SecretRecord("api", b"\x00cipher", 4.0), SecretRecord("db", b"c2", 4.5)]
     cache = [CacheRecord("k1", b"\xc2", 8.0, 100.0), CacheRecord("k0", None, 9.0, None)]
+    from flux.runtime.schedules import ScheduleFireRecord, ScheduleRecord
+
+    schedules = [
+        ScheduleRecord(
+            name="nightly", workflow="w", cron="0 2 * * *", timezone="Europe/Berlin",
+            input=b"\xc0", overlap="buffer-one", catch_up="all", paused=1, created_at=1.0,
+            updated_at=2.0, next_due_at=3.0, last_due_at=2.5, last_execution_id="aa-second",
+            buffered_at=2.75, trigger_at=None, fire_count=2,
+        ),
+        ScheduleRecord(name="often", workflow="a", every=30, input=b"", created_at=5.0,
+                       updated_at=5.0),
+    ]
+    fires = [
+        ScheduleFireRecord("nightly", 1, 2.0, "started", "aa-second", "", 2.0),
+        ScheduleFireRecord("nightly", 2, 2.5, "skipped", None, "still running", 2.5),
+        ScheduleFireRecord("often", 1, 30.0, "missed", None, "1 due time(s) missed", 31.0),
+    ]
     return {
         "workflows": workflows,
         "executions": executions,
         "events": events,
         "secrets": secrets,
+        "schedules": schedules,
+        "schedule_fires": fires,
         "cache": cache,
     }
 
@@ -1403,6 +1429,9 @@ async def test_bulk_import_then_export_keeps_every_row_as_it_was(location):
         assert await store.get_secret("api") == b"\x00cipher"
         assert await store.cache_get("k1", 50.0) == b"\xc2"
         assert await store.cache_get("k1", 100.0) is None
+        assert await store.get_schedule("nightly") == rows["schedules"][0]
+        fires = await store.schedule_fires("nightly")
+        assert [(f.seq, state) for f, state in fires] == [(2, None), (1, "PAUSED")]
         await store.commit(append("zz-first", 2))  # the history goes on after the import
         assert await store.last_seq("zz-first") == 2
 

@@ -74,6 +74,9 @@ async def fill_sqlite(path: str, key_file: str) -> str:
         await engine.store.save_workflow("order_flow", "source v1", "h1")
         await engine.store.save_workflow("order_flow", "source v2", "h2")
         await engine.store.cache_put("expired", b"\xc0", expires_at=1.0)
+        await engine.schedules.create("hourly", order_flow, every="1h", input=7, paused=True)
+        await engine.schedules.trigger("hourly")  # a schedule and one recorded decision
+        await engine.store.claim_due_schedules(engine.clock())
         return paused.execution_id
 
 
@@ -226,7 +229,10 @@ def test_example_moves_a_paused_execution_to_postgres(tmp_path, pg_url):
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert "copied 0 workflow versions, 1 execution, 5 events, 1 secret, 0 cache entries" in lines
+    assert (
+        "copied 0 workflow versions, 1 execution, 5 events, 1 secret, 0 schedules, "
+        "0 schedule decisions, 0 cache entries"
+    ) in lines
     assert "resumed in the copy: COMPLETED reserved a lamp, approved by Grace" in lines
     assert "secret readable in the copy: tok-1234567890" in lines
     assert out.stdout.count("reserving a lamp") == 1

@@ -95,7 +95,9 @@ _TABLES = (
         ("cache entry", "cache entries"),
     ),
 )
-_TABLES += (
+# schedules before the cache (the cache last: a copy's final progress line is the cache's)
+_TABLES = (
+    *_TABLES[:-1],
     Table("schedules", ScheduleRecord, SCHEDULE_COLUMNS, ("name",), ("schedule", "schedules")),
     Table(
         "schedule_fires",
@@ -104,6 +106,7 @@ _TABLES += (
         ("schedule_name", "seq"),
         ("schedule decision", "schedule decisions"),
     ),
+    _TABLES[-1],
 )
 _BY_NAME = {t.name: t for t in _TABLES}
 
