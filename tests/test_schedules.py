@@ -285,3 +285,13 @@ def test_catch_up_all_with_skip_starts_the_earliest_only():
     p = decide(300.5, 60.0, catch_up="all", overlap="skip")
     assert p.start == (60.0,)
     assert [d.outcome for d in p.record].count("skipped") == 4
+
+
+def test_scheduled_time_reads_the_due_time_from_the_id():
+    from flux.schedules import scheduled_time
+
+    t = utc("2026-12-01T02:00:00")
+    assert scheduled_time(execution_id("a-b.c", t)).timestamp() == t
+    assert scheduled_time(trigger_execution_id("x", t + 0.5)).timestamp() == t + 0.5
+    assert scheduled_time("0123abcd") is None
+    assert scheduled_time("sched-x-garbage") is None

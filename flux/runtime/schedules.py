@@ -58,6 +58,7 @@ __all__ = [
     "new_record",
     "parse_every",
     "plan",
+    "scheduled_time",
     "trigger_execution_id",
 ]
 
@@ -295,6 +296,21 @@ def trigger_execution_id(name: str, at: float) -> str:
     a second apart are two executions)."""
     when = datetime.fromtimestamp(at, UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     return f"sched-{name}-trigger-{when}"
+
+
+def scheduled_time(execution_id: str) -> datetime | None:
+    """The due time (UTC) an execution a schedule started was started for, read from its id
+    (a trigger's: when it was asked for); None for an execution no schedule started. The same
+    on every replay, so a workflow may use it (``scheduled_time(ctx.execution_id)``)."""
+    if not isinstance(execution_id, str) or not execution_id.startswith("sched-"):
+        return None
+    stamp = execution_id.rsplit("-", 1)[-1]
+    for form in ("%Y%m%dT%H%M%SZ", "%Y%m%dT%H%M%S.%fZ"):
+        try:
+            return datetime.strptime(stamp, form).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+    return None
 
 
 # ---------------------------------------------------------------------------------- decisions
