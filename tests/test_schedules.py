@@ -42,7 +42,9 @@ def test_parse_every(text, seconds):
 
 
 @pytest.mark.parametrize(
-    "text", ["0s", "0", "-5s", "1.5s", "abc", "10x", "", "5m3", 0, -1, 1.5, True, None, [30]]
+    "text",
+    ["0s", "0", "-5s", "1.5s", "abc", "10x", "", "5m3", 0, -1, 1.5, True, None, [30],
+     "99999999w", 10**30, float("inf"), float("nan")],
 )
 def test_parse_every_refuses_bad_intervals(text):
     with pytest.raises(ScheduleError, match="interval"):

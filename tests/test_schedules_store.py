@@ -226,3 +226,22 @@ async def test_concurrent_claims_start_each_due_time_once(location):
     assert len(started) == len(set(started)) == 10 * 8
     async with open_store(location) as store:
         assert await store.count_executions() == 80
+
+
+@pytest.mark.trio
+async def test_a_row_no_rule_can_read_is_paused_with_the_reason(location):
+    import attrs
+
+    async with open_store(location) as store:
+        good = schedule("good")
+        await store.create_schedule(attrs.evolve(schedule("bad"), timezone="Nowhere/Land",
+                                                 cron="0 * * * *", every=None))
+        await store.create_schedule(good)
+        started = await store.claim_due_schedules(T0 + 60)
+        assert [s.schedule for s in started] == ["good"]  # one bad row stops nothing else
+        bad = await store.get_schedule("bad")
+        assert bad.paused == 1
+        fires = await store.schedule_fires("bad")
+        assert fires[0][0].outcome == "error" and "Nowhere/Land" in fires[0][0].detail
+        await store.claim_due_schedules(T0 + 120)  # paused: not looked at again
+        assert len(await store.schedule_fires("bad")) == 1

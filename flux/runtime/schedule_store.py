@@ -248,16 +248,21 @@ def _running(conn: Any, d: Dialect, execution_id: str | None) -> bool:
 def _claim_one(
     conn: Any, d: Dialect, rec: ScheduleRecord, now: float, pin_version: bool
 ) -> list[Started]:
-    decided = plan(
-        rec.spec,
-        now=now,
-        next_due_at=None if rec.paused else rec.next_due_at,
-        last_due_at=rec.last_due_at,
-        buffered_at=None if rec.paused else rec.buffered_at,
-        overlap=rec.overlap,
-        catch_up=rec.catch_up,
-        running=_running(conn, d, rec.last_execution_id),
-    )
+    try:
+        decided = plan(
+            rec.spec,
+            now=now,
+            next_due_at=None if rec.paused else rec.next_due_at,
+            last_due_at=rec.last_due_at,
+            buffered_at=None if rec.paused else rec.buffered_at,
+            overlap=rec.overlap,
+            catch_up=rec.catch_up,
+            running=_running(conn, d, rec.last_execution_id),
+        )
+    except (ScheduleError, ValueError, ArithmeticError, LookupError, TypeError) as exc:
+        # a row no rule can read (written by hand, or by another version): pause it, say why
+        _broken(conn, d, rec, now, f"{type(exc).__name__}: {exc}")
+        return []
     fires: list[tuple[float, str, str | None, str]] = []
     started: list[Started] = []
     version, missing = _version(conn, d, rec.workflow) if pin_version else (None, False)
@@ -314,6 +319,23 @@ def _claim_one(
         ),
     )
     return started
+
+
+def _broken(conn: Any, d: Dialect, rec: ScheduleRecord, now: float, why: str) -> None:
+    seq = rec.fire_count + 1
+    marks = ", ".join("?" * len(FIRE_COLUMNS))
+    conn.execute(
+        d.sql(f"INSERT INTO schedule_fires ({', '.join(FIRE_COLUMNS)}) VALUES ({marks})"),
+        (rec.name, seq, now, "error", None, f"schedule paused, it cannot be evaluated: {why}",
+         now),
+    )
+    conn.execute(
+        d.sql(
+            "UPDATE schedules SET paused = 1, trigger_at = NULL, fire_count = ?, updated_at = ? "
+            "WHERE name = ?"
+        ),
+        (seq, now, rec.name),
+    )
 
 
 def _version(conn: Any, d: Dialect, workflow: str) -> tuple[int | None, bool]:

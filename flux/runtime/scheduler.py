@@ -61,6 +61,8 @@ log = logging.getLogger("flux.schedules")
 
 #: Longest sleep of a loop between two looks at the store (changes made by other processes).
 REFRESH = 5.0
+#: Least time between two looks for executions another scheduler left unfinished (seconds).
+RECOVER_EVERY = 60.0
 #: Executions one claim starts at most (the loop claims again at once when it was full).
 CLAIM_LIMIT = 50
 
@@ -212,8 +214,11 @@ class ScheduleLoop:
             try:
                 wait = await self.step()
                 delay = 0.1
-            except StoreError as exc:
+            except (StoreError, StoppedError) as exc:  # StoreUnavailableError is a stop
                 log.warning("schedules: store unavailable (%s); retrying in %.1fs", exc, delay)
+                wait, delay = delay, min(delay * 2, self.refresh)
+            except Exception:  # a bug must not take the server or the app down with it
+                log.exception("schedules: the loop failed; retrying in %.1fs", delay)
                 wait, delay = delay, min(delay * 2, self.refresh)
             if wait > 0:
                 with anyio.move_on_after(wait):
@@ -260,6 +265,8 @@ class Schedules:
         #: executions this object runs now, and those waiting for a free slot
         self._mine: set[str] = set()
         self._waiting: set[anyio.CancelScope] = set()
+        #: executions with a task here (waiting or running)
+        self._tasks: set[str] = set()
 
     # -- workflows --------------------------------------------------------------------------
 
@@ -394,7 +401,8 @@ class Schedules:
             )
             self._loop = loop
             try:
-                await self._recover(runs, limiter)
+                await self._recover(runs, limiter, stale_only=False)
+                tg.start_soon(self._recover_often, runs, limiter, max(refresh, RECOVER_EVERY))
                 task_status.started()
                 await loop.run()
             finally:
@@ -430,21 +438,52 @@ class Schedules:
             await anyio.sleep(0.02)
         done.set()
 
-    async def _recover(self, tg: anyio.abc.TaskGroup, limiter: anyio.CapacityLimiter) -> None:
-        """Run the unfinished executions schedules started (their runner stopped)."""
+    async def _recover(
+        self, tg: anyio.abc.TaskGroup, limiter: anyio.CapacityLimiter, *, stale_only: bool
+    ) -> None:
+        """Run the unfinished executions schedules started whose runner stopped (a scheduler
+        killed before or while running them); ``stale_only``: only those nobody holds."""
         records = await self.engine.store.list_executions(
             state=[ExecutionState.SCHEDULED, ExecutionState.RUNNING], limit=None
         )
+        now = self.engine.clock()
         for rec in reversed(records):
-            if rec.execution_id.startswith("sched-") and rec.workflow_name in self._workflows:
-                tg.start_soon(self._execute, rec.execution_id, rec.workflow_name, limiter)
+            eid = rec.execution_id
+            if not eid.startswith("sched-") or rec.workflow_name not in self._workflows:
+                continue
+            if eid in self._tasks:
+                continue
+            held = rec.lease_owner is not None and (rec.lease_expires_at or 0) > now
+            if stale_only and held:
+                continue
+            tg.start_soon(self._execute, eid, rec.workflow_name, limiter)
+
+    async def _recover_often(
+        self, tg: anyio.abc.TaskGroup, limiter: anyio.CapacityLimiter, every: float
+    ) -> None:
+        """Now and then, take over what another scheduler on this store left (it died)."""
+        while True:
+            await anyio.sleep(every)
+            try:
+                await self._recover(tg, limiter, stale_only=True)
+            except (StoreError, StoppedError) as exc:
+                log.warning("schedules: cannot look for unfinished executions: %s", exc)
 
     async def _execute(
         self, execution_id: str, workflow_name: str, limiter: anyio.CapacityLimiter
     ) -> None:
         wf = self._workflows.get(workflow_name)
-        if wf is None or self._stopping:
+        if wf is None or self._stopping or execution_id in self._tasks:
             return
+        self._tasks.add(execution_id)
+        try:
+            await self._execute_once(wf, execution_id, limiter)
+        finally:
+            self._tasks.discard(execution_id)
+
+    async def _execute_once(
+        self, wf: workflow, execution_id: str, limiter: anyio.CapacityLimiter
+    ) -> None:
         acquired = False
         with anyio.CancelScope() as waiting:
             self._waiting.add(waiting)

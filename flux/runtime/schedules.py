@@ -67,6 +67,8 @@ GRACE = 60.0
 #: The most executions one catch-up with policy ``all`` starts (the latest missed due times).
 MAX_CATCH_UP = 100
 OVERLAP_POLICIES = ("skip", "allow", "buffer-one")
+#: The longest interval (seconds): 3660 days.
+MAX_EVERY = 3660 * 86400
 CATCH_UP_POLICIES = ("none", "last", "all")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -120,7 +122,7 @@ def parse_every(text: object) -> int:
             raise ScheduleError(
                 f"interval {text!r} must be a whole number of seconds greater than 0"
             )
-        return int(text)
+        return parse_every(str(int(text)))
     if isinstance(text, timedelta):
         return parse_every(text.total_seconds())
     if not isinstance(text, str):
@@ -139,6 +141,8 @@ def parse_every(text: object) -> int:
         seconds = sum(int(n) * _UNITS[u] for n, u in parts)
     if seconds <= 0:
         raise ScheduleError(f"interval {text!r} must be greater than 0 seconds")
+    if seconds > MAX_EVERY:
+        raise ScheduleError(f"interval {text!r} is longer than the limit of 3660 days")
     return seconds
 
 
