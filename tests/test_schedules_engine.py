@@ -260,3 +260,20 @@ async def test_stopping_the_scheduler_stops_runs_and_the_next_one_finishes_them(
         got = await states(engine)
     assert got == {eid: "COMPLETED"}  # recovered, not started twice, 10:00 not due yet
     assert calls == [("slow", 600)]
+
+
+@pytest.mark.trio
+async def test_a_running_scheduler_takes_over_what_a_dead_one_left(tmp_path, settled_clock):
+    async with engine_at(tmp_path) as engine:
+        await engine.schedules.create("orphan", "quick", every="5m", input={"o": 1})
+        async with engine.scheduler(refresh=60.0):  # knows no workflow yet: claims nothing
+            await trio.sleep(300 + 5)
+            assert await states(engine) == {}
+            # another scheduler claims 09:00 and dies before running it: SCHEDULED, no lease
+            started = await engine.store.claim_due_schedules(engine.clock())
+            eid = execution_id("orphan", BASE + 300)
+            assert [s.execution_id for s in started] == [eid]
+            engine.schedules.register(quick)
+            await trio.sleep(70)  # the next look for unfinished executions finds it
+            assert await states(engine) == {eid: "COMPLETED"}
+        assert calls == [("quick", {"o": 1})]
