@@ -268,7 +268,7 @@ _simple(
 
 
 @click.command("scheduler")
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--refresh",
     type=click.FloatRange(min=0.1),
@@ -289,19 +289,18 @@ _simple(
 async def start_scheduler(
     files: tuple[str, ...], refresh: float, max_running: int, log_level: str, settings: Settings
 ) -> None:
-    """Run the local store's schedules of the workflows in FILES, in this process (like
-    `flux run`), until Ctrl+C or SIGTERM, which stop the executions it runs (the next
-    scheduler goes on with them) rather than cancel them."""
+    """Run the local store's schedules of the workflows in FILES (none: the workflows uploaded
+    to the store), in this process (like `flux run`), until Ctrl+C or SIGTERM, which stop the
+    executions it runs (the next scheduler goes on with them) rather than cancel them."""
     import logging
 
     from .runtime.scheduler import serve, workflows_from_files
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    workflows = workflows_from_files(files)
+    workflows = workflows_from_files(files) if files else None
 
-    def started(engine: Any) -> None:
-        names = ", ".join(sorted(w.name for w in workflows))
-        click.echo(f"scheduler running workflow(s) {names}", err=True)
+    def started(engine: Any, names: list[str]) -> None:
+        click.echo(f"scheduler running workflow(s) {', '.join(names)}", err=True)
 
     await serve(
         settings,

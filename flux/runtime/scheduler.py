@@ -541,23 +541,55 @@ def workflows_from_files(paths: Iterable[str]) -> list[workflow]:
     return found
 
 
+async def uploaded_workflows(store: StoreAPI) -> list[workflow]:
+    """The latest uploaded version of every workflow in the store (``flux workflow register``
+    on a server using it), loaded in a worker thread as a worker loads them."""
+    from .errors import WorkflowError
+    from .loader import load_source, workflows_in
+
+    found: list[workflow] = []
+    for rec in await store.list_workflows():
+        source = (await store.get_workflow(rec.name, rec.version)) or rec
+        name = f"flux_src_{source.source_hash[:16]}"
+        try:
+            module = await anyio.to_thread.run_sync(load_source, source.source, name)
+        except Exception as exc:
+            raise WorkflowError(
+                f"uploaded workflow {rec.name!r} version {rec.version} cannot load: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        wf = workflows_in(module).get(rec.name)
+        if wf is not None:
+            found.append(wf)
+    return found
+
+
 async def serve(
     settings: Any,
-    workflows: Iterable[workflow],
+    workflows: Iterable[workflow] | None,
     *,
     refresh: float = REFRESH,
     max_running: int = 100,
     handle_signals: bool = False,
-    started: Callable[[Engine], None] | None = None,
+    started: Callable[[Engine, list[str]], None] | None = None,
 ) -> None:
-    """``flux start scheduler``: run the store's schedules of ``workflows`` in this process
-    until cancelled (or, with ``handle_signals``, SIGTERM/SIGINT). Stopping stops the
-    executions it runs (resumed by the next scheduler), it does not cancel them."""
+    """``flux start scheduler``: run the store's schedules of ``workflows`` (None: the
+    workflows uploaded to the store) in this process until cancelled (or, with
+    ``handle_signals``, SIGTERM/SIGINT). Stopping stops the executions it runs (resumed by the
+    next scheduler), it does not cancel them."""
     import signal
 
     from .engine import open_engine
+    from .errors import WorkflowError
 
     async with open_engine(settings) as engine:
+        if workflows is None:
+            workflows = await uploaded_workflows(engine.store)
+            if not workflows:
+                raise WorkflowError(
+                    "no workflows to run: give the files that define them, or upload them to "
+                    "this store (flux workflow register on a server using it)"
+                )
         engine.schedules.register(*workflows)
         async with anyio.create_task_group() as tg:
             if handle_signals:
@@ -586,4 +618,4 @@ async def serve(
                     ", ".join(unknown),
                 )
             if started is not None:
-                started(engine)
+                started(engine, sorted(engine.schedules.workflows))
