@@ -174,13 +174,14 @@ def test_without_wait_the_second_starter_is_refused_naming_the_owner(procs):
 
 
 def test_a_live_run_is_not_taken_by_another_process(tmp_path, store):
-    # renewed by the heartbeat: live long past one ttl
-    procs = Procs(tmp_path, ttl=1.0, store=store)
+    # renewed by the heartbeat: live long past one ttl (2 s, not less: a heartbeat delayed
+    # past the ttl on a loaded machine really does lose the lease, correctly)
+    procs = Procs(tmp_path, ttl=2.0, store=store)
     try:
-        a = procs.spawn("chain", "live-1", "[1, 3.0]")
+        a = procs.spawn("chain", "live-1", "[1, 7.0]")
         owner = procs.wait_for_body("s0")
-        time.sleep(2.0)
-        b = procs.spawn("chain", "live-1", "[1, 3.0]")
+        time.sleep(4.5)
+        b = procs.spawn("chain", "live-1", "[1, 7.0]")
         rb = procs.result(b)
         assert rb["error"] == "ExecutionLeasedError"
         assert f"pid {owner}" in rb["message"]

@@ -4,6 +4,10 @@ port 0, a real WebSocket session, and the worker's reaction to a lease taken awa
 from __future__ import annotations
 
 import functools
+import os
+import re
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -330,3 +334,53 @@ async def test_an_event_no_frame_can_carry_fails_the_execution_instead_of_loopin
         while "e-1" in worker.runs:
             await trio.sleep(0.01)
     assert all(len(p.to_frame(b)) <= p.FRAME_ENVELOPE + 2000 for b in batches)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("http://127.0.0.1:8000", "ws://127.0.0.1:8000/workers/connect"),
+        ("https://flux.example/prefix/", "wss://flux.example/prefix/workers/connect"),
+        ("127.0.0.1:8000", "ws://127.0.0.1:8000/workers/connect"),
+        ("ws://[::1]:9", "ws://[::1]:9/workers/connect"),
+    ],
+)
+def test_ws_url_of_a_server_address(given, expected):
+    assert ws_url(given) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ("ftp://h:1", "scheme 'ftp'"),
+        ("http://:8000", "names no host"),
+        ("http://h:99999", "port must be a number"),
+        ("http://h:abc", "port must be a number"),
+        ("http://h:0", "port must be a number"),
+        ("http://h:8000?x=1", "query or fragment"),
+        ("http://h :8000", "whitespace"),
+    ],
+)
+def test_a_server_url_that_is_not_one_is_refused_naming_it(given, says):
+    with pytest.raises(ValueError, match=re.escape(says)) as info:
+        ws_url(given)
+    assert repr(given) in str(info.value)
+
+
+def test_the_worker_command_refuses_a_bad_server_url_in_one_line():
+    proc = subprocess.run(
+        [
+            os.path.join(os.path.dirname(sys.executable), "flux"),
+            "start",
+            "worker",
+            "--server-url",
+            "ftp://h:1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        "error: server URL 'ftp://h:1': scheme 'ftp' is not http, https, ws or wss"
+    ]

@@ -36,6 +36,7 @@ import random
 import signal
 import socket
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -112,15 +113,40 @@ def server_urls(server_url: str | Sequence[str]) -> list[str]:
 
 
 def ws_url(server_url: str) -> str:
-    """``http(s)://host:port[/prefix]`` -> ``ws(s)://host:port[/prefix]/workers/connect``."""
+    """``http(s)://host:port[/prefix]`` -> ``ws(s)://host:port[/prefix]/workers/connect``.
+
+    ValueError naming the address when it is not one: another scheme, no host, a port that is
+    not a number from 1 to 65535, spaces, a query or a fragment."""
     url = server_url.rstrip("/")
     if url.startswith("https://"):
         url = "wss://" + url[len("https://") :]
     elif url.startswith("http://"):
         url = "ws://" + url[len("http://") :]
+    elif "://" in url and not url.startswith(("ws://", "wss://")):
+        scheme = url.split("://", 1)[0]
+        raise ValueError(
+            f"server URL {server_url!r}: scheme {scheme!r} is not http, https, ws or wss"
+        )
     elif not url.startswith(("ws://", "wss://")):
         url = "ws://" + url
+    _check_address(server_url, url)
     return url + "/workers/connect"
+
+
+def _check_address(given: str, url: str) -> None:
+    if any(c.isspace() for c in url):
+        raise ValueError(f"server URL {given!r} contains whitespace")
+    parts = urllib.parse.urlsplit(url)
+    if parts.query or parts.fragment:
+        raise ValueError(f"server URL {given!r} has a query or fragment (give host:port[/prefix])")
+    try:
+        port = parts.port  # ValueError for a port that is not a number in range
+    except ValueError:
+        port = -1
+    if not parts.hostname:
+        raise ValueError(f"server URL {given!r} names no host (e.g. http://127.0.0.1:8000)")
+    if port == -1 or port == 0:
+        raise ValueError(f"server URL {given!r}: the port must be a number from 1 to 65535")
 
 
 class _Pending:
