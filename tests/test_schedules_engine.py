@@ -277,3 +277,32 @@ async def test_a_running_scheduler_takes_over_what_a_dead_one_left(tmp_path, set
             await trio.sleep(70)  # the next look for unfinished executions finds it
             assert await states(engine) == {eid: "COMPLETED"}
         assert calls == [("quick", {"o": 1})]
+
+
+@task
+async def exits():
+    raise SystemExit(3)
+
+
+@task
+async def interrupts():
+    raise KeyboardInterrupt
+
+
+@workflow
+async def hostile(ctx: ExecutionContext[str]):
+    return await (exits() if ctx.input == "exit" else interrupts())
+
+
+@pytest.mark.trio
+async def test_hostile_user_code_fails_only_its_execution(tmp_path, settled_clock):
+    async with engine_at(tmp_path) as engine:
+        await engine.schedules.create("exit", hostile, every="1m", input="exit")
+        await engine.schedules.create("ctrl-c", hostile, every="1m", input="kb")
+        await engine.schedules.create("fine", quick, every="1m", input={})
+        async with engine.scheduler(**QUIET):
+            await trio.sleep(2 * 60 + 30)
+        got = await states(engine)
+    assert len(got) == 6
+    for eid, state in got.items():
+        assert state == ("COMPLETED" if eid.startswith("sched-fine-") else "FAILED"), eid

@@ -188,6 +188,9 @@ class Engine:
         self._running: dict[str, Execution] = {}
         self._leases: dict[str, _Lease] = {}
         self._schedules: Any = None  # see the schedules property
+        #: executions whose user code raising a BaseException (SystemExit...) fails them, as on
+        #: a worker, instead of propagating to the caller (runs nobody awaits: schedules)
+        self.base_exceptions_fail_for: set[str] = set()
         self._kick: anyio.Event | None = None  # set when a run starts (see watch)
         self._leased: anyio.Event | None = None  # set when a lease is taken (see heartbeat)
 
@@ -446,6 +449,8 @@ class Engine:
         journal = StoreJournal(self.store, eid, epoch, held)
         journal.tickets.extend(tickets)  # a refused creation stops the run at its next write
         execution = Execution(wf, ctx, journal, self, clock=self.clock)
+        if eid in self.base_exceptions_fail_for:
+            execution._base_fail = True
         execution.resume_value = resume_value
         self._running[eid] = execution
         try:

@@ -496,7 +496,12 @@ class Schedules:
         try:
             if self._stopping:
                 return
-            ctx = await self.engine.run(wf, None, execution_id=execution_id)
+            # nobody awaits this run: user code raising SystemExit & co fails only it
+            self.engine.base_exceptions_fail_for.add(execution_id)
+            try:
+                ctx = await self.engine.run(wf, None, execution_id=execution_id)
+            finally:
+                self.engine.base_exceptions_fail_for.discard(execution_id)
             log.info("execution %s (schedule): %s", execution_id, ctx.state.value)
         except ExecutionLeasedError:
             log.info("execution %s (schedule): another runner holds it", execution_id)
