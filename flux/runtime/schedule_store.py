@@ -47,9 +47,12 @@ __all__ = [
     "trigger",
 ]
 
-#: How many recorded decisions each schedule keeps (older ones are deleted as new ones come).
+#: How many recorded decisions each schedule keeps (older ones are deleted as new ones come,
+#: every 50 decisions: between two prunes a schedule holds up to 50 more).
 KEEP_FIRES = 200
 
+#: Old decisions are deleted each time a schedule's count crosses a multiple of this.
+_PRUNE_EVERY = 50
 _TERMINAL = tuple(sorted(s.value for s in TERMINAL_STATES))
 
 
@@ -77,7 +80,7 @@ class Started:
 
 
 _SELECT = f"SELECT {', '.join(SCHEDULE_COLUMNS)} FROM schedules"
-_SELECT_S = f"SELECT {', '.join('s.' + c for c in SCHEDULE_COLUMNS)} FROM schedules s"
+_SELECT_S = f"SELECT {', '.join('s.' + c for c in SCHEDULE_COLUMNS)}"
 
 
 def _record(row: Sequence[Any]) -> ScheduleRecord:
@@ -222,7 +225,8 @@ def claim_due(
     where, params = _workflow_filter(d, names)
     rows = conn.execute(
         d.sql(
-            f"{_SELECT_S} LEFT JOIN executions e ON e.execution_id = s.last_execution_id "
+            f"{_SELECT_S}, e.state FROM schedules s LEFT JOIN executions e "
+            "ON e.execution_id = s.last_execution_id "
             "WHERE ((s.paused = 0 AND (s.next_due_at <= ? OR (s.buffered_at IS NOT NULL AND "
             f"(e.state IS NULL OR e.state IN ({', '.join('?' * len(_TERMINAL))}))))) "
             f"OR s.trigger_at IS NOT NULL){where} "
@@ -232,21 +236,14 @@ def claim_due(
     ).fetchall()
     started: list[Started] = []
     for row in rows:
-        started.extend(_claim_one(conn, d, _record(row), now, pin_version))
+        state = row[-1]
+        running = state is not None and ExecutionState(state) not in TERMINAL_STATES
+        started.extend(_claim_one(conn, d, _record(row[:-1]), now, pin_version, running))
     return started
 
 
-def _running(conn: Any, d: Dialect, execution_id: str | None) -> bool:
-    if execution_id is None:
-        return False
-    row = conn.execute(
-        d.sql("SELECT state FROM executions WHERE execution_id = ?"), (execution_id,)
-    ).fetchone()
-    return row is not None and ExecutionState(row[0]) not in TERMINAL_STATES
-
-
 def _claim_one(
-    conn: Any, d: Dialect, rec: ScheduleRecord, now: float, pin_version: bool
+    conn: Any, d: Dialect, rec: ScheduleRecord, now: float, pin_version: bool, running: bool
 ) -> list[Started]:
     try:
         decided = plan(
@@ -257,7 +254,7 @@ def _claim_one(
             buffered_at=None if rec.paused else rec.buffered_at,
             overlap=rec.overlap,
             catch_up=rec.catch_up,
-            running=_running(conn, d, rec.last_execution_id),
+            running=running,
         )
     except (ScheduleError, ValueError, ArithmeticError, LookupError, TypeError) as exc:
         # a row no rule can read (written by hand, or by another version): pause it, say why
@@ -299,7 +296,7 @@ def _claim_one(
             d.sql(f"INSERT INTO schedule_fires ({', '.join(FIRE_COLUMNS)}) VALUES ({marks})"),
             (rec.name, count, due_at, outcome, eid, detail, now),
         )
-    if count - rec.fire_count:
+    if count // _PRUNE_EVERY != rec.fire_count // _PRUNE_EVERY:  # now and then, not each time
         conn.execute(
             d.sql("DELETE FROM schedule_fires WHERE schedule_name = ? AND seq <= ?"),
             (rec.name, count - KEEP_FIRES),
