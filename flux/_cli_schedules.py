@@ -245,9 +245,14 @@ def _simple(command: str, summary: str) -> Any:
             "delete": lambda c: c.schedule_delete(name),
             "trigger": lambda c: c.schedule_trigger(name),
         }[command]
-        result = await _on(settings, server_url, token, local, remote, writes=True)
+        result = await _on(settings, server_url, token, local, remote)
         if command == "trigger":
             click.echo(f"schedule {name}: triggered execution {result}")
+            if not server_url:
+                click.echo(
+                    "it starts when a scheduler on this store looks (flux start scheduler)",
+                    err=True,
+                )
         elif command == "resume":
             click.echo(f"schedule {name} resumed; next {_next(result)}")
         else:
