@@ -306,3 +306,20 @@ async def test_hostile_user_code_fails_only_its_execution(tmp_path, settled_cloc
     assert len(got) == 6
     for eid, state in got.items():
         assert state == ("COMPLETED" if eid.startswith("sched-fine-") else "FAILED"), eid
+
+
+def test_schedules_run_on_asyncio_too(tmp_path):
+    import anyio
+
+    async def main():
+        async with open_engine(store=str(tmp_path / "aio.db")) as engine:
+            await engine.schedules.create("a", quick, every="1s", input={"aio": 1})
+            async with engine.scheduler():
+                with anyio.fail_after(20):
+                    while len(await states(engine)) < 2:
+                        await anyio.sleep(0.1)
+            return await engine.schedules.show("a")
+
+    shown = anyio.run(main, backend="asyncio")
+    started = [f for f in shown.recent if f.outcome == "started"]
+    assert len(started) >= 2 and all(f.state == "COMPLETED" for f in started[1:])
