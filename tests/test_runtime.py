@@ -559,3 +559,23 @@ def test_a_task_call_never_awaited_warns():
         say_hello("forgotten")
         gc.collect()
     assert runs == []
+
+
+def test_every_parse_of_a_source_takes_the_one_parse_lock():
+    # CPython 3.11 can fail two ASTs built at once by two threads (python/cpython#106905):
+    # the server's upload check, the secrets scan and the loader must parse one at a time
+    import threading
+
+    from flux.net.security import declared_secrets
+    from flux.net.uploads import workflow_names
+    from flux.runtime import loader
+
+    source = "from flux import workflow\n\n@workflow\nasync def wf(ctx):\n    return 1\n"
+    for parse in (workflow_names, declared_secrets, loader.check_source):
+        done = threading.Event()
+        with loader._PARSE_LOCK:
+            thread = threading.Thread(target=lambda p=parse, d=done: (p(source), d.set()))
+            thread.start()
+            assert not done.wait(0.2), f"{parse.__name__} parsed without the lock"
+        assert done.wait(10), f"{parse.__name__} never finished"
+        thread.join()

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 import attrs
 
 from flux.runtime.errors import FluxError
+from flux.runtime.loader import parse_source
 
 __all__ = [
     "AuthFailure",
@@ -129,7 +130,7 @@ def declared_secrets(source: str) -> frozenset[str] | None:
     (literal strings), or None when some ``secret_requests`` is not a literal list of strings
     (then the server cannot tell, and any name is allowed for a leased execution)."""
     try:
-        tree = ast.parse(source)
+        tree = parse_source(source)
     except SyntaxError:
         return frozenset()
     names: set[str] = set()
@@ -166,7 +167,7 @@ def task_secret_declarations(source: str) -> list[tuple[re.Pattern[str], frozens
     ``secret_requests`` given outside a decorator): then the server falls back to
     :func:`declared_secrets` for the whole source."""
     try:
-        tree = ast.parse(source)
+        tree = parse_source(source)
     except SyntaxError:
         return []
     found: list[tuple[re.Pattern[str], frozenset[str]]] = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 
 from flux.runtime.errors import WorkflowError
-from flux.runtime.loader import check_source
+from flux.runtime.loader import check_source, parse_source
 
 __all__ = ["MAX_WORKFLOW_NAME", "workflow_names"]
 
@@ -62,7 +62,7 @@ def workflow_names(source: str, filename: str = "<upload>") -> list[str]:
     Raises WorkflowError naming the line on a syntax error, and naming the function whose
     ``@workflow.with_options(name=...)`` is not a usable literal name."""
     names = check_source(source, filename)
-    tree = ast.parse(source, filename=filename)
+    tree = parse_source(source, filename)
     for node in tree.body:
         if not isinstance(node, ast.AsyncFunctionDef | ast.FunctionDef):
             continue

@@ -143,11 +143,23 @@ def load_workflow(target: str) -> workflow:
     return pick(workflows_in(module), name or None, path)
 
 
+#: CPython 3.11 keeps the AST constructor's recursion depth in interpreter-wide state: two
+#: threads building ASTs at once can fail with "SystemError: AST constructor recursion depth
+#: mismatch" (python/cpython#106905). Every parse of this package goes through one lock.
+_PARSE_LOCK = threading.Lock()
+
+
+def parse_source(source: str, filename: str = "<unknown>") -> ast.Module:
+    """``ast.parse(source)``, one thread at a time (see :data:`_PARSE_LOCK`)."""
+    with _PARSE_LOCK:
+        return ast.parse(source, filename=filename)
+
+
 def check_source(source: str, filename: str = "<upload>") -> list[str]:
     """Parse uploaded source without running it; return the names of the ``@workflow``-decorated
     top-level functions. A syntax error raises WorkflowError naming the line."""
     try:
-        tree = ast.parse(source, filename=filename)
+        tree = parse_source(source, filename)
     except SyntaxError as e:
         raise WorkflowError(f"syntax error in {filename} at line {e.lineno}: {e.msg}") from None
     names: list[str] = []
