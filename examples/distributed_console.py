@@ -30,6 +30,7 @@ _flaky_calls: dict[str, int] = {}
 async def fetch_stock(item: str) -> int:
     # fails the first time on each worker process, so the timeline shows a retry
     _flaky_calls[item] = _flaky_calls.get(item, 0) + 1
+    print(f"asking the stock service about {item} (try {_flaky_calls[item]})")  # task logs
     if _flaky_calls[item] == 1:
         raise ConnectionError(f"the stock service timed out for {item}")
     return len(item)
@@ -93,6 +94,7 @@ async def doomed(ctx: ExecutionContext[str]) -> None:
 
 @task
 async def tick(i: int) -> int:
+    print(f"tick {i}")  # shown live in the execution's logs panel
     await anyio.sleep(0.5)
     return i
 

@@ -373,6 +373,69 @@ async def _follow_local(execution_id: str, from_offset: int, settings: Settings)
     _finish(ctx, resume_hint=f"flux run FILE --execution-id {execution_id} [VALUE]")
 
 
+@executions.command("logs")
+@click.argument("execution_id")
+@click.option(
+    "-f", "--follow", is_flag=True, help="go on printing lines as they come, until it ends"
+)
+@click.option("--call", "call_id", help="only the lines of this call id (and the calls below it)")
+@click.option("--after", type=click.IntRange(0), default=0, help="only lines after this seq")
+@click.option("--json", "as_json", is_flag=True, help="print each line as one JSON object")
+@server_option
+@local_store_options
+@flux_errors
+async def executions_logs(
+    execution_id: str,
+    follow: bool,
+    call_id: str | None,
+    after: int,
+    as_json: bool,
+    server_url: str | None,
+    token: str | None,
+    settings: Settings,
+) -> None:
+    """Print what an execution's task bodies printed and logged, in order (with --follow,
+    live until the execution ends or pauses)."""
+    from contextlib import aclosing
+
+    from .runtime.log_reader import line_text
+
+    def show(line: Any) -> None:
+        data = line if isinstance(line, dict) else line.to_dict()
+        click.echo(json.dumps(to_jsonable(data)) if as_json else line_text(data))
+
+    if server_url:
+        async with _remote_client(server_url, token) as client:
+            if follow:
+                async with aclosing(
+                    client.follow_logs(execution_id, after=after, call_id=call_id)
+                ) as lines:
+                    async for line in lines:
+                        show(line)
+                return
+            while True:
+                page = await client.logs(execution_id, after=after, call_id=call_id)
+                for line in page["lines"]:
+                    show(line)
+                if not page["lines"]:
+                    return
+                after = page["after"]
+    from .runtime.engine import open_engine
+
+    _existing_store(settings, execution_id)
+    async with open_engine(settings, cancel_poll=None) as engine:
+        if not follow:
+            for line in await engine.logs(execution_id, after=after, call_id=call_id):
+                show(line)
+            return
+        async with aclosing(
+            engine.follow_logs(execution_id, after=after, call_id=call_id)
+        ) as pages:
+            async for found in pages:
+                for line in found or ():
+                    show(line)
+
+
 # ---------------------------------------------------------------------------- secrets (local)
 
 

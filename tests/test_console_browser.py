@@ -240,6 +240,55 @@ def test_an_execution_with_its_timeline_and_error(site, browser):
     no_console_errors(browser)
 
 
+def test_the_logs_panel_follows_a_running_execution_and_a_bar_shows_its_lines(site, browser):
+    url = site["url"]
+    order_id = site["started"]["order"]
+    wait_for(lambda: api_state(site, order_id) == "PAUSED", 30, "the order to pause")
+    browser.get(f"{url}/ui/executions/{order_id}")
+    lines = browser.find_elements(By.CSS_SELECTOR, "#log-lines tbody tr")
+    texts = [r.find_element(By.CSS_SELECTOR, "pre").text for r in lines]
+    assert texts == [
+        "asking the stock service about tea (try 1)",
+        "asking the stock service about tea (try 2)",
+    ]
+    assert [r.get_attribute("data-call") for r in lines] == ["fetch_stock#0"] * 2
+    assert "attempt 2" in lines[1].text
+    # the bar of a call links to its lines
+    bar = browser.find_element(
+        By.CSS_SELECTOR, '#timeline tr[data-call="fetch_stock#0"] a.call-logs'
+    )
+    bar.click()
+    until(browser, ec.url_contains("call=fetch_stock%230"))
+    assert text_of(browser, "#logs-call") == "fetch_stock#0"
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#log-lines tbody tr")) == 2
+    browser.find_element(
+        By.CSS_SELECTOR, '#timeline tr[data-call="reserve_gift#2"] a.call-logs'
+    ).click()
+    until(browser, ec.url_contains("call=reserve_gift%232"))
+    assert "No log lines for this call" in text_of(browser, "#no-logs")
+    # a running execution: its lines appear without a reload
+    long_haul = site["started"]["long_haul"]
+    browser.get(f"{url}/ui/executions/{long_haul}")
+    assert browser.find_element(By.ID, "logs").get_attribute("data-poll")
+    browser.execute_script("window.fluxProbe = 'same page'")
+    first = len(browser.find_elements(By.CSS_SELECTOR, "#log-lines tbody tr"))
+
+    def grew(driver: webdriver.Chrome) -> bool:
+        return len(driver.find_elements(By.CSS_SELECTOR, "#log-lines tbody tr")) >= first + 2
+
+    until(browser, grew, 20)
+    shown = until(
+        browser,
+        lambda d: [r.text for r in d.find_elements(By.CSS_SELECTOR, "#log-lines tbody tr pre")],
+    )
+    assert shown[:3] == ["tick 0", "tick 1", "tick 2"]
+    # swapped in place: the page itself was not reloaded
+    assert browser.execute_script("return window.fluxProbe") == "same page"
+    browser.execute_script("document.getElementById('logs-title').scrollIntoView()")
+    shot(browser, "logs")
+    no_console_errors(browser)
+
+
 def test_resume_a_paused_execution(site, browser):
     order_id = site["started"]["order"]
     browser.get(f"{site['url']}/ui/executions/{order_id}")

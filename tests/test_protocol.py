@@ -88,6 +88,14 @@ SECRETS = Secrets(request_id=9, values={"API_KEY": "hunter2"}, missing=["OTHER"]
 CACHE_GET = CacheGet(execution_id="ex-1", epoch=3, request_id=10, key="ab12")
 CACHE_VALUE = CacheValue(request_id=10, value=b"\x92\x01\x02")
 CACHE_PUT = CachePut(execution_id="ex-1", epoch=3, key="ab12", value=b"\xc0", ttl=60.0)
+LOGS = p.Logs(
+    execution_id="ex-1",
+    epoch=3,
+    lines=[["step#0", 1, "INFO", "stdout", 1700000000.25, "hello"]],
+    limit=1000,
+    cut_lines=2,
+    cut_bytes=40,
+)
 ERROR = Error(code="bad-field", detail="something was wrong")
 
 SAMPLES = [
@@ -106,6 +114,7 @@ SAMPLES = [
     CACHE_GET,
     CACHE_VALUE,
     CACHE_PUT,
+    LOGS,
     ERROR,
 ]
 WORKER_SENDS = [m for m in SAMPLES if m.SENDER is Role.WORKER and not isinstance(m, Hello)]

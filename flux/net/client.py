@@ -403,6 +403,58 @@ class FluxClient:
         finally:
             await ws.aclose()
 
+    # ------------------------------------------------------------------ task logs
+
+    async def logs(
+        self,
+        execution_id: str,
+        *,
+        after: int = 0,
+        limit: int | None = None,
+        call_id: str | None = None,
+    ) -> dict[str, Any]:
+        """A page of an execution's task log lines: ``{"execution_id", "state", "lines",
+        "after"}``, each line ``{"seq", "call_id", "attempt", "level", "logger", "time",
+        "message"}``; pass ``after`` back for the next page."""
+        params = {"after": after or None, "limit": limit, "call": call_id}
+        return await self._request(
+            "GET", f"/executions/{_name(execution_id)}/logs", params=params
+        )
+
+    async def follow_logs(
+        self, execution_id: str, *, after: int = 0, call_id: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yield an execution's task log lines (after seq ``after``) as they are stored,
+        until the execution ends or pauses and its last lines were sent (the server's
+        ``end`` event), or the server closes the stream."""
+        path = f"/executions/{_name(execution_id)}/logs"
+        params = {"follow": "true", "after": after or None, "call": call_id}
+        params = {k: v for k, v in params.items() if v is not None}
+        timeout = httpx.Timeout(self.timeout, read=None)
+        try:
+            async with self.http.stream(
+                "GET",
+                path,
+                params=params,
+                headers={"Accept": "text/event-stream"},
+                timeout=timeout,
+            ) as response:
+                if response.status_code >= 400:
+                    body = await response.aread()
+                    raise _error_from(response.status_code, body, response.reason_phrase)
+                parser = _SSEParser()
+                async for raw in response.aiter_lines():
+                    event = parser.feed(raw)
+                    if event is None:
+                        continue
+                    value = _sse_data(*event)
+                    if event[0] == "end":
+                        return
+                    if event[0] == "log":
+                        yield value
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+
     # ------------------------------------------------------------------ operations
 
     async def workers(self) -> list[dict[str, Any]]:

@@ -55,6 +55,7 @@ import attrs
 import trio
 
 from flux.net import protocol as p
+from flux.net import task_logs
 from flux.net.security import declared_secrets, secrets_for_call, task_secret_declarations
 from flux.net.signal import Signal
 from flux.runtime import codec
@@ -760,6 +761,8 @@ class Dispatcher:
                         msg = attrs.evolve(msg, value=masked)
                 assert self._nursery is not None
                 self._nursery.start_soon(self._cache, link, msg)
+        elif isinstance(msg, p.Logs):
+            await task_logs.receive(self, link, msg)
         else:  # pragma: no cover - the session state machine lets nothing else through
             log.warning("unexpected %s from %s", msg.TYPE, link.worker_id)
 

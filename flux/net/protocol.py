@@ -28,6 +28,8 @@ Messages (W = worker, S = server)::
     cache_get        W->S  execution_id, epoch, request_id, key
     cache_value      S->W  request_id, value (encoded bytes, None: no entry)
     cache_put        W->S  execution_id, epoch, key, value (encoded bytes), ttl (None: none)
+    logs             W->S  execution_id, epoch, lines ([[call_id, attempt, level, logger, time,
+                           message], ...]), limit, cut_lines, cut_bytes (task logs; no answer)
     error            both  code, detail (then the sender closes)
 
 An event in ``history`` and ``events`` is a map with at least ``seq`` (int), ``type`` (str),
@@ -111,6 +113,7 @@ __all__ = [
     "Hello",
     "Lease",
     "LocalProtocolError",
+    "Logs",
     "Message",
     "ProtocolError",
     "Reject",
@@ -541,6 +544,9 @@ class Welcome(_MessageBase):
     #: the number of executions the server will lease to this worker at once (its claimed
     #: capacity, or the server's maximum if it claimed more)
     capacity: int | None = _field(_optional(_int(1)), optional=True, default=None)
+    #: bytes of task log lines the server keeps per execution unless its workflow says
+    #: otherwise (the worker stops shipping an execution's lines past it)
+    log_limit: int | None = _field(_optional(_int(1)), optional=True, default=None)
 
     def _check(self) -> None:
         if self.heartbeat_interval >= self.lease_ttl:
@@ -742,6 +748,45 @@ class CachePut(_MessageBase):
     ttl: float | None = _field(_optional(_number(positive=True)), default=None)
 
 
+_ATTEMPT = _int(0)
+_TIME = _number()
+
+
+def _log_line(value: Any, path: str) -> list[Any]:
+    """``[call_id, attempt, level, logger, time, message]``, each checked."""
+    if not isinstance(value, list | tuple) or len(value) != 6:
+        raise _Invalid(
+            path, f"must be [call_id, attempt, level, logger, time, message], got {_show(value)}"
+        )
+    call_id, attempt, level, logger, when, message = value
+    return [
+        _str(call_id, f"{path}[0]"),
+        _ATTEMPT(attempt, f"{path}[1]"),
+        _str(level, f"{path}[2]"),
+        _str(logger, f"{path}[3]"),
+        _TIME(when, f"{path}[4]"),
+        _str(message, f"{path}[5]"),
+    ]
+
+
+@attrs.frozen(kw_only=True)
+class Logs(_MessageBase):
+    """W->S: task log lines of an execution the worker holds (:mod:`flux.runtime.logs`),
+    stored by the server within ``limit`` bytes per execution (None: the server's limit);
+    ``cut_lines``/``cut_bytes`` were cut by the worker already. Not acknowledged: the outbox's
+    backpressure paces them, and a worker drops lines (with a marker) rather than wait."""
+
+    TYPE: ClassVar[str] = "logs"
+    SENDER: ClassVar[Role | None] = Role.WORKER
+
+    execution_id: str = _field(_str)
+    epoch: int = _field(_EPOCH)
+    lines: list[list[Any]] = _field(_list_of(_log_line))
+    limit: int | None = _field(_optional(_int(1)), default=None)
+    cut_lines: int = _field(_int(0), default=0)
+    cut_bytes: int = _field(_int(0), default=0)
+
+
 @attrs.frozen(kw_only=True)
 class Error(_MessageBase):
     """Either way: the sender found a protocol violation (or refuses the session, e.g. a bad
@@ -770,6 +815,7 @@ Message: TypeAlias = (
     | CacheGet
     | CacheValue
     | CachePut
+    | Logs
     | Error
 )
 
@@ -793,6 +839,7 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
             CacheGet,
             CacheValue,
             CachePut,
+            Logs,
             Error,
         )
     }
@@ -1034,6 +1081,7 @@ TRANSITIONS: Mapping[Role, Mapping[SessionState, _Table]] = MappingProxyType(
                         (RECEIVE, SecretsRequest): _S.READY,
                         (RECEIVE, CacheGet): _S.READY,
                         (RECEIVE, CachePut): _S.READY,
+                        (RECEIVE, Logs): _S.READY,
                         **_ERROR_EXITS,
                     }
                 ),
@@ -1053,6 +1101,7 @@ TRANSITIONS: Mapping[Role, Mapping[SessionState, _Table]] = MappingProxyType(
                         (SEND, SecretsRequest): _S.READY,
                         (SEND, CacheGet): _S.READY,
                         (SEND, CachePut): _S.READY,
+                        (SEND, Logs): _S.READY,
                         (RECEIVE, Lease): _S.READY,
                         (RECEIVE, Ack): _S.READY,
                         (RECEIVE, Reject): _S.READY,

@@ -215,6 +215,7 @@ class FluxServer:
                     max_value_size=max(cfg.max_frame_size - p.FRAME_ENVELOPE, 1),
                     request_timeout=timeout,
                     capacity=capacity,
+                    log_limit=self.settings.log_limit,
                 )
             )
         )

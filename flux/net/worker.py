@@ -46,7 +46,7 @@ import trio_websocket
 from flux.net import protocol as p
 from flux.net.liveness import LeaseClock
 from flux.net.signal import Signal
-from flux.runtime import codec
+from flux.runtime import codec, logs
 from flux.runtime.context import ExecutionContext
 from flux.runtime.engine import decode_event
 from flux.runtime.errors import (
@@ -196,6 +196,10 @@ class _Run:
     #: on a worker, user code raising SystemExit, KeyboardInterrupt... fails its execution
     base_exceptions_fail = True
 
+    @property
+    def log_sink(self) -> logs.LogSink:
+        return self.worker.log_sink
+
     async def ensure_lease(self, execution: Execution) -> None:
         """No user code starts once this run's lease is lost, or may be: the server rejected
         it, or the worker went the lease ttl without word from the server."""
@@ -223,6 +227,9 @@ class _Run:
         if self.dead is not None:
             raise LeaseLostError(f"execution {self.execution_id}: {self.dead}")
         state = update.get("state") if update else None
+        if state is not None and state not in (S.RUNNING, S.CLAIMED):
+            # the lease ends with this write: the run's log lines go first
+            await self.worker.log_sink.flush(self.execution_id, forget=True)
         if state == S.SCHEDULED and update and update.get("wake_at") is not None:
             # a long durable sleep: everything before it durable, then give the slot back
             self.pending.extend(events)
@@ -485,6 +492,10 @@ class Worker:
         self._cancels: dict[str, int] = {}
         self.stopping = False
         self.completed = 0
+        #: what task bodies print and log, until it is shipped (see flux.runtime.logs)
+        self.log_sink = logs.LogSink(
+            self._ship_logs, batch_bytes=self.max_frame_size // 2, **logs.sink_settings()
+        )
 
     def trusted(self) -> bool:
         """May this worker act on its leases now (start a body, act on a frame)? Not once it
@@ -501,6 +512,29 @@ class Worker:
         if self._send is None:
             raise LeaseLostError("not connected")
         await self._send(msg)
+
+    async def _ship_logs(
+        self, execution_id: str, entries: list, limit: int, cut_lines: int, cut_bytes: int
+    ) -> None:
+        """Send log lines of a run this worker holds (those of a run gone are dropped: its
+        lease, and the right to write for it, went with it)."""
+        run = self.runs.get(execution_id)
+        if run is None or run.dead is not None:
+            log.debug("%d log line(s) of %s dropped: no lease", len(entries), execution_id)
+            return
+        wf = run.execution.workflow if run.execution is not None else None
+        await self.send(
+            p.Logs(
+                execution_id=execution_id,
+                epoch=run.epoch,
+                lines=[
+                    [e.call_id, e.attempt, e.level, e.logger, e.time, e.message] for e in entries
+                ],
+                limit=getattr(wf, "log_limit", None) or limit,
+                cut_lines=cut_lines,
+                cut_bytes=cut_bytes,
+            )
+        )
 
     async def answer(self, waiter: _Pending, run: _Run, what: str) -> None:
         """Wait for the answer to a request of ``run`` for at most ``request_timeout``; past it
@@ -611,6 +645,9 @@ class Worker:
         self.max_frame_size = welcome.max_frame_size
         self.max_value_size = welcome.max_value_size
         self.request_timeout = welcome.request_timeout
+        self.log_sink.batch_bytes = max(welcome.max_frame_size // 2, 1)
+        if welcome.log_limit is not None:
+            self.log_sink.limit = welcome.log_limit
         log.info(
             "worker %s connected as %s (lease ttl %.1fs, frames up to %d bytes%s)",
             self.name,
@@ -968,8 +1005,10 @@ async def serve_worker(
             started = True
             task_status.started(worker_id)
 
+    logs.install()
     try:
         async with trio.open_nursery() as outer:
+            outer.start_soon(worker.log_sink.serve)
             if handle_signals:
 
                 async def stop_on_signal() -> None:
@@ -1035,6 +1074,8 @@ async def serve_worker(
         if refused is not None:  # one clear error, not a group (the CLI prints it)
             raise _first(refused) from None
         raise
+    finally:
+        logs.uninstall()
 
 
 def _reason(exc: BaseException) -> str:

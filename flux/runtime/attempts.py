@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from . import codec, frames
+from . import codec, frames, logs
 from .errors import FluxError, SerializationError, TaskFailedError, TaskTimeoutError
 from .events import ExecutionEventType as E
 from .history import CallRecord
@@ -166,9 +166,11 @@ class TaskRuns:
         self.busy += 1
         try:
             if opts.timeout is None:
-                return await _invoke(t, args, kwargs)
+                with logs.capture(self, call_id, attempt + 1):
+                    return await _invoke(t, args, kwargs)
             with anyio.CancelScope(deadline=anyio.current_time() + opts.timeout) as scope:
-                return await _invoke(t, args, kwargs)
+                with logs.capture(self, call_id, attempt + 1):
+                    return await _invoke(t, args, kwargs)
             self._check()
             if scope.cancelled_caught:
                 raise TaskTimeoutError(
@@ -263,7 +265,8 @@ class TaskRuns:
         token = frames.enter(frames.Frame(self, f"{call_id}@{role}", is_body=True))
         self.busy += 1
         try:
-            return await call_plain(fn, args, kwargs)
+            with logs.capture(self, call_id, 0):
+                return await call_plain(fn, args, kwargs)
         finally:
             self.busy -= 1
             frames.leave(token)

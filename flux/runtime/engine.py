@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import attrs
 
-from . import codec, owners
+from . import codec, logs, owners
 from .context import ExecutionContext
 from .errors import (
     ExecutionLeasedError,
@@ -84,12 +84,19 @@ class StoreJournal:
     every later write of this journal raise, so a history never gets a hole. A write that ends
     the run (a state other than RUNNING) releases the lease with it."""
 
-    __slots__ = ("store", "execution_id", "expect", "held", "tickets", "wrote")
+    __slots__ = ("store", "execution_id", "expect", "held", "tickets", "wrote", "log_sink")
 
     def __init__(
-        self, store: Store, execution_id: str, epoch: int, held: list[StoredEvent] | None = None
+        self,
+        store: Store,
+        execution_id: str,
+        epoch: int,
+        held: list[StoredEvent] | None = None,
+        log_sink: logs.LogSink | None = None,
     ):
         self.store = store
+        #: the run's task log lines are written before the write that ends (or suspends) it
+        self.log_sink = log_sink
         self.execution_id = execution_id
         self.expect = {"lease_epoch": epoch}
         self.held = held or []
@@ -124,6 +131,10 @@ class StoreJournal:
         self.tickets.extend(self.store.enqueue(self._write(events, update)))
 
     async def commit(self, events: list[StoredEvent], update: dict[str, Any] | None = None) -> None:
+        sink = self.log_sink
+        if sink is not None and update and sink.has(self.execution_id):
+            if update.get("state", ExecutionState.RUNNING) != ExecutionState.RUNNING:
+                await sink.flush(self.execution_id)
         await self.store.commit(self._write(events, update))
         self._check()
 
@@ -193,6 +204,13 @@ class Engine:
         self.base_exceptions_fail_for: set[str] = set()
         self._kick: anyio.Event | None = None  # set when a run starts (see watch)
         self._leased: anyio.Event | None = None  # set when a lease is taken (see heartbeat)
+        #: what task bodies print and log, until it is written (see flux.runtime.logs)
+        self.log_sink = logs.LogSink(
+            self._write_logs,
+            limit=settings.log_limit,
+            line_limit=settings.log_line_limit,
+            echo=settings.log_echo,
+        )
 
     @property
     def schedules(self) -> Any:
@@ -240,6 +258,40 @@ class Engine:
     ) -> ExecutionContext:
         value, execution.resume_value = execution.resume_value, MISSING
         return await self._run(child, input, child_id, value, execution.ctx.execution_id, wait=True)
+
+    async def _write_logs(
+        self, execution_id: str, entries: list, limit: int, cut_lines: int, cut_bytes: int
+    ) -> None:
+        await self.store.append_logs(
+            execution_id, entries, limit=limit, cut_lines=cut_lines, cut_bytes=cut_bytes
+        )
+
+    async def logs(
+        self,
+        execution_id: str,
+        *,
+        after: int = 0,
+        limit: int | None = None,
+        call_id: str | None = None,
+    ) -> list[logs.LogRecord]:
+        """The task log lines of ``execution_id`` after seq ``after`` (at most ``limit``; of
+        ``call_id`` and the calls below it when given), what this engine captured so far
+        included. Raises ExecutionNotFoundError for an unknown execution."""
+        if self.log_sink.has(execution_id):
+            await self.log_sink.flush(execution_id)
+        lines = await self.store.load_logs(execution_id, after, limit, call_id)
+        if not lines and await self.store.get_execution(execution_id) is None:
+            raise ExecutionNotFoundError(execution_id)
+        return lines
+
+    def follow_logs(
+        self, execution_id: str, *, after: int = 0, call_id: str | None = None, **options: Any
+    ) -> AsyncIterator[list[logs.LogRecord] | None]:
+        """The task log lines of ``execution_id`` as they are stored, in pages, until it ends
+        or pauses (see :func:`flux.runtime.log_reader.follow_logs`)."""
+        from .log_reader import follow_logs
+
+        return follow_logs(self.store, execution_id, after=after, call_id=call_id, **options)
 
     async def ensure_lease(self, execution: Execution) -> None:
         """Renew the lease of ``execution`` first if it is getting old (half its ttl gone by
@@ -446,7 +498,7 @@ class Engine:
         self._leases[eid] = _Lease(epoch, expires, began)
         if self._leased is not None:
             self._leased.set()
-        journal = StoreJournal(self.store, eid, epoch, held)
+        journal = StoreJournal(self.store, eid, epoch, held, self.log_sink)
         journal.tickets.extend(tickets)  # a refused creation stops the run at its next write
         execution = Execution(wf, ctx, journal, self, clock=self.clock)
         if eid in self.base_exceptions_fail_for:
@@ -462,6 +514,9 @@ class Engine:
         finally:
             self._running.pop(eid, None)
             self._leases.pop(eid, None)
+            if self.log_sink.has(eid):  # the run's last lines are stored when it returns
+                with anyio.CancelScope(shield=True):
+                    await self.log_sink.flush(eid, forget=True)
 
     async def _after_stop(
         self,
@@ -667,6 +722,7 @@ async def open_engine(
     engine = Engine(
         opened, settings, SecretStore(opened, settings), clock=clock, cancel_poll=cancel_poll
     )
+    logs.install()
     try:
         if cancel_poll is None:
             yield engine
@@ -675,6 +731,7 @@ async def open_engine(
             async with anyio.create_task_group() as tg:
                 tg.start_soon(engine.watch)
                 tg.start_soon(engine.heartbeat)
+                tg.start_soon(engine.log_sink.serve)
                 try:
                     yield engine
                 finally:
@@ -685,5 +742,7 @@ async def open_engine(
                 raise group.exceptions[0] from None
             raise
     finally:
+        logs.uninstall()
         with anyio.CancelScope(shield=True):
+            await engine.log_sink.flush()
             await opened.aclose()

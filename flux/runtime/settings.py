@@ -14,7 +14,11 @@
   has expired, or at once when its owner's process is gone;
 - ``FLUX_BUSY_TIMEOUT``: seconds SQLite waits for another connection's write lock (default 5);
 - ``FLUX_STORE_RETRY_FOR``: seconds a commit that failed as a whole (locked, disk full, I/O
-  error) is retried with backoff before the runs waiting on it stop (default 30).
+  error) is retried with backoff before the runs waiting on it stop (default 30);
+- ``FLUX_LOG_LIMIT``: bytes of task log lines kept per execution (default 1 MiB; a workflow's
+  ``log_limit=`` option wins), ``FLUX_LOG_LINE_LIMIT``: bytes of one line (default 16 KiB),
+  ``FLUX_LOG_ECHO``: ``0`` to keep what task bodies print out of this process's own output
+  (default ``1``: captured lines are still written to stdout/stderr). See docs/logs.md.
 
 Keyword overrides given to ``from_env`` win over the environment when they are not ``None``; an
 explicit ``db_path`` wins over ``FLUX_STORE``, and ``FLUX_STORE`` over ``FLUX_DB``.
@@ -125,6 +129,32 @@ def _validate_ttl(_instance: object, attribute: attrs.Attribute, value: float) -
         )
 
 
+def _validate_bytes(_instance: object, attribute: attrs.Attribute, value: int) -> None:
+    from flux.runtime.logs import check_log_limit
+
+    check_log_limit(value, attribute.name)
+
+
+def _int(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return value  # the validator names it
+    return value
+
+
+def _flag(value: object) -> object:
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"FLUX_LOG_ECHO must be 1 or 0 (true/false), got {value!r}")
+    return value
+
+
 def _ttl(value: object) -> object:
     if isinstance(value, str):
         try:
@@ -159,6 +189,12 @@ class Settings:
     #: seconds a transaction that failed as a whole is retried before runs stop
     #: (FLUX_STORE_RETRY_FOR)
     store_retry_for: float = attrs.field(default=30.0, converter=_ttl, validator=_validate_ttl)
+    #: bytes of task log lines kept per execution (FLUX_LOG_LIMIT; see docs/logs.md)
+    log_limit: int = attrs.field(default=1 << 20, converter=_int, validator=_validate_bytes)
+    #: bytes of one task log line (FLUX_LOG_LINE_LIMIT)
+    log_line_limit: int = attrs.field(default=16 << 10, converter=_int, validator=_validate_bytes)
+    #: whether captured task output still reaches this process's stdout/stderr (FLUX_LOG_ECHO)
+    log_echo: bool = attrs.field(default=True, converter=_flag)
 
     @classmethod
     def from_env(
@@ -185,6 +221,9 @@ class Settings:
             ("lease_ttl", "FLUX_LEASE_TTL", lease_ttl),
             ("busy_timeout", "FLUX_BUSY_TIMEOUT", None),
             ("store_retry_for", "FLUX_STORE_RETRY_FOR", None),
+            ("log_limit", "FLUX_LOG_LIMIT", None),
+            ("log_line_limit", "FLUX_LOG_LINE_LIMIT", None),
+            ("log_echo", "FLUX_LOG_ECHO", None),
         ):
             if override is not None:
                 values[field] = override

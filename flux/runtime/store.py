@@ -32,7 +32,7 @@ import anyio
 import attrs
 import sqlite_utils
 
-from flux.runtime import store_bulk
+from flux.runtime import store_bulk, store_logs
 from flux.runtime.errors import StoreError, StoreUnavailableError
 from flux.runtime.events import ExecutionState
 from flux.runtime.group_commit import GroupCommit, _Pending
@@ -169,10 +169,17 @@ def _migrate_schedules(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+def _migrate_task_logs(db: sqlite_utils.Database) -> None:
+    """Task logs: the lines task bodies print and log, and their per-execution totals."""
+    for statement in store_logs.SQLITE_SCHEMA:
+        db.execute(statement)
+
+
 #: Migration ``i`` (0-based) brings a database from schema version ``i`` to ``i + 1``; version 0
 #: is an empty file. Append, never edit: each runs inside the opening transaction.
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_1,
+    _migrate_task_logs,
     _migrate_schedules,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -763,6 +770,37 @@ class Store(ScheduleMethods):
             _execute, "DELETE FROM cache WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
         )
 
+    # -- task logs (see flux.runtime.store_logs) --------------------------------------------------
+
+    async def append_logs(
+        self,
+        execution_id: str,
+        entries: Sequence[store_logs.LogEntry],
+        *,
+        limit: int,
+        cut_lines: int = 0,
+        cut_bytes: int = 0,
+    ) -> int:
+        """Append lines to the logs of ``execution_id`` within ``limit`` bytes in all; returns
+        how many of ``entries`` were kept."""
+        return await self._run(
+            _append_logs, execution_id, list(entries), limit, cut_lines, cut_bytes
+        )
+
+    async def load_logs(
+        self,
+        execution_id: str,
+        after: int = 0,
+        limit: int | None = None,
+        call_id: str | None = None,
+    ) -> list[store_logs.LogRecord]:
+        """The lines of ``execution_id`` with ``seq > after``, in order, at most ``limit``;
+        with ``call_id``, only those of that call and the calls below it."""
+        store_logs.check_query(after, limit)
+        sql, params = store_logs.load_sql("?", execution_id, after, limit, call_id)
+        rows = await self._run(_rows, sql, params)
+        return [store_logs.LogRecord(*row) for row in rows]
+
     # -- whole tables, for moving a store (see flux.runtime.store_bulk) ---------------------------
 
     async def count_rows(self, table: str) -> int:
@@ -898,6 +936,39 @@ def _column(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[A
 
 def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
     return conn.execute(sql, params).fetchall()
+
+
+def _many(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    conn.executemany(sql, rows)
+
+
+def _append_logs(
+    conn: sqlite3.Connection,
+    execution_id: str,
+    entries: list[store_logs.LogEntry],
+    limit: int,
+    cut_lines: int,
+    cut_bytes: int,
+) -> int:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        kept = store_logs.append(
+            conn,
+            ph="?",
+            for_update="",
+            many=_many,
+            execution_id=execution_id,
+            entries=entries,
+            limit=limit,
+            cut_lines=cut_lines,
+            cut_bytes=cut_bytes,
+        )
+        conn.execute("COMMIT")
+        return kept
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _import_rows(

@@ -56,6 +56,7 @@ from flux.runtime.records import (
 )
 from flux.runtime.schedule_store import Started
 from flux.runtime.schedules import ScheduleFireRecord, ScheduleRecord
+from flux.runtime.store_logs import LogEntry, LogRecord
 
 __all__ = ["StateFilter", "StoreAPI"]
 
@@ -292,11 +293,44 @@ class StoreAPI(Protocol):
         each due time once (PostgreSQL: SKIP LOCKED). Returns what was started."""
         ...
 
+    # -- task logs (flux.runtime.store_logs) ----------------------------------------------------
+
+    async def append_logs(
+        self,
+        execution_id: str,
+        entries: Sequence[LogEntry],
+        *,
+        limit: int,
+        cut_lines: int = 0,
+        cut_bytes: int = 0,
+    ) -> int:
+        """Append captured lines to the logs of ``execution_id`` in one transaction, numbered
+        from the last seq + 1, keeping at most ``limit`` bytes of messages per execution in
+        all: past it nothing more is kept and one marker line (logger ``flux.logs``) says how
+        many lines and bytes were cut, ``cut_lines``/``cut_bytes`` (cut before they reached
+        the store) included. Concurrent appends to one execution get distinct, consecutive
+        seqs. Returns how many of ``entries`` were kept. Text is stored as given, except NUL
+        characters (written ``\\x00``) and lone surrogates (replaced)."""
+        ...
+
+    async def load_logs(
+        self,
+        execution_id: str,
+        after: int = 0,
+        limit: int | None = None,
+        call_id: str | None = None,
+    ) -> list[LogRecord]:
+        """The lines of ``execution_id`` with ``seq > after``, ordered by seq, at most
+        ``limit`` (None: all); with ``call_id``, only the lines of that call and of the calls
+        below it (``call_id/...``). A bad ``after`` or ``limit`` raises ValueError."""
+        ...
+
     # -- whole tables, for moving a store (flux.runtime.store_bulk) ------------------------------
 
     async def count_rows(self, table: str) -> int:
         """How many rows ``table`` holds: one of ``workflows``, ``executions``, ``events``,
-        ``secrets``, ``cache`` (:data:`flux.runtime.store_bulk.TABLES`); another name raises
+        ``secrets``, ``cache``, ``logs``, ``log_totals`` (:data:`flux.runtime.store_bulk.TABLES`);
+        another name raises
         StoreError."""
         ...
 

@@ -40,6 +40,7 @@ from flux.runtime.schedules import (
     ScheduleFireRecord,
     ScheduleRecord,
 )
+from flux.runtime.store_logs import LOG_COLUMNS, TOTALS_COLUMNS, LogRecord, LogTotals
 
 __all__ = [
     "TABLES",
@@ -65,6 +66,8 @@ class Table:
     key: tuple[str, ...] | None
     #: How the CLI names its rows: (one, several).
     nouns: tuple[str, str]
+    #: Named in a copy's summary (bookkeeping tables are not).
+    shown: bool = True
 
     def noun(self, count: int) -> str:
         return f"{count} {self.nouns[0] if count == 1 else self.nouns[1]}"
@@ -94,10 +97,18 @@ _TABLES = (
         ("key",),
         ("cache entry", "cache entries"),
     ),
+    Table("logs", LogRecord, LOG_COLUMNS, ("execution_id", "seq"), ("log line", "log lines")),
+    Table(
+        "log_totals",
+        LogTotals,
+        TOTALS_COLUMNS,
+        ("execution_id",),
+        ("log total", "log totals"),
+        shown=False,
+    ),
 )
-# schedules before the cache (the cache last: a copy's final progress line is the cache's)
-_TABLES = (
-    *_TABLES[:-1],
+# schedules (their decisions are bookkeeping: not named in a copy's summary)
+_TABLES += (
     Table("schedules", ScheduleRecord, SCHEDULE_COLUMNS, ("name",), ("schedule", "schedules")),
     Table(
         "schedule_fires",
@@ -105,8 +116,8 @@ _TABLES = (
         FIRE_COLUMNS,
         ("schedule_name", "seq"),
         ("schedule decision", "schedule decisions"),
+        shown=False,
     ),
-    _TABLES[-1],
 )
 _BY_NAME = {t.name: t for t in _TABLES}
 

@@ -46,9 +46,12 @@ class CopyResult:
     counts: dict[str, int]
 
     def summary(self) -> str:
-        """E.g. ``3 workflow versions, 12 executions, 140 events, 2 secrets, 0 cache entries``."""
+        """E.g. ``3 workflow versions, 12 executions, 140 events, 2 secrets, 0 cache entries,
+        25 log lines`` (the bookkeeping of the logs is not named)."""
         return ", ".join(
-            store_bulk.table(name).noun(count) for name, count in self.counts.items()
+            store_bulk.table(name).noun(count)
+            for name, count in self.counts.items()
+            if store_bulk.table(name).shown
         )
 
 

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from flux.runtime import store_bulk, store_pg_lease
+from flux.runtime import store_bulk, store_logs, store_pg_lease
 from flux.runtime.errors import StoreError
 from flux.runtime.events import ExecutionState
 from flux.runtime.group_commit import GroupCommit
@@ -541,6 +541,37 @@ class PostgresStore(ScheduleMethods):
             _execute, "DELETE FROM cache WHERE expires_at IS NOT NULL AND expires_at <= %s", (now,)
         )
 
+    # -- task logs (see flux.runtime.store_logs) ------------------------------------------------
+
+    async def append_logs(
+        self,
+        execution_id: str,
+        entries: Sequence[store_logs.LogEntry],
+        *,
+        limit: int,
+        cut_lines: int = 0,
+        cut_bytes: int = 0,
+    ) -> int:
+        """Append lines to the logs of ``execution_id`` within ``limit`` bytes in all; returns
+        how many of ``entries`` were kept."""
+        return await self._transaction(
+            _append_logs, execution_id, list(entries), limit, cut_lines, cut_bytes
+        )
+
+    async def load_logs(
+        self,
+        execution_id: str,
+        after: int = 0,
+        limit: int | None = None,
+        call_id: str | None = None,
+    ) -> list[store_logs.LogRecord]:
+        """The lines of ``execution_id`` with ``seq > after``, in order, at most ``limit``;
+        with ``call_id``, only those of that call and the calls below it."""
+        store_logs.check_query(after, limit)
+        sql, params = store_logs.load_sql("%s", execution_id, after, limit, call_id)
+        rows = await self._run(_rows, sql, params, retry=True)
+        return [store_logs.LogRecord(*row) for row in rows]
+
     # -- whole tables, for moving a store (see flux.runtime.store_bulk) -------------------------
 
     async def count_rows(self, table: str) -> int:
@@ -593,6 +624,32 @@ def _column(conn: Any, sql: str, params: Sequence[Any]) -> list[Any]:
 
 def _rows(conn: Any, sql: str, params: Sequence[Any]) -> list[Any]:
     return conn.execute(sql, params, binary=True).fetchall()
+
+
+def _many(conn: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    with conn.cursor() as cursor:
+        cursor.executemany(sql, rows)
+
+
+def _append_logs(
+    conn: Any,
+    execution_id: str,
+    entries: list[store_logs.LogEntry],
+    limit: int,
+    cut_lines: int,
+    cut_bytes: int,
+) -> int:
+    return store_logs.append(
+        conn,
+        ph="%s",
+        for_update=" FOR UPDATE",
+        many=_many,
+        execution_id=execution_id,
+        entries=entries,
+        limit=limit,
+        cut_lines=cut_lines,
+        cut_bytes=cut_bytes,
+    )
 
 
 def _copy_rows(conn: Any, table: str, rows: list[tuple[Any, ...]]) -> int:

@@ -100,6 +100,13 @@ def _migrate_1(conn: Any) -> None:
     )
 
 
+def _migrate_task_logs(conn: Any) -> None:
+    """task logs"""
+    from flux.runtime.store_logs import POSTGRES_SCHEMA
+
+    conn.execute(POSTGRES_SCHEMA)
+
+
 def _migrate_schedules(conn: Any) -> None:
     """schedules"""
     for statement in PG_SCHEDULE_TABLES:
@@ -109,7 +116,11 @@ def _migrate_schedules(conn: Any) -> None:
 #: Migration ``i`` (0-based) brings a database from schema version ``i`` to ``i + 1``; version 0
 #: is an empty database. Append, never edit: all that are due run in the opening transaction,
 #: and each is recorded in ``flux_migrations`` (its docstring's first line is its name).
-MIGRATIONS: tuple[Callable[[Any], None], ...] = (_migrate_1, _migrate_schedules)
+MIGRATIONS: tuple[Callable[[Any], None], ...] = (
+    _migrate_1,
+    _migrate_task_logs,
+    _migrate_schedules,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _VERSION_KEY = "schema_version"

@@ -31,6 +31,7 @@ class workflow:  # noqa: N801 - the 0.2.7 name is lowercase
         *,
         name: str | None = None,
         timeout: float | timedelta | None = None,
+        log_limit: int | None = None,
     ):
         if not inspect.iscoroutinefunction(func):
             raise WorkflowError(
@@ -53,15 +54,28 @@ class workflow:  # noqa: N801 - the 0.2.7 name is lowercase
         self.func = func
         self.name = name or func.__name__
         self.timeout = float(timeout) if timeout is not None else None
+        if log_limit is not None:
+            from .logs import check_log_limit
+
+            try:
+                check_log_limit(log_limit)
+            except ValueError as e:
+                raise WorkflowError(f"workflow {func.__name__!r}: {e}") from None
+        #: bytes of task log lines each execution keeps (None: FLUX_LOG_LIMIT's)
+        self.log_limit = log_limit
         self.qualified_name = f"{func.__module__}.{func.__qualname__}"
         functools.update_wrapper(self, func)
 
     @classmethod
     def with_options(
-        cls, *, name: str | None = None, timeout: float | timedelta | None = None
+        cls,
+        *,
+        name: str | None = None,
+        timeout: float | timedelta | None = None,
+        log_limit: int | None = None,
     ) -> Callable[[Callable[..., Any]], workflow]:
         def decorate(func: Callable[..., Any]) -> workflow:
-            return cls(func, name=name, timeout=timeout)
+            return cls(func, name=name, timeout=timeout, log_limit=log_limit)
 
         return decorate
 

@@ -16,6 +16,7 @@ from quart import Blueprint, Response, g, redirect, render_template, request, ur
 
 from flux.net.console import auth as a
 from flux.net.console import views as v
+from flux.net.console.logs import logs_context
 from flux.net.dispatch import ExecutionConflictError
 from flux.runtime import codec
 from flux.runtime.errors import (
@@ -69,6 +70,7 @@ def console_blueprint(server: Any) -> Blueprint:
         ("/executions", c.executions, ["GET"]),
         ("/executions/<execution_id>", c.execution, ["GET"]),
         ("/executions/<execution_id>/live", c.execution_live, ["GET"]),
+        ("/executions/<execution_id>/logs", c.execution_logs, ["GET"]),
         ("/executions/<execution_id>/resume", c.resume, ["POST"]),
         ("/executions/<execution_id>/cancel", c.cancel, ["POST"]),
         ("/workflows", c.workflows, ["GET"]),
@@ -325,6 +327,7 @@ class Console:
         rows = [{"e": e, "value": v.decode(e.value)} for e in shown]
         parent = await self.store.get_execution(rec.parent_id) if rec.parent_id else None
         children = await self.store.list_executions(parent_id=execution_id, limit=200)
+        context["logs"] = await logs_context(self.store, rec)
         return await self.page(
             "execution.html",
             title=f"Execution {execution_id}",
@@ -339,6 +342,10 @@ class Console:
     async def execution_live(self, execution_id: str) -> Any:
         context = await self._execution_context(execution_id)
         return await self.page("_execution_live.html", **context)
+
+    async def execution_logs(self, execution_id: str) -> Any:
+        rec = await self._one(execution_id)
+        return await self.page("_logs_panel.html", logs=await logs_context(self.store, rec))
 
     def _encoded(self, raw: str, what: str) -> bytes:
         """A form's JSON text as the codec's bytes, within the server's value limit."""

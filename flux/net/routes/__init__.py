@@ -61,6 +61,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "workers",
     "secrets",
     "schedules",
+    "logs",
 )
 
 

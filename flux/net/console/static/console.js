@@ -135,8 +135,10 @@
     if (window.performance && performance.mark) performance.mark("flux:ready"); // bench/console.py
   }
 
-  document.addEventListener("flux:settled", () => {
+  document.addEventListener("flux:settled", (event) => {
     // the execution settled: the actions above the live region are stale, show the final page
+    // (other regions, e.g. the logs panel, stop polling for their own reasons)
+    if (event.detail !== "live") return;
     if (document.querySelector(".actions form")) window.location.reload();
   });
 
