@@ -232,6 +232,8 @@ def test_cli_embedded(procs, tmp_path):  # noqa: F811
     assert trig.returncode == 0 and "sched-nightly-trigger-" in trig.stdout
     assert "trigger   pending" in run("show", "nightly").stdout
     assert "deleted" in run("delete", "nightly").stdout
+    alone = flux(env, "start", "scheduler", "--store", db)
+    assert alone.returncode != 0 and "no workflows to run" in alone.stderr
     assert "no schedules" in run("list").stderr
     assert not os.path.exists(str(tmp_path / "never.db"))
     missing = flux(env, "schedules", "list", "--store", str(tmp_path / "never.db"))
