@@ -240,6 +240,10 @@ def _echo_execution(
     click.echo(f"execution  {data.get('execution_id')}")
     click.echo(f"workflow   {data.get('workflow_name')}")
     click.echo(f"state      {data.get('state')}")
+    if data.get("retry_of"):
+        click.echo(f"retry of   {data['retry_of']}")
+    if data.get("retried_by"):
+        click.echo(f"retried by {', '.join(data['retried_by'])}")
     click.echo(f"input      {_show(data.get('input'))}")
     if failure is None:
         click.echo(f"output     {_show(data.get('output'))}")

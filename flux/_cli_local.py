@@ -245,7 +245,12 @@ async def _execution_data(
     _existing_store(settings, execution_id)
     async with open_engine(settings, cancel_poll=None) as engine:
         ctx = await engine.get(execution_id)
-    return to_jsonable(ctx.to_dict())
+    data = to_jsonable(ctx.to_dict())
+    if ctx.retry_of is not None:
+        data["retry_of"] = ctx.retry_of
+    if ctx.retried_by:
+        data["retried_by"] = ctx.retried_by
+    return data
 
 
 @executions.command("show")

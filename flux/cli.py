@@ -12,6 +12,7 @@ from typing import Any
 import asyncclick as click
 
 from ._cli_local import executions, run_command, secrets, store_group
+from ._cli_retry import executions_retry
 from ._cli_schedules import schedules_group, start_scheduler
 from ._cli_server import start, workflow_group
 
@@ -22,6 +23,7 @@ async def cli() -> None:
     """Flux: durable workflows on structured concurrency."""
 
 
+executions.add_command(executions_retry)
 for _command in (run_command, executions, secrets, store_group, start, workflow_group):
     cli.add_command(_command)
 cli.add_command(schedules_group)

@@ -361,6 +361,21 @@ class FluxClient:
             wait=wait,
         )
 
+    async def retry(
+        self, execution_id: str, *, latest: bool = False, wait: bool = False
+    ) -> dict[str, Any]:
+        """Retry a FAILED execution: a new execution (new id, ``retry_of`` it) whose history is
+        the original's up to its first failure, so completed calls are not run again; returns
+        it (``execution_id``, ``state``, ``retry_of``, ``child_retries``...). ``latest``: run
+        the workflow's latest version; ``wait``: return once it settles (the server bounds the
+        wait). FluxClientError 409 if it did not fail or a retry of it is live, 404 if unknown."""
+        return await self._request(
+            "POST",
+            f"/executions/{_name(execution_id)}/retry",
+            params={"latest": "true" if latest else None, "wait": "true" if wait else None},
+            wait=wait,
+        )
+
     async def list_executions(
         self,
         workflow: str | None = None,

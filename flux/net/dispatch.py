@@ -60,6 +60,7 @@ from flux.net.security import declared_secrets, secrets_for_call, task_secret_de
 from flux.net.signal import Signal
 from flux.runtime import codec
 from flux.runtime.errors import (
+    ExecutionConflictError,
     ExecutionNotFoundError,
     FluxError,
     StoreError,
@@ -69,6 +70,7 @@ from flux.runtime.errors import (
 from flux.runtime.events import ExecutionEvent, ExecutionEventType, ExecutionState
 from flux.runtime.history import child_failure, resume_targets
 from flux.runtime.patterns import child_execution_id
+from flux.runtime.retry import create_retry, latest_version
 from flux.runtime.secrets import redact_encoded
 from flux.runtime.store import ExecutionRecord, StaleWriteError, Store, StoredEvent, Write
 
@@ -93,11 +95,6 @@ _TERMINAL_EVENTS = frozenset(
 _OUTCOMES = frozenset(
     {E.TASK_COMPLETED.value, E.TASK_FAILED.value, E.TASK_CANCELLED.value, E.TASK_RESUMED.value}
 )
-
-
-class ExecutionConflictError(WorkflowError):
-    """The execution is not in a state that allows what was asked (e.g. resuming one that is not
-    paused); the HTTP API answers 409."""
 
 
 @attrs.frozen
@@ -1225,6 +1222,16 @@ class Dispatcher:
         await self._commit(Write(execution_id, [first], insert=record))
         self.submit(execution_id)
         return record
+
+    async def retry(self, execution_id: str, *, latest: bool = False) -> list[ExecutionRecord]:
+        """Retry a FAILED execution (flux.runtime.retry): store the new execution with the
+        original's history up to its failure, and queue it (and its failed children's retries,
+        listed after it) like a recovered one. ``latest``: run the workflow's latest version."""
+        versions = latest_version(self.store) if latest else None
+        plan = await create_retry(self.store, execution_id, version_for=versions, clock=self.wall)
+        for rec in plan.records:
+            self.submit(rec.execution_id)
+        return plan.records
 
     def watch(self, execution_id: str) -> trio.Event:
         """An event set when the execution completes, fails, is cancelled or pauses."""

@@ -103,6 +103,15 @@ _SCHEMAS: dict[str, Any] = {
                 "items": _ref("Event"),
                 "description": "only with ?detailed=true",
             },
+            "retry_of": {
+                "type": "string",
+                "description": "the failed execution this one retries (only when it is a retry)",
+            },
+            "retried_by": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "the retries of this execution, oldest first (only when any)",
+            },
         },
     },
     "ExecutionListItem": {

@@ -115,12 +115,15 @@ def listed(record: ExecutionRecord) -> dict[str, Any]:
     """One row of ``GET /executions``; a row that cannot be shown says so instead of failing
     the listing."""
     try:
-        return {
+        row = {
             **summary(record),
             "parent_id": record.parent_id,
             "created_at": record.created_at,
             "updated_at": record.updated_at,
         }
+        if record.retry_of is not None:
+            row["retry_of"] = record.retry_of
+        return row
     except Exception as exc:
         log.exception("execution %s cannot be listed", getattr(record, "execution_id", "?"))
         return {

@@ -36,6 +36,8 @@ class ExecutionContext(Generic[T]):
         "_events",
         "parent_id",
         "workflow_version",
+        "retry_of",
+        "retried_by",
     )
 
     def __init__(
@@ -48,6 +50,8 @@ class ExecutionContext(Generic[T]):
         events: Sequence[ExecutionEvent] = (),
         parent_id: str | None = None,
         workflow_version: int | None = None,
+        retry_of: str | None = None,
+        retried_by: Sequence[str] = (),
     ):
         self.execution_id = execution_id
         self.workflow_name = workflow_name
@@ -57,6 +61,9 @@ class ExecutionContext(Generic[T]):
         self._events = list(events)
         self.parent_id = parent_id
         self.workflow_version = workflow_version
+        #: the failed execution this one retries, and the retries of this one (oldest first)
+        self.retry_of = retry_of
+        self.retried_by = list(retried_by)
 
     # 0.2.7 called the workflow name `name`
     @property

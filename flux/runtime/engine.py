@@ -27,6 +27,7 @@ from .errors import (
 from .events import ExecutionEvent, ExecutionEventType, ExecutionState
 from .executor import Execution
 from .history import resume_targets
+from .retry import create_retry
 from .secrets import SecretStore
 from .settings import Settings
 from .store import (
@@ -66,6 +67,7 @@ def build_context(record: ExecutionRecord, events: list[StoredEvent]) -> Executi
         decoded,
         parent_id=record.parent_id,
         workflow_version=record.workflow_version,
+        retry_of=record.retry_of,
     )
 
 
@@ -377,7 +379,9 @@ class Engine:
         record = await self.store.get_execution(execution_id)
         if record is None:
             raise ExecutionNotFoundError(execution_id)
-        return build_context(record, await self.store.load_events(execution_id))
+        ctx = build_context(record, await self.store.load_events(execution_id))
+        ctx.retried_by = await self.store.retries_of(execution_id)
+        return ctx
 
     async def run(
         self,
@@ -629,6 +633,30 @@ class Engine:
         )
         ctx.state = ExecutionState.CANCELLED
         return ctx
+
+    async def retry(
+        self, execution_id: str, wf: workflow | None = None, *, wait: bool | float = False
+    ) -> ExecutionContext:
+        """Retry the FAILED execution ``execution_id``: a new execution (new id, ``retry_of``
+        it) whose history is the original's up to its first failure (flux.runtime.retry).
+        With ``wf`` (the workflow, fixed or not), run it now: completed calls replay, the
+        failed one runs again; the result is returned. Without, return it SCHEDULED, for
+        ``engine.run(wf, execution_id=...)`` (or ``flux run FILE --execution-id``) to run.
+
+        ExecutionNotFoundError for an unknown id; ExecutionConflictError if it did not fail or
+        a retry of it is live."""
+        if wf is not None:
+            record = await self.store.get_execution(execution_id)
+            if record is not None and record.workflow_name != wf.name:
+                raise WorkflowError(
+                    f"execution {execution_id} belongs to workflow "
+                    f"{record.workflow_name!r}, not {wf.name!r}"
+                )
+        plan = await create_retry(self.store, execution_id, clock=self.clock)
+        new_id = plan.records[0].execution_id
+        if wf is None:
+            return await self.get(new_id)
+        return await self.run(wf, execution_id=new_id, wait=wait)
 
     async def cancel(self, execution_id: str) -> ExecutionContext:
         """Cancel a running (in this engine) or paused/queued execution."""

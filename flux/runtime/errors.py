@@ -169,6 +169,17 @@ class ExecutionLeasedError(WorkflowError):
         self.expires_at = expires_at
 
 
+class ExecutionConflictError(WorkflowError):
+    """The execution is not in a state that allows what was asked (resuming one that is not
+    paused, retrying one that did not fail, or one whose retry is live); the HTTP API answers
+    409. ``state`` is the execution's state, ``retried_by`` the retry that stands in the way."""
+
+    def __init__(self, message: str, *, state: str | None = None, retried_by: str | None = None):
+        super().__init__(message)
+        self.state = state
+        self.retried_by = retried_by
+
+
 class ExecutionStopped(BaseException):  # noqa: N818 - a control-flow signal, like Cancelled
     """Raised inside a workflow at the call that found its run must stop (see
     :class:`StoppedError`); the run's scope is cancelled at the same time. Not an
@@ -194,6 +205,7 @@ class ExecutionCancelledError(ExecutionError):
 
 __all__ = [
     "ExecutionCancelledError",
+    "ExecutionConflictError",
     "ExecutionError",
     "ExecutionLeasedError",
     "ExecutionNotFoundError",

@@ -57,6 +57,9 @@ class ExecutionEventType(StrEnum):
     TASK_ROLLBACK_STARTED = "TASK_ROLLBACK_STARTED"
     TASK_ROLLBACK_COMPLETED = "TASK_ROLLBACK_COMPLETED"
     TASK_ROLLBACK_FAILED = "TASK_ROLLBACK_FAILED"
+    #: a Graph began: its shape (nodes with their call ids, edges with their conditions'
+    #: names), for the console's DAG. Not a call: replay skips it (flux.runtime.graph)
+    GRAPH_STARTED = "GRAPH_STARTED"
 
     def __str__(self) -> str:
         return self.value

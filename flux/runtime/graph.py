@@ -48,6 +48,7 @@ import anyio
 
 from . import frames
 from .errors import WorkflowError
+from .events import ExecutionEventType as E
 from .patterns import _unwrap
 from .task import task
 
@@ -238,6 +239,7 @@ class Graph:
             return await _Run(self, None, None).run(input)
         graph_id = parent.next_id(self.name)
         parent.execution.check_position(graph_id, self.name, concurrent=True)
+        _record_shape(self, parent.execution, graph_id)
         held = parent.execution._release(parent)
         try:
             return await _Run(self, parent, graph_id).run(input)
@@ -276,6 +278,50 @@ class Graph:
                 seen.add(down)
                 todo.append(down)
         return None
+
+
+def shape(graph: Graph, graph_id: str) -> dict[str, Any]:
+    """The graph's shape as GRAPH_STARTED records it: nodes (name, task, call id) in
+    definition order, edges (from, to, the condition's name or None), start and end."""
+    index = {n: k for k, n in enumerate(graph._nodes)}
+    return {
+        "nodes": [
+            {
+                "name": n,
+                "task": t.name,
+                "call_id": f"{graph_id}/{frames._escape(n)}#{index[n]}",
+            }
+            for n, t in graph._nodes.items()
+        ],
+        "edges": [
+            {"from": u, "to": d, "condition": None if c is None else _condition_name(c)}
+            for u, d, c in graph.edges
+        ],
+        "start": graph._start,
+        "end": graph._end,
+    }
+
+
+def _condition_name(condition: Condition) -> str:
+    name = getattr(condition, "__name__", None)
+    if not isinstance(name, str) or name == "<lambda>":
+        return "condition"
+    return name
+
+
+def _record_shape(graph: Graph, execution: Any, graph_id: str) -> None:
+    """Record GRAPH_STARTED when this graph runs for the first time in this execution.
+
+    Never on a replay: not when the history already has it, and not when the history holds
+    calls of this graph without it (recorded before graphs recorded their shape), so old
+    histories replay exactly as before. It is not a call (no TASK_ type), so replay's position
+    rules and the retry's cut do not see it."""
+    if execution.recorded_under(graph_id):
+        return
+    for e in execution.ctx.events:
+        if e.type is E.GRAPH_STARTED and e.source_id == graph_id:
+            return
+    execution.record(E.GRAPH_STARTED, graph_id, graph.name, shape(graph, graph_id))
 
 
 class GraphCall:

@@ -74,6 +74,9 @@ class ExecutionRecord:
     lease_expires_at: float | None = None
     wake_at: float | None = None
     cancel_requested: bool = attrs.field(default=False, converter=bool)
+    #: the failed execution this one retries (see flux.runtime.retry); its own retries are the
+    #: executions whose ``retry_of`` names it (``StoreAPI.retries_of``)
+    retry_of: str | None = None
 
 
 @attrs.frozen

@@ -175,11 +175,18 @@ def _migrate_task_logs(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+def _migrate_retry_of(db: sqlite_utils.Database) -> None:
+    """executions.retry_of: the failed execution a retry was made from (flux.runtime.retry)"""
+    db.execute("ALTER TABLE executions ADD COLUMN retry_of TEXT")
+    db.execute("CREATE INDEX executions_retry_of ON executions (retry_of)")
+
+
 #: Migration ``i`` (0-based) brings a database from schema version ``i`` to ``i + 1``; version 0
 #: is an empty file. Append, never edit: each runs inside the opening transaction.
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_1,
     _migrate_task_logs,
+    _migrate_retry_of,
     _migrate_schedules,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -668,6 +675,14 @@ class Store(ScheduleMethods):
     async def last_seq(self, execution_id: str) -> int:
         """The highest event seq of an execution, 0 if it has none."""
         return await self._run(_last_seq, execution_id)
+
+    async def retries_of(self, execution_id: str) -> list[str]:
+        """The ids of the executions made by retrying ``execution_id``, oldest first."""
+        return await self._run(
+            _column,
+            "SELECT execution_id FROM executions WHERE retry_of = ? ORDER BY created_at, rowid",
+            (execution_id,),
+        )
 
     async def list_executions(
         self,

@@ -161,6 +161,11 @@ class StoreAPI(Protocol):
         """Which of ``execution_ids`` have a cancel request recorded."""
         ...
 
+    async def retries_of(self, execution_id: str) -> list[str]:
+        """The ids of the executions whose ``retry_of`` is ``execution_id`` (its retries),
+        oldest first; empty for an unknown id."""
+        ...
+
     async def last_seq(self, execution_id: str) -> int:
         """The highest event seq of an execution, 0 if it has none."""
         ...

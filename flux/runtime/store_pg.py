@@ -418,6 +418,15 @@ class PostgresStore(ScheduleMethods):
             retry=True,
         )
 
+    async def retries_of(self, execution_id: str) -> list[str]:
+        """The ids of the executions made by retrying ``execution_id``, oldest first."""
+        return await self._run(
+            _column,
+            "SELECT execution_id FROM executions WHERE retry_of = %s ORDER BY created_at, row_id",
+            (execution_id,),
+            retry=True,
+        )
+
     async def last_seq(self, execution_id: str) -> int:
         """The highest event seq of an execution, 0 if it has none."""
         return await self._run(

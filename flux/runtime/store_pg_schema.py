@@ -107,6 +107,16 @@ def _migrate_task_logs(conn: Any) -> None:
     conn.execute(POSTGRES_SCHEMA)
 
 
+def _migrate_retry_of(conn: Any) -> None:
+    """executions.retry_of: the failed execution a retry was made from"""
+    conn.execute(
+        """
+        ALTER TABLE executions ADD COLUMN retry_of TEXT;
+        CREATE INDEX executions_retry_of ON executions (retry_of, created_at, row_id);
+        """
+    )
+
+
 def _migrate_schedules(conn: Any) -> None:
     """schedules"""
     for statement in PG_SCHEDULE_TABLES:
@@ -119,6 +129,7 @@ def _migrate_schedules(conn: Any) -> None:
 MIGRATIONS: tuple[Callable[[Any], None], ...] = (
     _migrate_1,
     _migrate_task_logs,
+    _migrate_retry_of,
     _migrate_schedules,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

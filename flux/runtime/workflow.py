@@ -141,6 +141,34 @@ class workflow:  # noqa: N801 - the 0.2.7 name is lowercase
                 self, input, execution_id=execution_id, resume_value=resume_value, wait=wait
             )
 
+    def retry(
+        self, execution_id: str, *, db: str | None = None, durability: str | None = None
+    ) -> ExecutionContext:
+        """Retry the failed execution ``execution_id`` of this workflow and run the retry to
+        its end (see ``Engine.retry``): its completed calls are not run again."""
+        import anyio
+
+        return anyio.run(
+            functools.partial(self.aretry, execution_id, db=db, durability=durability),
+            backend="trio",
+        )
+
+    async def aretry(
+        self,
+        execution_id: str,
+        *,
+        engine: Engine | None = None,
+        db: str | None = None,
+        durability: str | None = None,
+    ) -> ExecutionContext:
+        """``retry`` for async code."""
+        from .engine import open_engine
+
+        if engine is not None:
+            return await engine.retry(execution_id, self)
+        async with open_engine(db=db, durability=durability) as own:
+            return await own.retry(execution_id, self)
+
     def _not_run(self, input: Any, execution_id: str | None) -> ExecutionContext:
         """What a run skipped while Flux loads the file returns: a context that never started
         (state CREATED, no events, nothing stored)."""

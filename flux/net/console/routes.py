@@ -16,6 +16,7 @@ from quart import Blueprint, Response, g, redirect, render_template, request, ur
 
 from flux.net.console import auth as a
 from flux.net.console import views as v
+from flux.net.console.dag import build_dags
 from flux.net.console.logs import logs_context
 from flux.net.dispatch import ExecutionConflictError
 from flux.runtime import codec
@@ -73,6 +74,7 @@ def console_blueprint(server: Any) -> Blueprint:
         ("/executions/<execution_id>/logs", c.execution_logs, ["GET"]),
         ("/executions/<execution_id>/resume", c.resume, ["POST"]),
         ("/executions/<execution_id>/cancel", c.cancel, ["POST"]),
+        ("/executions/<execution_id>/retry", c.retry, ["POST"]),
         ("/workflows", c.workflows, ["GET"]),
         ("/workflows/<name>", c.workflow, ["GET"]),
         ("/workflows/<name>/run", c.run, ["POST"]),
@@ -302,7 +304,9 @@ class Console:
             pause = v.decode(paused[-1].value) if paused else None
         settled = rec.state.value in _SETTLED
         end = rec.updated_at if settled else time.time()
+        dags = await trio.to_thread.run_sync(build_dags, events, settled)
         return dict(
+            dags=dags,
             rec=rec,
             input=v.decode(rec.input),
             output=output,
@@ -327,6 +331,7 @@ class Console:
         rows = [{"e": e, "value": v.decode(e.value)} for e in shown]
         parent = await self.store.get_execution(rec.parent_id) if rec.parent_id else None
         children = await self.store.list_executions(parent_id=execution_id, limit=200)
+        retried_by = await self.store.retries_of(execution_id)
         context["logs"] = await logs_context(self.store, rec)
         return await self.page(
             "execution.html",
@@ -336,6 +341,7 @@ class Console:
             events_pages=pages,
             parent=parent,
             children=children,
+            retried_by=retried_by,
             **context,
         )
 
@@ -386,6 +392,14 @@ class Console:
         rec = await self._act(self.dispatcher.cancel, execution_id)
         note = "Cancelled." if rec.state is ExecutionState.CANCELLED else "Cancel requested."
         return self.back("console.execution", note, execution_id=execution_id)
+
+    async def retry(self, execution_id: str) -> Response:
+        await self._one(execution_id)
+        form = await request.form
+        retry = functools.partial(self.dispatcher.retry, latest=form.get("latest") == "1")
+        made = await self._act(retry, execution_id)
+        note = f"Retry of {execution_id}."
+        return self.back("console.execution", note, execution_id=made[0].execution_id)
 
     # ------------------------------------------------------------------ workflows
 

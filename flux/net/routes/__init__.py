@@ -62,6 +62,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "secrets",
     "schedules",
     "logs",
+    "retry",
 )
 
 

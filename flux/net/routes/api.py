@@ -16,6 +16,7 @@ from flux.runtime.context import to_jsonable
 from flux.runtime.errors import SerializationError
 from flux.runtime.events import ExecutionState
 from flux.runtime.records import ExecutionRecord
+from flux.runtime.retry import retry_links
 
 if TYPE_CHECKING:
     from flux.net.dispatch import Dispatcher
@@ -199,6 +200,7 @@ class Api:
     async def shown(self, rec: ExecutionRecord, detailed: bool) -> dict[str, Any]:
         """The execution's summary, with its events when ``detailed``."""
         out = summary(rec)
+        out.update(await retry_links(self.store, rec))
         if detailed:
             events = await self.store.load_events(rec.execution_id)
             out["events"] = [event_json(e) for e in events]
