@@ -353,13 +353,25 @@ def fake_app(fake: Fake) -> QuartTrio:
 
     @app.get("/executions")
     async def executions() -> Response:
-        items = [summary("e2", "RUNNING"), summary("e1", "COMPLETED")]
+        times = {"parent_id": None, "created_at": 1.0, "updated_at": 2.0}  # a row's extra keys
+        items = [{**summary("e2", "RUNNING"), **times}, {**summary("e1", "COMPLETED"), **times}]
         body = {"executions": items, "total": 2}
         return Response(json.dumps(body), mimetype="application/json")
 
     @app.get("/workers")
     async def workers() -> Response:
-        body = [{"id": "w-1", "name": "w", "capacity": 2, "leases": [], "last_heartbeat": 1.0}]
+        body = [
+            {
+                "id": "w-1",
+                "name": "w",
+                "capacity": 2,
+                "free": 2,
+                "stopping": False,
+                "connected_at": 0.5,
+                "last_heartbeat": 1.0,
+                "leases": [],
+            }
+        ]
         return Response(json.dumps(body), mimetype="application/json")
 
     @app.get("/admin/secrets")

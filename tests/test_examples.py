@@ -30,6 +30,7 @@ EXPECTED = {
     "secret_management.py": "value in the history: False | in the database files: False",
     "ownership.py": "COMPLETED ['reserved', 'paid']",
     "store_copy.py": "resumed in the copy: COMPLETED reserved a lamp, approved by Grace",
+    "api_models.py": "the answer matches its OpenAPI schema: True",
     "retry_failed.py": "retry: COMPLETED ['reserved lamp', 'charged 42 EUR', 'shipped to Grace'], "
     "ran ['charge', 'ship']",
     "nightly_schedule.py": "7 nights, 7 reports: COMPLETED",

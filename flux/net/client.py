@@ -5,10 +5,16 @@
     async with FluxClient("http://127.0.0.1:8000", token=...) as flux:
         await flux.register("workflows.py")
         done = await flux.run("hello", "World")               # the summary of the execution
-        async for event in flux.stream("hello", "World"):     # Server-Sent Events, parsed JSON
+        async for event in flux.stream("hello", "World"):     # Server-Sent Events, as models
             print(event_line(event))
 
-Every method returns the server's JSON (dicts and lists). Every failure raises one
+Every method returns the server's answer parsed into the API's models (:mod:`flux.net.models`:
+``Execution``, ``Event``, ``Workflow``, ``WorkflowDetail``, ``ExecutionListItem``, ``Worker``,
+``Health``), the same classes the server builds its answers from. A model reads both ways:
+attributes typed (``done.state is ExecutionState.COMPLETED``, ``done.events[0].source_id``) and,
+being a read-only dict of its JSON, like the JSON itself (``done["state"] == "COMPLETED"``,
+``json.dumps(done)``). An answer that does not have its model's shape raises
+:class:`FluxClientError` ``bad-response``. Every failure raises one
 :class:`FluxClientError` carrying the HTTP ``status``, the API's error ``code`` and its
 ``detail``, with a one-line message such as ``404 workflow-not-found: no workflow named 'x'``;
 a server that cannot be reached gives ``cannot reach the Flux server at URL: ...``.
@@ -29,8 +35,19 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import anyio
 import attrs
+import cattrs
 import httpx
 
+from flux.net.models import (
+    Event,
+    Execution,
+    ExecutionListItem,
+    Health,
+    Worker,
+    Workflow,
+    WorkflowDetail,
+    from_json,
+)
 from flux.runtime.context import to_jsonable
 from flux.runtime.errors import FluxError
 
@@ -117,6 +134,38 @@ def _items(data: Any, *keys: str) -> list[Any]:
     if isinstance(data, list):
         return data
     raise FluxClientError(None, "bad-response", f"expected a list, got {_short(data)}")
+
+
+def _parsed(data: Any, cls: Any, what: str) -> Any:
+    """``data`` parsed into the model ``cls`` (``list[Model]`` ...); bad-response naming
+    ``what`` when it does not have that shape."""
+    try:
+        return from_json(data, cls)
+    except Exception as exc:  # cattrs' ClassValidationError (an ExceptionGroup) and the like
+        try:
+            reasons = "; ".join(cattrs.transform_error(exc, path="$"))
+        except Exception:
+            reasons = str(exc) or type(exc).__name__
+        raise FluxClientError(
+            None, "bad-response", f"{what} is not {_shape_name(cls)}: {reasons}: {_short(data)}"
+        ) from None
+
+
+def _shape_name(cls: Any) -> str:
+    args = getattr(cls, "__args__", None)
+    return f"a list of {args[0].__name__}" if args else f"a {cls.__name__}"
+
+
+def _message(value: Any, event: str = "message") -> Any:
+    """A streamed message as its model: an execution summary (SSE ``execution`` events) or an
+    event; another JSON value is returned as it is."""
+    if event == "execution" or (
+        isinstance(value, dict) and "execution_id" in value and "state" in value
+    ):
+        return _parsed(value, Execution, "a streamed execution")
+    if isinstance(value, dict) and "type" in value and "source_id" in value:
+        return _parsed(value, Event, "a streamed event")
+    return value
 
 
 def _short(value: Any, limit: int = 120) -> str:
@@ -238,7 +287,7 @@ class FluxClient:
 
     async def register(
         self, path_or_source: str | os.PathLike[str] | bytes, filename: str | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[Workflow]:
         """Upload workflow source: a file path, or the source itself (``str`` with a newline, or
         ``bytes``). Returns one ``{name, version, source_hash, created_at}`` per workflow."""
         if isinstance(path_or_source, bytes):
@@ -251,39 +300,44 @@ class FluxClient:
                 source = f.read()
             default_name = os.path.basename(path)
         files = {"file": (filename or default_name, source, "text/x-python")}
-        return _items(await self._request("POST", "/workflows", files=files), "workflows")
+        items = _items(await self._request("POST", "/workflows", files=files), "workflows")
+        return _parsed(items, list[Workflow], "the upload's answer")
 
-    async def list_workflows(self) -> list[dict[str, Any]]:
+    async def list_workflows(self) -> list[Workflow]:
         """The latest version of every workflow: ``{name, version, source_hash, created_at}``."""
-        return _items(await self._request("GET", "/workflows"), "workflows")
+        items = _items(await self._request("GET", "/workflows"), "workflows")
+        return _parsed(items, list[Workflow], "the workflow list")
 
-    async def get_workflow(self, name: str) -> dict[str, Any]:
+    async def get_workflow(self, name: str) -> WorkflowDetail:
         """One workflow's latest version, with its ``source`` and all its ``versions``."""
-        return await self._request("GET", f"/workflows/{_name(name)}")
+        data = await self._request("GET", f"/workflows/{_name(name)}")
+        return _parsed(data, WorkflowDetail, f"workflow {name!r}")
 
     # ------------------------------------------------------------------ executions
 
     async def run(
         self, name: str, input: Any = None, mode: str = "sync", *, detailed: bool = False
-    ) -> dict[str, Any]:
+    ) -> Execution:
         """Start an execution: ``sync`` returns once it completes, fails or pauses (or the
         server's sync timeout passes), ``async`` at once. Returns its summary
         ``{workflow_name, execution_id, input, output, state}`` (``events`` with ``detailed``)."""
         if mode not in ("sync", "async"):
             hint = "; use stream() for live events" if mode == "stream" else ""
             raise ValueError(f"mode must be 'sync' or 'async', not {mode!r}{hint}")
-        return await self._request(
+        data = await self._request(
             "POST",
             f"/workflows/{_name(name)}/run/{mode}",
             params={"detailed": "true" if detailed else None},
             body=input,
             wait=mode == "sync",
         )
+        return _parsed(data, Execution, "the run's answer")
 
     async def stream(self, name: str, input: Any = None) -> AsyncIterator[Any]:
-        """Start an execution and yield each Server-Sent Event of ``run/stream`` as parsed JSON,
-        until the server ends the stream (the execution completed, failed, was cancelled or
-        paused). An ``error`` event (or an ``{"error", "detail"}`` message) raises."""
+        """Start an execution and yield each Server-Sent Event of ``run/stream`` as its model
+        (an ``Execution`` summary first and last, an ``Event`` for each event), until the server
+        ends the stream (the execution completed, failed, was cancelled or paused). An ``error``
+        event (or an ``{"error", "detail"}`` message) raises."""
         path = f"/workflows/{_name(name)}/run/stream"
         headers = {"Accept": "text/event-stream", "Content-Type": "application/json"}
         content = json.dumps(to_jsonable(input)).encode()
@@ -308,20 +362,21 @@ class FluxClient:
                 async for line in response.aiter_lines():
                     event = parser.feed(line)
                     if event is not None:
-                        yield _sse_data(*event)
+                        yield _message(_sse_data(*event), event[0])
                 event = parser.feed("")
                 if event is not None:
-                    yield _sse_data(*event)
+                    yield _message(_sse_data(*event), event[0])
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
 
-    async def status(self, name: str, execution_id: str, detailed: bool = False) -> dict[str, Any]:
+    async def status(self, name: str, execution_id: str, detailed: bool = False) -> Execution:
         """An execution's summary (with its ``events`` when ``detailed``)."""
-        return await self._request(
+        data = await self._request(
             "GET",
             f"/workflows/{_name(name)}/status/{_name(execution_id)}",
             params={"detailed": "true" if detailed else None},
         )
+        return _parsed(data, Execution, f"execution {execution_id!r}")
 
     async def resume(
         self,
@@ -331,35 +386,38 @@ class FluxClient:
         *,
         wait: bool = False,
         detailed: bool = False,
-    ) -> dict[str, Any]:
+    ) -> Execution:
         """Resume a paused execution with ``value`` (what its pause returns). With ``wait``, return
         once it completes, fails or pauses again (the server bounds the wait)."""
-        return await self._request(
+        data = await self._request(
             "POST",
             f"/workflows/{_name(name)}/resume/{_name(execution_id)}",
             params={"wait": "true" if wait else None, "detailed": "true" if detailed else None},
             body=value,
             wait=wait,
         )
+        return _parsed(data, Execution, f"execution {execution_id!r}")
 
-    async def get_execution(self, execution_id: str, detailed: bool = False) -> dict[str, Any]:
+    async def get_execution(self, execution_id: str, detailed: bool = False) -> Execution:
         """Any execution's summary by id alone (with its ``events`` when ``detailed``)."""
-        return await self._request(
+        data = await self._request(
             "GET",
             f"/executions/{_name(execution_id)}",
             params={"detailed": "true" if detailed else None},
         )
+        return _parsed(data, Execution, f"execution {execution_id!r}")
 
-    async def cancel(self, execution_id: str, *, wait: bool = False) -> dict[str, Any]:
+    async def cancel(self, execution_id: str, *, wait: bool = False) -> Execution:
         """Cancel a running, paused or queued execution; returns its summary. A running one is
         ``CANCELLING`` until its worker has stopped it; with ``wait``, return once it has (the
         server bounds the wait)."""
-        return await self._request(
+        data = await self._request(
             "POST",
             f"/executions/{_name(execution_id)}/cancel",
             params={"wait": "true" if wait else None},
             wait=wait,
         )
+        return _parsed(data, Execution, f"execution {execution_id!r}")
 
     async def retry(
         self, execution_id: str, *, latest: bool = False, wait: bool = False
@@ -382,16 +440,17 @@ class FluxClient:
         state: str | Iterable[str] | None = None,
         limit: int = 50,
         offset: int = 0,
-    ) -> list[dict[str, Any]]:
+    ) -> list[ExecutionListItem]:
         """Executions, newest first, optionally of one workflow and in one state (or any of
         several). Each is a summary with ``parent_id``, ``created_at`` and ``updated_at``."""
         if state is not None and not isinstance(state, str):
             state = ",".join(state)
         params = {"workflow": workflow, "state": state, "limit": limit, "offset": offset}
-        return _items(await self._request("GET", "/executions", params=params), "executions")
+        items = _items(await self._request("GET", "/executions", params=params), "executions")
+        return _parsed(items, list[ExecutionListItem], "the execution list")
 
     async def follow(self, execution_id: str, from_offset: int = 0) -> AsyncIterator[Any]:
-        """Yield an execution's events (parsed JSON) over the WebSocket stream: first the ones
+        """Yield an execution's events (``Event`` models) over the WebSocket stream: first the ones
         after the first ``from_offset``, then live ones, until the execution ends (a
         ``WORKFLOW_COMPLETED/FAILED/CANCELLED`` event) or the server closes the stream."""
         if from_offset < 0:
@@ -412,6 +471,7 @@ class FluxClient:
                     raise FluxClientError(
                         None, str(message["error"]), str(message.get("detail", ""))
                     )
+                message = _message(message)
                 yield message
                 if isinstance(message, dict) and message.get("type") in TERMINAL_EVENTS:
                     return
@@ -472,12 +532,14 @@ class FluxClient:
 
     # ------------------------------------------------------------------ operations
 
-    async def workers(self) -> list[dict[str, Any]]:
+    async def workers(self) -> list[Worker]:
         """The connected workers, with their leases and last heartbeat."""
-        return _items(await self._request("GET", "/workers"), "workers")
+        items = _items(await self._request("GET", "/workers"), "workers")
+        return _parsed(items, list[Worker], "the worker list")
 
-    async def health(self) -> dict[str, Any]:
-        return await self._request("GET", "/health")
+    async def health(self) -> Health:
+        """The server is up, with its dispatcher's figures."""
+        return _parsed(await self._request("GET", "/health"), Health, "the health answer")
 
     # ------------------------------------------------------------------ secrets
 

@@ -4,8 +4,10 @@
 ``/docs`` (see :mod:`flux.net.docs_page`): rendered on the server, so it shows everything without
 running any script; a small script adds a form per route to send a request with ``fetch()``.
 
-The WebSocket routes cannot be described by OpenAPI 3.1; they are listed under the
-``x-websockets`` extension and documented in docs/http-api.md.
+The component schemas of the API's answers are generated from its models
+(:mod:`flux.net.models`, by :mod:`flux.net.models_schema`); only the request values' schemas
+(any JSON) are written here. The WebSocket routes cannot be described by OpenAPI 3.1; they are
+listed under the ``x-websockets`` extension and documented in docs/http-api.md.
 """
 
 from __future__ import annotations
@@ -15,9 +17,21 @@ from typing import Any
 
 from flux import __version__ as _flux_version
 from flux.net.docs_page import render_docs
-from flux.runtime.events import ExecutionEventType, ExecutionState
+from flux.net.models import MODELS
+from flux.net.models_schema import component_schemas
+from flux.runtime.events import ExecutionState
 
-__all__ = ["DOCS_CSP", "DOCS_HTML", "docs_html", "error", "json_content", "op", "ref", "spec"]
+__all__ = [
+    "DOCS_CSP",
+    "DOCS_HTML",
+    "docs_html",
+    "error",
+    "json_content",
+    "op",
+    "ref",
+    "schemas",
+    "spec",
+]
 
 
 def ref(name: str) -> dict[str, Any]:
@@ -40,17 +54,9 @@ _ref, _json, _error = ref, json_content, error
 
 _ANY: dict[str, Any] = {}  # any JSON value
 
+#: The schemas that are not response models (the request values: any JSON). Every other
+#: component schema is generated from the models (flux/net/models.py, ``MODELS``).
 _SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object",
-        "description": "Every error answer.",
-        "required": ["error", "detail"],
-        "properties": {
-            "error": {"type": "string", "description": "a short code, e.g. workflow-not-found"},
-            "detail": {"type": "string", "description": "what went wrong, for a human"},
-        },
-    },
-    "State": {"type": "string", "enum": [s.value for s in ExecutionState]},
     "WorkflowInput": {
         "description": "The workflow's input (`ctx.input`): any JSON value. A string is "
         'quoted: send `"World"`, not `World`. `null` or no body at all gives `None`. At most '
@@ -62,157 +68,14 @@ _SCHEMAS: dict[str, Any] = {
         "(`null` or no body gives `None`), at most the value size limit.",
         "examples": ["approved", {"approved": True, "by": "Grace"}, None],
     },
-    "ErrorValue": {
-        "type": "object",
-        "description": "How an error appears as a value (the `output` of a FAILED execution, "
-        "the `value` of a `*_FAILED` event): its type, its message and the traceback text "
-        "recorded where it was raised (empty when none was recorded).",
-        "required": ["type", "message"],
-        "properties": {
-            "type": {"type": "string", "description": "qualified name, e.g. builtins.ValueError"},
-            "message": {"type": "string"},
-            "traceback": {"type": "string"},
-        },
-    },
-    "Event": {
-        "type": "object",
-        "required": ["id", "type", "source_id", "name", "value", "time"],
-        "properties": {
-            "id": {"type": "integer", "minimum": 1, "description": "sequence number (seq)"},
-            "type": {"type": "string", "enum": [t.value for t in ExecutionEventType]},
-            "source_id": {"type": "string", "description": "call id, or the workflow name"},
-            "name": {"type": "string"},
-            "value": _ANY,
-            "time": {"type": ["string", "null"], "format": "date-time"},
-        },
-    },
-    "Execution": {
-        "type": "object",
-        "required": ["workflow_name", "execution_id", "input", "output", "state"],
-        "properties": {
-            "workflow_name": {"type": "string"},
-            "execution_id": {"type": "string"},
-            "input": _ANY,
-            "output": {
-                "description": "the workflow's result when COMPLETED; an `ErrorValue` "
-                "(type, message, traceback) when FAILED; the pause's name when PAUSED"
-            },
-            "state": _ref("State"),
-            "events": {
-                "type": "array",
-                "items": _ref("Event"),
-                "description": "only with ?detailed=true",
-            },
-            "retry_of": {
-                "type": "string",
-                "description": "the failed execution this one retries (only when it is a retry)",
-            },
-            "retried_by": {
-                "type": "array",
-                "items": {"type": "string"},
-                "description": "the retries of this execution, oldest first (only when any)",
-            },
-        },
-    },
-    "ExecutionListItem": {
-        "allOf": [
-            _ref("Execution"),
-            {
-                "type": "object",
-                "properties": {
-                    "parent_id": {"type": ["string", "null"]},
-                    "created_at": {"type": "number", "description": "Unix seconds"},
-                    "updated_at": {"type": "number", "description": "Unix seconds"},
-                },
-            },
-        ]
-    },
-    "ExecutionList": {
-        "type": "object",
-        "required": ["executions", "total", "limit", "offset"],
-        "properties": {
-            "executions": {"type": "array", "items": _ref("ExecutionListItem")},
-            "total": {"type": "integer", "description": "matches, all pages together"},
-            "limit": {"type": "integer"},
-            "offset": {"type": "integer"},
-        },
-    },
-    "Workflow": {
-        "type": "object",
-        "required": ["name", "version", "source_hash", "created_at"],
-        "properties": {
-            "name": {"type": "string"},
-            "version": {"type": "integer", "minimum": 1},
-            "source_hash": {"type": "string", "description": "sha256 of the source"},
-            "created_at": {"type": "number", "description": "Unix seconds"},
-        },
-    },
-    "WorkflowDetail": {
-        "allOf": [
-            _ref("Workflow"),
-            {
-                "type": "object",
-                "required": ["source", "versions"],
-                "properties": {
-                    "source": {"type": "string"},
-                    "versions": {"type": "array", "items": {"type": "integer"}},
-                },
-            },
-        ]
-    },
-    "Lease": {
-        "type": "object",
-        "properties": {
-            "execution_id": {"type": "string"},
-            "epoch": {"type": ["integer", "null"]},
-            "expires_in": {"type": "number", "description": "seconds left"},
-        },
-    },
-    "Worker": {
-        "type": "object",
-        "required": ["id", "name", "capacity", "leases", "last_heartbeat"],
-        "properties": {
-            "id": {"type": "string"},
-            "name": {"type": "string"},
-            "capacity": {"type": "integer"},
-            "free": {"type": "integer"},
-            "stopping": {"type": "boolean"},
-            "connected_at": {"type": "number", "description": "Unix seconds"},
-            "last_heartbeat": {"type": ["number", "null"], "description": "Unix seconds"},
-            "leases": {"type": "array", "items": _ref("Lease")},
-        },
-    },
-    "Health": {
-        "type": "object",
-        "required": ["status"],
-        "properties": {
-            "status": {"type": "string", "const": "ok"},
-            "workers": {"type": "integer"},
-            "capacity": {"type": "integer"},
-            "leases": {"type": "integer"},
-            "queued": {"type": "integer"},
-        },
-    },
-    "SecretSet": {
-        "type": "object",
-        "required": ["name", "value"],
-        "additionalProperties": False,
-        "properties": {
-            "name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"^\S+$"},
-            "value": {"type": "string", "description": "at most 64 KiB (UTF-8)"},
-        },
-    },
-    "SecretName": {
-        "type": "object",
-        "required": ["name"],
-        "properties": {"name": {"type": "string"}, "removed": {"type": "boolean"}},
-    },
-    "SecretValue": {
-        "type": "object",
-        "required": ["name", "value"],
-        "properties": {"name": {"type": "string"}, "value": {"type": "string"}},
-    },
 }
+
+
+def schemas() -> dict[str, Any]:
+    """The component schemas of the API's own routes: those generated from the models, and
+    the request values'."""
+    return {**component_schemas(MODELS), **copy.deepcopy(_SCHEMAS)}
+
 
 _NAME = {
     "name": "name",
@@ -595,11 +458,11 @@ def spec(*, auth: bool = True) -> dict[str, Any]:
     from flux.net.routes import openapi_parts  # the route modules import this module
 
     paths = _paths()
-    schemas = copy.deepcopy(_SCHEMAS)
+    components = schemas()
     more_paths, more_schemas = openapi_parts()
     for path, item in copy.deepcopy(more_paths).items():
         paths.setdefault(path, {}).update(item)
-    schemas.update(copy.deepcopy(more_schemas))
+    components.update(copy.deepcopy(more_schemas))
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
@@ -616,7 +479,7 @@ def spec(*, auth: bool = True) -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": schemas,
+            "schemas": components,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "x-websockets": copy.deepcopy(_WEBSOCKETS),

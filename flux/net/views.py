@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 from flux.runtime import codec
@@ -100,56 +99,26 @@ def plain_value(data: bytes | None) -> Any:
         return f"<value not shown: {type(exc).__name__}>"
 
 
+# The API's shapes are the models of flux.net.models, each built by one function; these three
+# names stay for callers written before the models (they return the models, which are dicts).
+
+
 def summary(record: ExecutionRecord) -> dict[str, Any]:
-    """The API's summary shape of an execution."""
-    return {
-        "workflow_name": record.workflow_name,
-        "execution_id": record.execution_id,
-        "input": plain_value(record.input),
-        "output": plain_value(record.output),
-        "state": record.state.value,
-    }
+    """The API's summary of an execution: :meth:`flux.net.models.Execution.of`."""
+    from flux.net.models import Execution
+
+    return Execution.of(record)
 
 
 def listed(record: ExecutionRecord) -> dict[str, Any]:
-    """One row of ``GET /executions``; a row that cannot be shown says so instead of failing
-    the listing."""
-    try:
-        row = {
-            **summary(record),
-            "parent_id": record.parent_id,
-            "created_at": record.created_at,
-            "updated_at": record.updated_at,
-        }
-        if record.retry_of is not None:
-            row["retry_of"] = record.retry_of
-        return row
-    except Exception as exc:
-        log.exception("execution %s cannot be listed", getattr(record, "execution_id", "?"))
-        return {
-            "workflow_name": getattr(record, "workflow_name", None),
-            "execution_id": getattr(record, "execution_id", None),
-            "input": None,
-            "output": None,
-            "state": getattr(getattr(record, "state", None), "value", None),
-            "parent_id": getattr(record, "parent_id", None),
-            "created_at": getattr(record, "created_at", None),
-            "updated_at": getattr(record, "updated_at", None),
-            "error": f"this execution cannot be shown: {type(exc).__name__}",
-        }
+    """One row of ``GET /executions``: :meth:`flux.net.models.ExecutionListItem.of`."""
+    from flux.net.models import ExecutionListItem
+
+    return ExecutionListItem.of(record)
 
 
 def event_json(e: StoredEvent) -> dict[str, Any]:
-    """An event as the API shows it (the shape of ``ExecutionEvent.to_dict``)."""
-    try:
-        when = datetime.fromtimestamp(e.time, UTC).isoformat()
-    except (OverflowError, OSError, ValueError, TypeError):
-        when = None
-    return {
-        "id": e.seq,
-        "type": e.type,
-        "source_id": e.call_id,
-        "name": e.name,
-        "value": plain_value(e.value),
-        "time": when,
-    }
+    """An event as the API shows it: :meth:`flux.net.models.Event.of`."""
+    from flux.net.models import Event
+
+    return Event.of(e)

@@ -19,6 +19,15 @@ from flux.net.console import views as v
 from flux.net.console.dag import build_dags
 from flux.net.console.logs import logs_context
 from flux.net.dispatch import ExecutionConflictError
+from flux.net.models import (
+    ErrorValue,
+    Event,
+    ExecutionListItem,
+    Health,
+    Worker,
+    Workflow,
+    WorkflowDetail,
+)
 from flux.runtime import codec
 from flux.runtime.errors import (
     ExecutionNotFoundError,
@@ -241,7 +250,8 @@ class Console:
         return await self.page(
             "_executions.html" if args.get("partial") else "executions.html",
             title="Executions",
-            records=records,
+            records=[ExecutionListItem.of(r) for r in records],
+            versions={r.execution_id: r.workflow_version for r in records},
             total=total,
             page_no=page_no,
             pages=max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1),
@@ -291,25 +301,26 @@ class Console:
         rec = await self._one(execution_id)
         events = await self.store.load_events(execution_id)
         timeline = await trio.to_thread.run_sync(v.build_timeline, events)
-        output = v.decode(rec.output)
+        execution = ExecutionListItem.of(rec)  # the facts GET /executions shows
         error = None
         if rec.state is ExecutionState.FAILED:
             failed = [e for e in events if e.type == "WORKFLOW_FAILED"]
-            error = v.as_error(v.decode(failed[-1].value) if failed else None) or v.as_error(
-                output
+            error = (ErrorValue.of(Event.of(failed[-1]).value) if failed else None) or (
+                ErrorValue.of(execution.output)
             )
         pause = None
         if rec.state is ExecutionState.PAUSED:
             paused = [e for e in events if e.type == "WORKFLOW_PAUSED"]
-            pause = v.decode(paused[-1].value) if paused else None
+            pause = Event.of(paused[-1]).value if paused else None
         settled = rec.state.value in _SETTLED
         end = rec.updated_at if settled else time.time()
         dags = await trio.to_thread.run_sync(build_dags, events, settled)
         return dict(
             dags=dags,
-            rec=rec,
-            input=v.decode(rec.input),
-            output=output,
+            rec=rec,  # what only the console shows: version, lease owner, cancel requested
+            execution=execution,
+            input=execution.input,
+            output=execution.output,
             error=error,
             pause=pause,
             events=events,
@@ -328,7 +339,7 @@ class Console:
         except ValueError:
             raise ConsoleError(400, "events must be a page number") from None
         shown = events[(page_no - 1) * EVENTS_PAGE : page_no * EVENTS_PAGE]
-        rows = [{"e": e, "value": v.decode(e.value)} for e in shown]
+        rows = [Event.of(e) for e in shown]
         parent = await self.store.get_execution(rec.parent_id) if rec.parent_id else None
         children = await self.store.list_executions(parent_id=execution_id, limit=200)
         retried_by = await self.store.retries_of(execution_id)
@@ -339,8 +350,8 @@ class Console:
             event_rows=rows,
             events_page=page_no,
             events_pages=pages,
-            parent=parent,
-            children=children,
+            parent=None if parent is None else ExecutionListItem.of(parent),
+            children=[ExecutionListItem.of(c) for c in children],
             retried_by=retried_by,
             **context,
         )
@@ -405,7 +416,8 @@ class Console:
 
     async def workflows(self) -> Any:
         records = await self.store.list_workflows()
-        return await self.page("workflows.html", title="Workflows", records=records)
+        workflows = [Workflow.of(r) for r in records]
+        return await self.page("workflows.html", title="Workflows", records=workflows)
 
     async def workflow(self, name: str) -> Any:
         versions = await self.store.list_workflow_versions(name)
@@ -423,10 +435,9 @@ class Console:
         return await self.page(
             "workflow.html",
             title=f"Workflow {name}",
-            record=record,
-            versions=versions,
+            record=WorkflowDetail.of(record, versions),  # the version shown, as the API has it
             lines=lines,
-            recent=recent,
+            recent=[ExecutionListItem.of(r) for r in recent],
         )
 
     async def run(self, name: str) -> Response:
@@ -464,9 +475,9 @@ class Console:
         return await self.page(
             "workers.html",
             title="Workers",
-            workers=self.dispatcher.workers_info(),
+            workers=[Worker.of(w) for w in self.dispatcher.workers_info()],
             now=time.time(),  # the dispatcher stamps connections and heartbeats in wall time
-            stats=self.dispatcher.statistics(),
+            health=Health.of(self.dispatcher.statistics()),
             live_url=url_for("console.workers") + "?partial=1",
             partial=bool(request.args.get("partial")),
         )

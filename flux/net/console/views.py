@@ -1,5 +1,11 @@
 """What the console's pages show, computed from store records: no I/O and no framework here.
 
+The pages render the HTTP API's own models (:mod:`flux.net.models`: ``ExecutionListItem``,
+``Event``, ``ErrorValue``, ``Workflow``, ``WorkflowDetail``, ``Worker``, ``Health``), built by
+the same functions the API answers with, so a page shows exactly what ``GET`` returns (values
+decoded plain: no class is rebuilt from what a worker wrote). What only the console computes
+(the timeline, durations, highlighted source) is here.
+
 The timeline turns an execution's events into one row per task call, placed by its call-id
 tree (``parallel#4/kid_task#1`` sits under ``parallel#4``, siblings in program order), each row
 carrying the segments to draw: the first attempt, every retry, the fallback, the rollback, a
@@ -21,8 +27,9 @@ from typing import Any
 import attrs
 from markupsafe import Markup, escape
 
+from flux.net.models import ErrorValue
+from flux.net.views import plain_value
 from flux.runtime import codec
-from flux.runtime.context import to_jsonable
 from flux.runtime.errors import SerializationError
 from flux.runtime.records import StoredEvent
 
@@ -54,13 +61,9 @@ MAX_TIMELINE_ROWS = 1000
 
 
 def decode(data: bytes | None) -> Any:
-    """A stored value as plain JSON types (an undecodable one says why, it never raises)."""
-    if data is None:
-        return None
-    try:
-        return to_jsonable(codec.decode(data))
-    except SerializationError as exc:
-        return f"<undecodable: {exc}>"
+    """A stored value as the API shows it (:func:`flux.net.views.plain_value`: plain JSON
+    types, a notice in place of one that cannot be shown; it never raises)."""
+    return plain_value(data)
 
 
 #: The most characters of one value a page shows (the API has it whole).
@@ -75,28 +78,33 @@ def pretty(value: Any, limit: int = MAX_SHOWN) -> str:
     return text
 
 
-def as_error(value: Any) -> dict[str, str] | None:
-    """The ``{"type", "message", "traceback"}`` shape of a recorded error, or None."""
-    if isinstance(value, dict) and "type" in value and "message" in value:
-        return {
-            "type": str(value.get("type")),
-            "message": str(value.get("message")),
-            "traceback": str(value.get("traceback") or ""),
-        }
-    return None
+def as_error(value: Any) -> ErrorValue | None:
+    """The recorded error a shown value holds (type, message, traceback), or None."""
+    return ErrorValue.of(value)
 
 
-def iso(ts: float | None) -> str:
-    if ts is None:
-        return ""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+def _moment(ts: float | str | None) -> datetime | None:
+    """A Unix time or an ISO 8601 text (an ``Event``'s ``time``) as an aware datetime."""
+    if ts is None or ts == "":
+        return None
+    try:
+        if isinstance(ts, str):
+            moment = datetime.fromisoformat(ts)
+            return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return datetime.fromtimestamp(ts, UTC)
+    except (OverflowError, OSError, ValueError, TypeError):
+        return None
 
 
-def shown_time(ts: float | None) -> str:
+def iso(ts: float | str | None) -> str:
+    moment = _moment(ts)
+    return "" if moment is None else moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def shown_time(ts: float | str | None) -> str:
     """UTC, to the second, as the pages print it (the script rewrites it in local time)."""
-    if ts is None:
-        return ""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    moment = _moment(ts)
+    return "" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def duration(seconds: float | None) -> str:
@@ -194,7 +202,7 @@ def _started_details(event: StoredEvent) -> tuple[str, str | None]:
     if event.value is None or b"child" not in event.value:
         return "task", None
     try:
-        value = codec.decode(event.value)
+        value = codec.decode(event.value, plain=True)
     except SerializationError:
         return "task", None
     if isinstance(value, dict):

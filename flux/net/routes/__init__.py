@@ -3,8 +3,10 @@
 
 A route module defines ``register(app, api) -> None``, which adds its routes to the Quart app,
 and is named in :data:`ROUTE_MODULES`. It may define ``OPENAPI_PATHS`` (path -> OpenAPI path
-item) and ``OPENAPI_SCHEMAS`` (name -> schema), which :func:`flux.net.openapi.spec` merges into
-the served document. ``api`` is an :class:`~flux.net.routes.api.Api`:
+item), ``OPENAPI_MODELS`` (the models it answers with: their schemas are generated, see
+:mod:`flux.net.models`) and ``OPENAPI_SCHEMAS`` (name -> schema, hand-written), which
+:func:`flux.net.openapi.spec` merges into the served document. ``api`` is an
+:class:`~flux.net.routes.api.Api`:
 
 * ``api.store``, ``api.dispatcher``, ``api.secrets``, ``api.cfg`` (the ServerSettings),
   ``api.server``, ``api.closing`` (set when the server shuts down: streams end);
@@ -13,7 +15,8 @@ the served document. ``api`` is an :class:`~flux.net.routes.api.Api`:
 * ``api.flag(name)``, ``api.int_arg(name, default, low, high)``, ``api.timeout_arg()``:
   query parameters, each a 400 naming the parameter when wrong;
 * ``await api.execution(workflow, id)``, ``await api.any_execution(id)``: a record or 404;
-* ``await api.shown(rec, detailed)``: the execution's summary (with events);
+* ``await api.shown(rec, detailed)``: the execution's summary (an ``Execution`` model, with
+  its events when ``detailed``);
 * ``await api.settle(id, detailed, timeout)``: answer once the execution settles.
 
 Raise :class:`ApiError` (status, code, detail) for any error answer; :func:`json_response` and
@@ -77,11 +80,15 @@ def register_routes(app: Any, api: Api) -> None:
 
 
 def openapi_parts() -> tuple[dict[str, Any], dict[str, Any]]:
-    """The OpenAPI paths and schemas the route modules describe themselves."""
+    """The OpenAPI paths and schemas the route modules describe themselves (``OPENAPI_MODELS``:
+    schemas generated from their models)."""
+    from flux.net.models_schema import component_schemas
+
     paths: dict[str, Any] = {}
     schemas: dict[str, Any] = {}
     for module in route_modules():
         for path, item in getattr(module, "OPENAPI_PATHS", {}).items():
             paths.setdefault(path, {}).update(item)
+        schemas.update(component_schemas(getattr(module, "OPENAPI_MODELS", ())))
         schemas.update(getattr(module, "OPENAPI_SCHEMAS", {}))
     return paths, schemas

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 import trio
 from quart import Response, request
 
-from flux.net.views import JsonInputError, event_json, parse_json, summary
+from flux.net.models import Error, Execution, to_json
+from flux.net.views import JsonInputError, parse_json
 from flux.runtime import codec
 from flux.runtime.context import to_jsonable
 from flux.runtime.errors import SerializationError
 from flux.runtime.events import ExecutionState
 from flux.runtime.records import ExecutionRecord
-from flux.runtime.retry import retry_links
 
 if TYPE_CHECKING:
     from flux.net.dispatch import Dispatcher
@@ -58,7 +58,7 @@ class ApiError(Exception):
 
 def error_response(status: int, code: str, detail: str) -> Response:
     return Response(
-        json.dumps({"error": code, "detail": detail}),
+        json.dumps(to_json(Error(code, detail))),
         status=status,
         mimetype="application/json",
     )
@@ -197,14 +197,11 @@ class Api:
             raise ApiError(404, "execution-not-found", f"no execution {execution_id!r}")
         return rec
 
-    async def shown(self, rec: ExecutionRecord, detailed: bool) -> dict[str, Any]:
+    async def shown(self, rec: ExecutionRecord, detailed: bool) -> Execution:
         """The execution's summary, with its events when ``detailed``."""
-        out = summary(rec)
-        out.update(await retry_links(self.store, rec))
-        if detailed:
-            events = await self.store.load_events(rec.execution_id)
-            out["events"] = [event_json(e) for e in events]
-        return out
+        events = await self.store.load_events(rec.execution_id) if detailed else None
+        retried_by = await self.store.retries_of(rec.execution_id)
+        return Execution.of(rec, events, retried_by)
 
     async def settle(self, execution_id: str, detailed: bool, timeout: float) -> Response:
         """Answer with the execution once it is settled (:data:`SETTLED`) or ``timeout`` ends."""
@@ -218,4 +215,4 @@ class Api:
             self.dispatcher.unwatch(execution_id, event)
         rec = await self.store.get_execution(execution_id)
         assert rec is not None
-        return json_response(await self.shown(rec, detailed))
+        return json_response(to_json(await self.shown(rec, detailed)))

@@ -9,6 +9,7 @@ from quart import Response, request, websocket
 from quart_trio import QuartTrio
 
 from flux.net import protocol as p
+from flux.net.models import Event, ExecutionList, to_json
 from flux.net.routes.api import (
     Api,
     ApiError,
@@ -18,7 +19,6 @@ from flux.net.routes.api import (
 )
 from flux.net.security import check_bearer
 from flux.net.streams import follow
-from flux.net.views import event_json, listed
 from flux.runtime.events import ExecutionState
 
 __all__ = ["register"]
@@ -48,19 +48,12 @@ def register(app: QuartTrio, api: Api) -> None:
             workflow_name=workflow, state=states, limit=limit, offset=offset
         )
         total = await api.store.count_executions(workflow_name=workflow, state=states)
-        return json_response(
-            {
-                "executions": [listed(r) for r in records],
-                "total": total,
-                "limit": limit,
-                "offset": offset,
-            }
-        )
+        return json_response(to_json(ExecutionList.of(records, total, limit, offset)))
 
     @app.get("/executions/<execution_id>")
     async def get_execution(execution_id: str) -> Response:
         rec = await api.any_execution(execution_id)
-        return json_response(await api.shown(rec, api.flag("detailed")))
+        return json_response(to_json(await api.shown(rec, api.flag("detailed"))))
 
     @app.post("/executions/<execution_id>/cancel")
     async def cancel(execution_id: str) -> Response:
@@ -68,7 +61,7 @@ def register(app: QuartTrio, api: Api) -> None:
         rec = await api.dispatcher.cancel(execution_id)
         if wait and rec.state is not ExecutionState.CANCELLED:
             return await api.settle(execution_id, api.flag("detailed"), timeout)
-        return json_response(await api.shown(rec, api.flag("detailed")))
+        return json_response(to_json(await api.shown(rec, api.flag("detailed"))))
 
     @app.websocket("/executions/<execution_id>/events")
     async def events_ws(execution_id: str) -> Response | None:
@@ -93,7 +86,8 @@ def register(app: QuartTrio, api: Api) -> None:
             async for e in follow(api.dispatcher, api.store, execution_id, after, stop=api.closing):
                 if e is None:
                     continue
-                await websocket.send(stream_message(event_json(e), api.cfg.max_stream_message))
+                message = stream_message(to_json(Event.of(e)), api.cfg.max_stream_message)
+                await websocket.send(message)
         except Exception as exc:
             log.exception("event stream of %s failed", execution_id)
             reason = json.dumps({"error": "internal", "detail": type(exc).__name__})

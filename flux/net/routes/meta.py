@@ -6,6 +6,7 @@ from quart import Response, redirect
 from quart_trio import QuartTrio
 
 from flux.net import console, openapi
+from flux.net.models import Health, to_json
 from flux.net.routes.api import Api, json_response
 
 __all__ = ["register"]
@@ -14,16 +15,7 @@ __all__ = ["register"]
 def register(app: QuartTrio, api: Api) -> None:
     @app.get("/health")
     async def health() -> Response:
-        stats = api.dispatcher.statistics()
-        return json_response(
-            {
-                "status": "ok",
-                "workers": stats.workers,
-                "capacity": stats.capacity,
-                "leases": stats.leases,
-                "queued": stats.ready,
-            }
-        )
+        return json_response(to_json(Health.of(api.dispatcher.statistics())))
 
     @app.get("/openapi.json")
     async def openapi_json() -> Response:

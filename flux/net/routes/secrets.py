@@ -7,6 +7,7 @@ from typing import Any
 from quart import Response
 from quart_trio import QuartTrio
 
+from flux.net.models import SecretName, SecretValue, to_json
 from flux.net.routes.api import Api, ApiError, json_response
 from flux.runtime.errors import SecretNotFoundError
 from flux.runtime.secrets import MAX_VALUE as MAX_SECRET_VALUE
@@ -44,7 +45,7 @@ def register(app: QuartTrio, api: Api) -> None:
             await api.secrets.set(name, value)
         except ValueError as exc:
             raise ApiError(400, "bad-request", str(exc)) from None
-        return json_response({"name": name})
+        return json_response(to_json(SecretName(name)))
 
     @app.get("/admin/secrets/<name>")
     async def secrets_get(name: str) -> Response:
@@ -53,11 +54,11 @@ def register(app: QuartTrio, api: Api) -> None:
             value = await api.secrets.get(name)
         except SecretNotFoundError:
             raise ApiError(404, "secret-not-found", f"secret {name!r} is not set") from None
-        return json_response({"name": name, "value": value})
+        return json_response(to_json(SecretValue(name, value)))
 
     @app.delete("/admin/secrets/<name>")
     async def secrets_delete(name: str) -> Response:
         name = _secret_name(name)
         if not await api.secrets.remove(name):
             raise ApiError(404, "secret-not-found", f"secret {name!r} is not set")
-        return json_response({"name": name, "removed": True})
+        return json_response(to_json(SecretName(name, removed=True)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from quart import Response, websocket
 from quart_trio import QuartTrio
 
+from flux.net.models import Worker, to_json
 from flux.net.routes.api import Api, json_response
 
 __all__ = ["register"]
@@ -13,7 +14,7 @@ __all__ = ["register"]
 def register(app: QuartTrio, api: Api) -> None:
     @app.get("/workers")
     async def workers() -> Response:
-        return json_response(api.dispatcher.workers_info())
+        return json_response(to_json([Worker.of(w) for w in api.dispatcher.workers_info()]))
 
     @app.websocket("/workers/connect")
     async def workers_connect() -> None:

@@ -12,10 +12,10 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from flux.net.dispatch import source_hash
+from flux.net.models import Error, Event, Execution, Workflow, WorkflowDetail, to_json
 from flux.net.routes.api import Api, ApiError, json_response, sse
 from flux.net.streams import follow
 from flux.net.uploads import workflow_names
-from flux.net.views import event_json, summary
 from flux.runtime.errors import WorkflowError, WorkflowNotFoundError
 from flux.runtime.records import ExecutionRecord
 
@@ -25,12 +25,8 @@ log = logging.getLogger("flux.server")
 
 
 def workflow_json(r: Any) -> dict[str, Any]:
-    return {
-        "name": r.name,
-        "version": r.version,
-        "source_hash": r.source_hash,
-        "created_at": r.created_at,
-    }
+    """A workflow version as the API shows it: :meth:`flux.net.models.Workflow.of`."""
+    return to_json(Workflow.of(r))
 
 
 def register(app: QuartTrio, api: Api) -> None:
@@ -63,12 +59,12 @@ def register(app: QuartTrio, api: Api) -> None:
             raise ApiError(400, "bad-source", f"{filename} defines no @workflow")
         digest = source_hash(source)
         saved = [await api.store.save_workflow(n, source, digest) for n in dict.fromkeys(names)]
-        return json_response([workflow_json(r) for r in saved])
+        return json_response(to_json([Workflow.of(r) for r in saved]))
 
     @app.get("/workflows")
     async def list_workflows() -> Response:
         records = await api.store.list_workflows()
-        return json_response([workflow_json(r) for r in records])
+        return json_response(to_json([Workflow.of(r) for r in records]))
 
     @app.get("/workflows/<name>")
     async def get_workflow(name: str) -> Response:
@@ -76,13 +72,7 @@ def register(app: QuartTrio, api: Api) -> None:
         if record is None:
             raise WorkflowNotFoundError(name)
         versions = await api.store.list_workflow_versions(name)
-        return json_response(
-            {
-                **workflow_json(record),
-                "source": record.source,
-                "versions": [v.version for v in versions],
-            }
-        )
+        return json_response(to_json(WorkflowDetail.of(record, versions)))
 
     @app.post("/workflows/<name>/run/<mode>")
     async def run(name: str, mode: str) -> Response:
@@ -93,7 +83,7 @@ def register(app: QuartTrio, api: Api) -> None:
         value = await api.json_body()
         rec = await api.dispatcher.start(name, api.encode_value(value, "the input"))
         if mode == "async":
-            return json_response(await api.shown(rec, detailed))
+            return json_response(to_json(await api.shown(rec, detailed)))
         if mode == "sync":
             return await api.settle(rec.execution_id, detailed, timeout)
         return event_stream(rec)
@@ -104,7 +94,7 @@ def register(app: QuartTrio, api: Api) -> None:
         eid = rec.execution_id
 
         async def body() -> AsyncIterator[bytes]:
-            yield sse(summary(rec), "execution")
+            yield sse(to_json(Execution.of(rec)), "execution")
             try:
                 async for e in follow(
                     api.dispatcher,
@@ -117,13 +107,14 @@ def register(app: QuartTrio, api: Api) -> None:
                     if e is None:
                         yield b": keep-alive\n\n"
                         continue
-                    yield sse(event_json(e), event_id=e.seq)
+                    yield sse(to_json(Event.of(e)), event_id=e.seq)
                 final = await api.store.get_execution(eid)
                 if final is not None:
-                    yield sse(summary(final), "execution")
+                    yield sse(to_json(Execution.of(final)), "execution")
             except Exception as exc:  # the stream is open: tell the client in it
                 log.exception("stream of %s failed", eid)
-                yield sse({"error": "internal", "detail": f"the stream failed: {exc}"}, "error")
+                failure = Error("internal", f"the stream failed: {exc}")
+                yield sse(to_json(failure), "error")
 
         response = Response(body(), mimetype="text/event-stream")
         response.headers["Cache-Control"] = "no-cache"
@@ -134,7 +125,7 @@ def register(app: QuartTrio, api: Api) -> None:
     @app.get("/workflows/<name>/status/<execution_id>")
     async def status(name: str, execution_id: str) -> Response:
         rec = await api.execution(name, execution_id)
-        return json_response(await api.shown(rec, api.flag("detailed")))
+        return json_response(to_json(await api.shown(rec, api.flag("detailed"))))
 
     @app.post("/workflows/<name>/resume/<execution_id>")
     async def resume(name: str, execution_id: str) -> Response:
@@ -144,4 +135,4 @@ def register(app: QuartTrio, api: Api) -> None:
         rec = await api.dispatcher.resume(execution_id, api.encode_value(value, "the resume value"))
         if wait:
             return await api.settle(execution_id, detailed, timeout)
-        return json_response(await api.shown(rec, detailed))
+        return json_response(to_json(await api.shown(rec, detailed)))
