@@ -14,7 +14,7 @@ from quart_trio import QuartTrio
 from flux.net.models import to_json
 from flux.net.openapi import error, json_content, op, ref
 from flux.net.routes.api import Api, ApiError, json_response
-from flux.runtime.scheduler import details, view
+from flux.runtime.schedule_views import Schedule, ScheduleDetails, ScheduleFire, details, view
 from flux.runtime.schedules import (
     CATCH_UP_POLICIES,
     OVERLAP_POLICIES,
@@ -25,7 +25,7 @@ from flux.runtime.schedules import (
     new_record,
 )
 
-__all__ = ["OPENAPI_PATHS", "OPENAPI_SCHEMAS", "register"]
+__all__ = ["OPENAPI_MODELS", "OPENAPI_PATHS", "OPENAPI_SCHEMAS", "register"]
 
 _FIELDS = {
     "name", "workflow", "cron", "timezone", "every", "input", "overlap", "catch_up", "paused"
@@ -33,7 +33,7 @@ _FIELDS = {
 
 
 @attrs.frozen
-class Triggered:
+class ScheduleTriggered:
     """The answer to a trigger: the id the execution gets once the loop starts it."""
 
     schedule: str
@@ -41,7 +41,9 @@ class Triggered:
 
 
 @attrs.frozen
-class Deleted:
+class ScheduleDeleted:
+    """The answer to a delete."""
+
     schedule: str
     deleted: bool
 
@@ -133,7 +135,7 @@ def register(app: QuartTrio, api: Api) -> None:
         if not await api.store.delete_schedule(name):
             raise _not_found(name)
         changed()
-        return json_response(to_json(Deleted(name, True)))
+        return json_response(to_json(ScheduleDeleted(name, True)))
 
     async def set_paused(name: str, paused: bool) -> Response:
         name = _name(name)
@@ -162,7 +164,7 @@ def register(app: QuartTrio, api: Api) -> None:
         except ScheduleError as exc:
             raise ApiError(409, "trigger-pending", str(exc)) from None
         changed()
-        return json_response(to_json(Triggered(name, eid)), status=202)
+        return json_response(to_json(ScheduleTriggered(name, eid)), status=202)
 
 
 # ---------------------------------------------------------------------------------- OpenAPI
@@ -176,31 +178,12 @@ _NAME_PARAM = {
 _E400 = error("bad input: a bad name, cron expression, time zone, interval or policy")
 _E404 = error("no such schedule (or, on create, the workflow is not registered)")
 _ONE = json_content(ref("Schedule"), "the schedule")
-_TIME = {"type": ["string", "null"], "format": "date-time"}
 
+#: The answers' schemas are generated from these classes (flux.net.models_schema).
+OPENAPI_MODELS = (Schedule, ScheduleFire, ScheduleDetails, ScheduleTriggered, ScheduleDeleted)
+
+#: The request body of POST /schedules.
 OPENAPI_SCHEMAS: dict[str, Any] = {
-    "Schedule": {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string"},
-            "workflow": {"type": "string"},
-            "cron": {"type": ["string", "null"]},
-            "timezone": {"type": ["string", "null"]},
-            "every": {"type": ["string", "null"], "examples": ["30s", "1h"]},
-            "every_seconds": {"type": ["integer", "null"]},
-            "input": {},
-            "overlap": {"enum": list(OVERLAP_POLICIES)},
-            "catch_up": {"enum": list(CATCH_UP_POLICIES)},
-            "paused": {"type": "boolean"},
-            "created_at": {"type": "string", "format": "date-time"},
-            "updated_at": {"type": "string", "format": "date-time"},
-            "next_due_at": _TIME,
-            "last_due_at": _TIME,
-            "last_execution_id": {"type": ["string", "null"]},
-            "buffered_at": _TIME,
-            "trigger_pending": {"type": "boolean"},
-        },
-    },
     "ScheduleCreate": {
         "type": "object",
         "required": ["name", "workflow"],
@@ -219,37 +202,6 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
             "catch_up": {"enum": list(CATCH_UP_POLICIES), "default": "none"},
             "paused": {"type": "boolean", "default": False},
         },
-    },
-    "ScheduleFire": {
-        "type": "object",
-        "properties": {
-            "due_at": {"type": "string", "format": "date-time"},
-            "outcome": {
-                "enum": [
-                    "started", "triggered", "buffered", "skipped", "missed", "duplicate", "error"
-                ]
-            },
-            "execution_id": {"type": ["string", "null"]},
-            "state": {"type": ["string", "null"]},
-            "detail": {"type": "string"},
-            "recorded_at": {"type": "string", "format": "date-time"},
-        },
-    },
-    "ScheduleDetails": {
-        "type": "object",
-        "properties": {
-            "schedule": ref("Schedule"),
-            "upcoming": {"type": "array", "items": {"type": "string", "format": "date-time"}},
-            "recent": {"type": "array", "items": ref("ScheduleFire")},
-        },
-    },
-    "ScheduleTriggered": {
-        "type": "object",
-        "properties": {"schedule": {"type": "string"}, "execution_id": {"type": "string"}},
-    },
-    "ScheduleDeleted": {
-        "type": "object",
-        "properties": {"schedule": {"type": "string"}, "deleted": {"type": "boolean"}},
     },
 }
 
