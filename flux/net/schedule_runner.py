@@ -20,8 +20,17 @@ from flux.runtime.scheduler import REFRESH, ScheduleLoop
 __all__ = ["ServerSchedules"]
 
 
+#: The longest sleep on a SQLite store: this server is its only writer, so every change of a
+#: schedule comes through its API and wakes the loop at once.
+SQLITE_REFRESH = 3600.0
+
+
 class ServerSchedules:
-    def __init__(self, store: Any, dispatcher: Any, *, refresh: float = REFRESH):
+    def __init__(self, store: Any, dispatcher: Any, *, refresh: float | None = None):
+        from flux.runtime.store import Store
+
+        if refresh is None:  # PostgreSQL: other servers change schedules too
+            refresh = SQLITE_REFRESH if isinstance(store, Store) else REFRESH
         self.dispatcher = dispatcher
         self.loop = ScheduleLoop(
             store, self._start, clock=dispatcher.wall, pin_version=True, refresh=refresh
