@@ -624,8 +624,8 @@ async def store_group() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="print nothing but errors")
 @flux_errors
 async def store_copy(source: str, target: str, batch_size: int, quiet: bool) -> None:
-    """Copy every execution, event, workflow version, secret and cache entry from the store
-    FROM into the empty store TO (each a SQLite path, sqlite:///path or postgresql://...),
+    """Copy every execution, event, workflow version, secret, schedule and cache entry from the
+    store FROM into the empty store TO (each a SQLite path, sqlite:///path or postgresql://...),
     then check the counts. Stop what uses FROM first; TO must hold nothing.
     """
     from .runtime.store_copy import copy_store_locations, key_file_note

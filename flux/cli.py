@@ -13,6 +13,7 @@ import asyncclick as click
 
 from ._cli_local import executions, run_command, secrets, store_group
 from ._cli_retry import executions_retry
+from ._cli_schedules import schedules_group, start_scheduler
 from ._cli_server import start, workflow_group
 
 
@@ -25,6 +26,8 @@ async def cli() -> None:
 executions.add_command(executions_retry)
 for _command in (run_command, executions, secrets, store_group, start, workflow_group):
     cli.add_command(_command)
+cli.add_command(schedules_group)
+start.add_command(start_scheduler)
 
 
 def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:

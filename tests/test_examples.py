@@ -35,6 +35,7 @@ EXPECTED = {
     "ran ['charge', 'ship']",
     "approval_signals.py": "COMPLETED EXP-8 escalated: no decision in 2 days",
     "test_with_flux_testing.py": "flux.testing example: all tests passed",
+    "nightly_schedule.py": "7 nights, 7 reports: COMPLETED",
 }
 
 SCRIPTS = sorted(

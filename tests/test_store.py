@@ -1358,6 +1358,23 @@ def _bulk_rows():
     ]
     secrets = [SecretRecord("api", b"\x00cipher", 4.0), SecretRecord("db", b"c2", 4.5)]
     cache = [CacheRecord("k1", b"\xc2", 8.0, 100.0), CacheRecord("k0", None, 9.0, None)]
+    from flux.runtime.schedules import ScheduleFireRecord, ScheduleRecord
+
+    schedules = [
+        ScheduleRecord(
+            name="nightly", workflow="w", cron="0 2 * * *", timezone="Europe/Berlin",
+            input=b"\xc0", overlap="buffer-one", catch_up="all", paused=1, created_at=1.0,
+            updated_at=2.0, next_due_at=3.0, last_due_at=2.5, last_execution_id="aa-second",
+            buffered_at=2.75, trigger_at=None, fire_count=2,
+        ),
+        ScheduleRecord(name="often", workflow="a", every=30, input=b"", created_at=5.0,
+                       updated_at=5.0),
+    ]
+    fires = [
+        ScheduleFireRecord("nightly", 1, 2.0, "started", "aa-second", "", 2.0),
+        ScheduleFireRecord("nightly", 2, 2.5, "skipped", None, "still running", 2.5),
+        ScheduleFireRecord("often", 1, 30.0, "missed", None, "1 due time(s) missed", 31.0),
+    ]
     from flux.runtime.store_logs import LogRecord, LogTotals
 
     logs = [
@@ -1377,6 +1394,8 @@ def _bulk_rows():
         "executions": executions,
         "events": events,
         "secrets": secrets,
+        "schedules": schedules,
+        "schedule_fires": fires,
         "cache": cache,
         "signals": signals,
     }
@@ -1425,6 +1444,9 @@ async def test_bulk_import_then_export_keeps_every_row_as_it_was(location):
         assert await store.get_secret("api") == b"\x00cipher"
         assert await store.cache_get("k1", 50.0) == b"\xc2"
         assert await store.cache_get("k1", 100.0) is None
+        assert await store.get_schedule("nightly") == rows["schedules"][0]
+        fires = await store.schedule_fires("nightly")
+        assert [(f.seq, state) for f, state in fires] == [(2, None), (1, "PAUSED")]
         await store.commit(append("zz-first", 2))  # the history goes on after the import
         assert await store.last_seq("zz-first") == 2
 

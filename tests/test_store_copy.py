@@ -76,6 +76,9 @@ async def fill_sqlite(path: str, key_file: str) -> str:
         await engine.store.save_workflow("order_flow", "source v2", "h2")
         await engine.store.cache_put("expired", b"\xc0", expires_at=1.0)
         await engine.send_signal(paused.execution_id, "note", {"queued": True}, key="k1")
+        await engine.schedules.create("hourly", order_flow, every="1h", input=7, paused=True)
+        await engine.schedules.trigger("hourly")  # a schedule and one recorded decision
+        await engine.store.claim_due_schedules(engine.clock())
         return paused.execution_id
 
 
@@ -235,7 +238,7 @@ def test_example_moves_a_paused_execution_to_postgres(tmp_path, pg_url):
     lines = out.stdout.splitlines()
     assert (
         "copied 0 workflow versions, 1 execution, 5 events, 1 secret, 0 cache entries, "
-        "1 log line, 0 signals" in lines
+        "1 log line, 0 signals, 0 schedules" in lines
     )
     assert "resumed in the copy: COMPLETED reserved a lamp, approved by Grace" in lines
     assert "secret readable in the copy: tok-1234567890" in lines

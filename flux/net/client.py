@@ -574,6 +574,65 @@ class FluxClient:
         """Remove a secret (a 404 error when it is not set)."""
         await self._request("DELETE", f"/admin/secrets/{_name(name)}")
 
+    # -- schedules (docs/schedules.md) --------------------------------------------------------
+
+    async def schedule_create(
+        self,
+        name: str,
+        workflow: str,
+        *,
+        cron: str | None = None,
+        timezone: str | None = None,
+        every: str | int | None = None,
+        input: Any = None,
+        overlap: str = "skip",
+        catch_up: str = "none",
+        paused: bool = False,
+    ) -> dict[str, Any]:
+        """Create a schedule of a workflow registered on the server; returns it."""
+        body = {
+            "name": name,
+            "workflow": workflow,
+            "cron": cron,
+            "timezone": timezone,
+            "every": every,
+            "input": input,
+            "overlap": overlap,
+            "catch_up": catch_up,
+            "paused": paused,
+        }
+        return await self._request(
+            "POST", "/schedules", body={k: v for k, v in body.items() if v is not None}
+        )
+
+    async def schedules_list(self) -> list[dict[str, Any]]:
+        return await self._request("GET", "/schedules")
+
+    async def schedule_show(
+        self, name: str, *, upcoming: int = 5, recent: int = 20
+    ) -> dict[str, Any]:
+        """``{"schedule", "upcoming", "recent"}``: the schedule, its next due times and its
+        latest decisions (with the states of the executions they started)."""
+        return await self._request(
+            "GET",
+            f"/schedules/{_name(name)}",
+            params={"upcoming": upcoming, "recent": recent},
+        )
+
+    async def schedule_pause(self, name: str) -> dict[str, Any]:
+        return await self._request("POST", f"/schedules/{_name(name)}/pause")
+
+    async def schedule_resume(self, name: str) -> dict[str, Any]:
+        return await self._request("POST", f"/schedules/{_name(name)}/resume")
+
+    async def schedule_delete(self, name: str) -> None:
+        await self._request("DELETE", f"/schedules/{_name(name)}")
+
+    async def schedule_trigger(self, name: str) -> str:
+        """Start one execution now; returns its id."""
+        data = await self._request("POST", f"/schedules/{_name(name)}/trigger")
+        return str(data["execution_id"])
+
 
 # ---------------------------------------------------------------------------- Server-Sent Events
 

@@ -154,6 +154,8 @@ class Dispatcher(WorkerFrames, Children, Operations, PeerHooks):
         self._declared: dict[str, tuple[Any, frozenset[str] | None]] = {}
         self._sources: dict[tuple[str, int], tuple[bytes, str]] = {}
         self._nursery: trio.Nursery | None = None
+        #: called with the record of each execution that ended or paused (schedules)
+        self.on_end: list[Callable[[ExecutionRecord], None]] = []
         self._granted = 0
         self._expired = 0
         self._rejected = 0

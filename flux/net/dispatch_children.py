@@ -43,6 +43,8 @@ class Children:
         if state in _SETTLED:
             for event in self._settled.pop(eid, ()):
                 event.set()
+            for hook in self.on_end:
+                hook(rec)
             if self.peers is not None:
                 self.peers.announce("s", eid)
         if state is S.CANCELLED:

@@ -44,6 +44,7 @@ from flux.net.routes import (
     register_routes,
     too_large_body,
 )
+from flux.net.schedule_runner import ServerSchedules
 from flux.net.security import (
     ServerConfigError,
     check_bearer,
@@ -152,11 +153,13 @@ class FluxServer:
             server_settings.dispatch,
             secrets=SecretStore(self.store, settings),
         )
+        self.schedules = ServerSchedules(self.store, self.dispatcher)
         self.closing = trio.Event()
 
     async def start(self, nursery: trio.Nursery) -> None:
         await self.store.__aenter__()
         await nursery.start(self.dispatcher.run)
+        await nursery.start(self.schedules.run)
 
     def begin_shutdown(self) -> None:
         """Tell sessions and streams to end (the server is stopping)."""

@@ -213,6 +213,10 @@ class Engine:
         self._secret_values: list[str] = []
         self._running: dict[str, Execution] = {}
         self._leases: dict[str, _Lease] = {}
+        self._schedules: Any = None  # see the schedules property
+        #: executions whose user code raising a BaseException (SystemExit...) fails them, as on
+        #: a worker, instead of propagating to the caller (runs nobody awaits: schedules)
+        self.base_exceptions_fail_for: set[str] = set()
         self._kick: anyio.Event | None = None  # set when a run starts (see watch)
         self._leased: anyio.Event | None = None  # set when a lease is taken (see heartbeat)
         #: what task bodies print and log, until it is written (see flux.runtime.logs)
@@ -228,6 +232,29 @@ class Engine:
         self._due_kick = anyio.Event()
         #: more things that come due, run by wake_due (see flux.runtime.wakes)
         self.due_sources: list[Any] = []
+
+    @property
+    def schedules(self) -> Any:
+        """This engine's :class:`flux.runtime.scheduler.Schedules`: manage the store's
+        schedules, and run them here (``await engine.schedules.run()``)."""
+        if self._schedules is None:
+            from .scheduler import Schedules
+
+            self._schedules = Schedules(self)
+        return self._schedules
+
+    def stop_run(self, execution_id: str, reason: StoppedError) -> bool:
+        """Stop the run of ``execution_id`` in this engine, if any (nothing more is recorded;
+        the execution stays resumable). True if it was running here."""
+        running = self._running.get(execution_id)
+        if running is None:
+            return False
+        running.stop(reason)
+        return True
+
+    def scheduler(self, **options: Any) -> contextlib.AbstractAsyncContextManager[Any]:
+        """``async with engine.scheduler():`` runs the due schedules in the background."""
+        return self.schedules.running(**options)
 
     # -------------------------------------------------------------- Host services
 
@@ -516,6 +543,8 @@ class Engine:
         journal = StoreJournal(self.store, eid, epoch, held, self.log_sink)
         journal.tickets.extend(tickets)  # a refused creation stops the run at its next write
         execution = Execution(wf, ctx, journal, self, clock=self.clock)
+        if eid in self.base_exceptions_fail_for:
+            execution._base_fail = True
         execution.resume_value = resume_value
         self._running[eid] = execution
         try:

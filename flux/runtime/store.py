@@ -52,6 +52,11 @@ from flux.runtime.records import (
     stale_error,
 )
 from flux.runtime.records import check_write as _check_write
+from flux.runtime.schedule_store import (
+    SQLITE_SCHEDULE_TABLES,
+    ScheduleMethods,
+    sqlite_dialect,
+)
 from flux.runtime.settings import check_durability, parse_store
 
 if TYPE_CHECKING:
@@ -160,6 +165,12 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migrate_schedules(db: sqlite_utils.Database) -> None:
+    """Schedules (flux.runtime.schedules) and the decisions each one recorded."""
+    for statement in SQLITE_SCHEDULE_TABLES:
+        db.execute(statement)
+
+
 def _migrate_task_logs(db: sqlite_utils.Database) -> None:
     """Task logs: the lines task bodies print and log, and their per-execution totals."""
     for statement in store_logs.SQLITE_SCHEMA:
@@ -204,6 +215,7 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_retry_of,
     _migrate_lease_indexes,
     _migrate_signals,
+    _migrate_schedules,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -334,7 +346,7 @@ def open_store(
     )
 
 
-class Store:
+class Store(ScheduleMethods):
     """The one writer and reader of a Flux database file; see the module docstring.
 
     A store serves one event loop at a time.
@@ -629,6 +641,10 @@ class Store:
         """A snapshot of the group-commit counters."""
         return attrs.evolve(self._writer.statistics(), retries=self._retries)
 
+    async def _schedule_call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, dialect, *args)`` in one ``BEGIN IMMEDIATE`` transaction (schedules)."""
+        return await self._run_retrying(_schedule_transaction, fn, args)
+
     # -- ownership ------------------------------------------------------------------------------
 
     async def claim(
@@ -922,6 +938,17 @@ def _in_transaction(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any) 
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+_SQLITE = sqlite_dialect()
+
+
+def _schedule_transaction(
+    conn: sqlite3.Connection, fn: Callable[..., T], args: tuple[Any, ...]
+) -> T:
+    """``fn(conn, dialect, *args)`` in one BEGIN IMMEDIATE transaction (the schedules' SQL is
+    shared by both stores, written against a dialect)."""
+    return _in_transaction(conn, fn, _SQLITE, *args)
 
 
 def _claim(

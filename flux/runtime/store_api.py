@@ -55,6 +55,8 @@ from flux.runtime.records import (
     WorkflowRecord,
     Write,
 )
+from flux.runtime.schedule_store import Started
+from flux.runtime.schedules import ScheduleFireRecord, ScheduleRecord
 from flux.runtime.store_logs import LogEntry, LogRecord
 
 __all__ = ["StateFilter", "StoreAPI"]
@@ -279,6 +281,55 @@ class StoreAPI(Protocol):
 
     async def cache_evict_expired(self, now: float) -> int:
         """Delete the entries expired at ``now``; returns how many."""
+        ...
+
+    # -- schedules (flux.runtime.schedules; SQL shared in flux.runtime.schedule_store) ----------
+
+    async def create_schedule(self, record: ScheduleRecord) -> ScheduleRecord:
+        """Store a new schedule; ScheduleExistsError when its name is taken."""
+        ...
+
+    async def get_schedule(self, name: str) -> ScheduleRecord | None: ...
+
+    async def list_schedules(self) -> list[ScheduleRecord]:
+        """Every schedule, by name."""
+        ...
+
+    async def delete_schedule(self, name: str) -> bool:
+        """Delete a schedule and its recorded decisions (not its executions); False if none."""
+        ...
+
+    async def set_schedule_paused(self, name: str, paused: bool, now: float) -> ScheduleRecord:
+        """Pause or resume (next due time: the first after ``now``); ScheduleNotFoundError."""
+        ...
+
+    async def trigger_schedule(self, name: str, now: float) -> str:
+        """Ask the schedule's runner to start one execution now; returns the id it will have.
+        ScheduleError while an earlier trigger waits, ScheduleNotFoundError."""
+        ...
+
+    async def schedule_fires(
+        self, name: str, limit: int = 20
+    ) -> list[tuple[ScheduleFireRecord, str | None]]:
+        """The latest decisions of a schedule, newest first, with their executions' states."""
+        ...
+
+    async def next_schedule_wake(self, workflows: Iterable[str] | None = None) -> float | None:
+        """When :meth:`claim_due_schedules` may next find work (``-inf``: now; None: never)."""
+        ...
+
+    async def claim_due_schedules(
+        self,
+        now: float,
+        *,
+        workflows: Iterable[str] | None = None,
+        pin_version: bool = False,
+        limit: int = 50,
+    ) -> list[Started]:
+        """In one transaction: start the executions the schedules due at ``now`` call for
+        (SCHEDULED, with WORKFLOW_STARTED, deterministic ids, ON CONFLICT DO NOTHING), record
+        every decision and advance each schedule; several processes on one database start
+        each due time once (PostgreSQL: SKIP LOCKED). Returns what was started."""
         ...
 
     # -- task logs (flux.runtime.store_logs) ----------------------------------------------------

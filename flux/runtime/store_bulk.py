@@ -35,6 +35,12 @@ from flux.runtime.records import (
     StoredEvent,
     WorkflowRecord,
 )
+from flux.runtime.schedules import (
+    FIRE_COLUMNS,
+    SCHEDULE_COLUMNS,
+    ScheduleFireRecord,
+    ScheduleRecord,
+)
 from flux.runtime.store_logs import LOG_COLUMNS, TOTALS_COLUMNS, LogRecord, LogTotals
 
 __all__ = [
@@ -109,6 +115,18 @@ _TABLES = (
         ("signal", "signals"),
     ),
 )
+# schedules (their decisions are bookkeeping: not named in a copy's summary)
+_TABLES += (
+    Table("schedules", ScheduleRecord, SCHEDULE_COLUMNS, ("name",), ("schedule", "schedules")),
+    Table(
+        "schedule_fires",
+        ScheduleFireRecord,
+        FIRE_COLUMNS,
+        ("schedule_name", "seq"),
+        ("schedule decision", "schedule decisions"),
+        shown=False,
+    ),
+)
 _BY_NAME = {t.name: t for t in _TABLES}
 
 #: Every table a copy moves, in the order it moves them (an event's execution comes first).
@@ -167,6 +185,16 @@ def records_and_cursor(
     width = len(_key(t, insertion_order))
     if t.record is ExecutionRecord:
         records = [ExecutionRecord(**dict(zip(t.columns, r[width:], strict=True))) for r in rows]
+    elif t.record is ScheduleRecord:
+        records = [
+            ScheduleRecord(
+                **{
+                    c: bytes(v) if isinstance(v, memoryview) else v
+                    for c, v in zip(t.columns, r[width:], strict=True)
+                }
+            )
+            for r in rows
+        ]
     else:
         records = [
             t.record(*(bytes(v) if isinstance(v, memoryview) else v for v in r[width:]))

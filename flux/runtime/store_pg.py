@@ -52,6 +52,7 @@ from flux.runtime.records import (
     WorkflowRecord,
     Write,
 )
+from flux.runtime.schedule_store import ScheduleMethods, pg_dialect
 from flux.runtime.settings import check_durability, redact_url
 from flux.runtime.store_pg_schema import (
     MIGRATIONS,
@@ -62,7 +63,7 @@ from flux.runtime.store_pg_schema import (
     migrate,
     one_line,
 )
-from flux.runtime.store_pg_write import BatchWriter
+from flux.runtime.store_pg_write import BatchWriter, _insert_values
 
 try:
     import psycopg
@@ -135,7 +136,7 @@ def split_pool_parameters(url: str) -> tuple[str, dict[str, Any]]:
     return urllib.parse.urlunsplit(rest), pool
 
 
-class PostgresStore:
+class PostgresStore(ScheduleMethods):
     """The writer and reader of a Flux database on a PostgreSQL server; see the module docstring.
 
     ``url`` is a libpq URL, ``postgresql://user:password@host:port/database``, with any libpq
@@ -292,6 +293,10 @@ class PostgresStore:
             except (psycopg.Error, UnicodeError) as exc:  # e.g. a lone surrogate in an id
                 raise self._error(exc) from exc
         raise AssertionError("unreachable")
+
+    async def _schedule_call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, dialect, *args)`` in one transaction (schedules)."""
+        return await self._transaction(fn, _PG, *args)
 
     def _error(self, exc: BaseException) -> StoreError:
         return StoreError(f"store {self.location!r}: {one_line(exc, self._password)}")
@@ -684,6 +689,9 @@ class PostgresStore:
 
 def _noop(conn: Any) -> None:
     pass
+
+
+_PG = pg_dialect(_insert_values)
 
 
 def _execute(conn: Any, sql: str, params: Sequence[Any]) -> int:

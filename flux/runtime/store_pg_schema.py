@@ -13,6 +13,7 @@ from typing import Any
 
 from flux.runtime.errors import StoreError
 from flux.runtime.records import EVENT_COLUMNS, EXECUTION_COLUMNS, WORKFLOW_COLUMNS
+from flux.runtime.schedule_store import PG_SCHEDULE_TABLES
 
 try:
     import psycopg
@@ -147,6 +148,12 @@ def _migrate_signals(conn: Any) -> None:
     )
 
 
+def _migrate_schedules(conn: Any) -> None:
+    """schedules"""
+    for statement in PG_SCHEDULE_TABLES:
+        conn.execute(statement)
+
+
 #: Migration ``i`` (0-based) brings a database from schema version ``i`` to ``i + 1``; version 0
 #: is an empty database. Append, never edit: all that are due run in the opening transaction,
 #: and each is recorded in ``flux_migrations`` (its docstring's first line is its name).
@@ -156,6 +163,7 @@ MIGRATIONS: tuple[Callable[[Any], None], ...] = (
     _migrate_retry_of,
     _migrate_lease_indexes,
     _migrate_signals,
+    _migrate_schedules,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -63,6 +63,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "executions",
     "workers",
     "secrets",
+    "schedules",
     "logs",
     "retry",
     "signals",
