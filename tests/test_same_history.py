@@ -184,3 +184,69 @@ def by_call(history: list[tuple]) -> dict[str, list[tuple]]:
     for type_, call_id, name, value in history:
         calls.setdefault(call_id, []).append((type_, name, value))
     return calls
+
+
+PAUSER = """
+from flux import workflow
+from flux.tasks import pause
+
+
+@workflow
+async def waits(ctx):
+    return await pause("approval")
+"""
+
+
+def row(rec) -> tuple:
+    return (
+        rec.state.value,
+        codec.decode(rec.output) if rec.output is not None else "no output column",
+        rec.lease_owner,
+        rec.lease_expires_at,
+        rec.wake_at,
+        rec.cancel_requested,
+    )
+
+
+@pytest.mark.trio
+async def test_create_resume_and_cancel_write_the_same_rows_embedded_and_on_a_server(tmp_path):
+    # one execution service (flux.runtime.executions) builds these writes for both
+    flows = workflows_in(load_source(PAUSER, "same_service_flows"))
+    (tmp_path / "d").mkdir()
+    async with open_engine(db=str(tmp_path / "embedded.db"), durability="normal") as engine:
+        paused = await flows["waits"].arun(engine=engine)
+        again = await flows["waits"].arun(engine=engine)
+        resumed = await flows["waits"].arun(
+            execution_id=paused.execution_id, resume_value="yes", engine=engine
+        )
+        assert resumed.output == "yes"
+        await engine.cancel(again.execution_id)
+        local = [
+            (row(await engine.store.get_execution(e)), shape(await engine.store.load_events(e)))
+            for e in (paused.execution_id, again.execution_id)
+        ]
+    async with trio.open_nursery() as nursery:
+        live = await start_live(nursery, tmp_path / "d", upload_source=False)
+        async with httpx.AsyncClient(base_url=live.url, timeout=30) as c:
+            r = await c.post("/workflows", files={"file": ("p.py", PAUSER.encode())})
+            assert r.status_code == 200, r.text
+            first = (await c.post("/workflows/waits/run/sync", json=None)).json()
+            second = (await c.post("/workflows/waits/run/sync", json=None)).json()
+            assert first["state"] == second["state"] == "PAUSED"
+            done = await c.post(
+                f"/workflows/waits/resume/{first['execution_id']}",
+                json="yes",
+                params={"wait": "true"},
+            )
+            assert done.json()["output"] == "yes"
+            r = await c.post(f"/executions/{second['execution_id']}/cancel")
+            assert r.json()["state"] == "CANCELLED"
+        nursery.cancel_scope.cancel()
+    async with open_store(str(tmp_path / "d" / "api.db")) as store:
+        remote = [
+            (row(await store.get_execution(e)), shape(await store.load_events(e)))
+            for e in (first["execution_id"], second["execution_id"])
+        ]
+    assert local == remote
+    assert local[1][0] == ("CANCELLED", None, None, None, None, True)
+    assert [t for t, *_ in local[1][1]][-1] == "WORKFLOW_CANCELLED"

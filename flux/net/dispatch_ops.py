@@ -17,16 +17,15 @@ from flux.net.dispatch_types import (
     ExecutionConflictError,
     _view,
 )
-from flux.runtime import codec
+from flux.runtime import executions
 from flux.runtime.errors import (
     ExecutionNotFoundError,
     StoreError,
     WorkflowNotFoundError,
 )
 from flux.runtime.events import ExecutionEventType, ExecutionState
-from flux.runtime.history import resume_targets
 from flux.runtime.retry import create_retry, latest_version
-from flux.runtime.store import ExecutionRecord, StaleWriteError, StoredEvent, Write
+from flux.runtime.store import ExecutionRecord, StaleWriteError, Write
 
 log = logging.getLogger("flux.dispatch")
 
@@ -60,20 +59,13 @@ class Operations:
         parent_id: str | None,
     ) -> ExecutionRecord:
         """Store a new execution (its row and WORKFLOW_STARTED) and queue it."""
-        now = self.wall()
-        record = ExecutionRecord(
-            execution_id=execution_id,
-            workflow_name=name,
-            workflow_version=version,
-            parent_id=parent_id,
-            input=input_data,
-            state=S.SCHEDULED,
-            created_at=now,
+        write = executions.creation(
+            execution_id, name, input_data, self.wall(), version=version, parent_id=parent_id
         )
-        first = StoredEvent(execution_id, 1, E.WORKFLOW_STARTED.value, name, name, input_data, now)
-        await self._commit(Write(execution_id, [first], insert=record))
+        await self._commit(write)
         self.submit(execution_id)
-        return record
+        assert write.insert is not None
+        return write.insert
 
     async def retry(self, execution_id: str, *, latest: bool = False) -> list[ExecutionRecord]:
         """Retry a FAILED execution (flux.runtime.retry): store the new execution with the
@@ -118,13 +110,9 @@ class Operations:
                 except ExecutionConflictError:
                     pass
         seq = events[-1].seq if events else 0
-        now = self.wall()
-        name = rec.workflow_name
-        targets = resume_targets(name, _view(events))
-        new = [
-            StoredEvent(execution_id, seq + i, type_.value, source, label, value_data, now)
-            for i, (type_, source, label) in enumerate(targets, start=1)
-        ]
+        new = executions.resumption_events(
+            execution_id, rec.workflow_name, _view(events), seq, value_data, self.wall()
+        )
         try:
             await self._commit(
                 Write(
@@ -204,33 +192,24 @@ class Operations:
         if execution_id in self._leases:
             return None
         seq = await self.store.last_seq(execution_id)
-        name = rec.workflow_name
-        ev = StoredEvent(
-            execution_id,
-            seq + 1,
-            E.WORKFLOW_CANCELLED.value,
-            name,
-            name,
-            codec.encode(None),
-            self.wall(),
-        )
+        expect = {"lease_epoch": rec.lease_epoch, "state": rec.state.value}
         try:
             await self._commit(
-                Write(
-                    execution_id,
-                    [ev],
-                    update={
-                        "state": S.CANCELLED.value,
-                        "output": codec.encode(None),
-                        "wake_at": None,
-                        "cancel_requested": 1,
-                    },
-                    expect={"lease_epoch": rec.lease_epoch, "state": rec.state.value},
+                executions.cancellation(
+                    execution_id, rec.workflow_name, seq, self.wall(), expect
                 )
             )
         except StoreError as exc:
             log.info("cancel of %s raced with a change: %s", execution_id, exc)
             return None
-        done = attrs.evolve(rec, state=S.CANCELLED, output=codec.encode(None), wake_at=None)
+        done = attrs.evolve(
+            rec,
+            state=S.CANCELLED,
+            output=executions.CANCELLED_OUTPUT,
+            wake_at=None,
+            lease_owner=None,
+            lease_expires_at=None,
+            cancel_requested=True,
+        )
         await self._after_end(done, S.CANCELLED)
         return done

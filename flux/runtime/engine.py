@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import attrs
 
-from . import codec, logs, owners, wakes
+from . import codec, executions, logs, owners, wakes
 from .context import ExecutionContext
 from .errors import (
     ExecutionLeasedError,
@@ -26,7 +26,6 @@ from .errors import (
 )
 from .events import ExecutionEvent, ExecutionEventType, ExecutionState
 from .executor import Execution
-from .history import resume_targets
 from .retry import create_retry
 from .secrets import SecretStore
 from .settings import Settings
@@ -635,42 +634,31 @@ class Engine:
             raise type(e)(f"input of workflow {wf.name!r}: {e}") from None
         seen = codec.decode(data)  # the workflow gets the input as a replay will
         now = time.time()
-        record = ExecutionRecord(
-            execution_id=execution_id,
-            workflow_name=wf.name,
+        write = executions.creation(
+            execution_id,
+            wf.name,
+            data,
+            now,
             parent_id=parent_id,
-            input=data,
-            state=ExecutionState.RUNNING,
-            created_at=now,
-            lease_owner=self.owner,
-            lease_epoch=1,
-            lease_expires_at=expires,
+            owner=self.owner,
+            expires_at=expires,
         )
         ctx = ExecutionContext(
             execution_id, wf.name, seen, None, ExecutionState.RUNNING, parent_id=parent_id
         )
-        started = append_event(ctx, E.WORKFLOW_STARTED, wf.name, wf.name, seen, now, data)
-        return ctx, Write(execution_id, [started], insert=record)
+        ctx._events.append(_event_of(write.events[0], seen))
+        return ctx, write
 
     async def _finish_cancelled(
         self, ctx: ExecutionContext, expect: dict[str, Any]
     ) -> ExecutionContext:
         """End a non-running execution CANCELLED (nothing is in flight to roll back)."""
-        name = ctx.workflow_name
-        event = append_event(ctx, E.WORKFLOW_CANCELLED, name, name, None, self.clock())
-        await self.store.commit(
-            Write(
-                ctx.execution_id,
-                [event],
-                update={
-                    "state": ExecutionState.CANCELLED.value,
-                    "wake_at": None,
-                    "lease_owner": None,
-                    "lease_expires_at": None,
-                },
-                expect=expect,
-            )
+        last = ctx.events[-1].id if ctx.events else 0
+        write = executions.cancellation(
+            ctx.execution_id, ctx.workflow_name, last, self.clock(), expect
         )
+        await self.store.commit(write)
+        ctx._events.append(_event_of(write.events[0], None))
         ctx.state = ExecutionState.CANCELLED
         return ctx
 
@@ -751,25 +739,6 @@ class Engine:
                 continue  # claimed (resumed) meanwhile: ask its runner instead
 
 
-def append_event(
-    ctx: ExecutionContext,
-    type: ExecutionEventType,
-    source_id: str,
-    name: str,
-    value: Any,
-    now: float,
-    data: bytes | None = None,
-) -> StoredEvent:
-    """Add an event with the next sequence number to ``ctx.events``; return its stored form
-    (``data``: the value already encoded, when the caller has it)."""
-    seq = ctx.events[-1].id + 1 if ctx.events else 1
-    ctx._events.append(
-        ExecutionEvent(seq, type, source_id, name, value, datetime.fromtimestamp(now, UTC))
-    )
-    encoded = codec.encode(value) if data is None else data
-    return StoredEvent(ctx.execution_id, seq, type.value, source_id, name, encoded, now)
-
-
 def resume_events(ctx: ExecutionContext, value: Any) -> list[StoredEvent]:
     """Events that resume a paused execution: WORKFLOW_RESUMED, then TASK_RESUMED carrying
     ``value`` for every pause point still waiting. Appended to ``ctx.events`` too, with the
@@ -777,9 +746,24 @@ def resume_events(ctx: ExecutionContext, value: Any) -> list[StoredEvent]:
     sees)."""
     data = codec.encode(value)
     seen = codec.decode(data)
-    now = time.time()
-    targets = resume_targets(ctx.workflow_name, ctx.events)
-    return [append_event(ctx, t, source, label, seen, now, data) for t, source, label in targets]
+    last = ctx.events[-1].id if ctx.events else 0
+    events = executions.resumption_events(
+        ctx.execution_id, ctx.workflow_name, ctx.events, last, data, time.time()
+    )
+    ctx._events.extend(_event_of(e, seen) for e in events)
+    return events
+
+
+def _event_of(stored: StoredEvent, value: Any) -> ExecutionEvent:
+    """The context's form of an event just built for the store (``value`` decoded)."""
+    return ExecutionEvent(
+        stored.seq,
+        ExecutionEventType(stored.type),
+        stored.call_id,
+        stored.name,
+        value,
+        datetime.fromtimestamp(stored.time, UTC),
+    )
 
 
 @contextlib.asynccontextmanager
