@@ -17,7 +17,9 @@ from typing import Any
 
 __all__ = ["markdown", "render_docs"]
 
-_CODE = re.compile(r"`([^`]+)`")
+#: A code span: `x` (Markdown) or ``x`` (reStructuredText, as Python docstrings write it; the
+#: schemas generated from the API's models take their descriptions from docstrings).
+_CODE = re.compile(r"``([^`]+)``|`([^`]+)`")
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
 _LINK = re.compile(r"\[([^\]]+)\]\(((?:https?://|/|#)[^)\s]*)\)")
 
@@ -39,11 +41,13 @@ def markdown(text: str | None) -> str:
 
 def _span(text: str) -> str:
     """One line or paragraph of Markdown as HTML (no ``<p>``): code spans, bold, links."""
-    parts = _CODE.split(text)  # odd indexes are code spans
-    return "".join(
-        f"<code>{html.escape(part)}</code>" if i % 2 else _inline(part)
-        for i, part in enumerate(parts)
-    )
+    out, last = [], 0
+    for match in _CODE.finditer(text):
+        out.append(_inline(text[last : match.start()]))
+        out.append(f"<code>{html.escape(match.group(1) or match.group(2))}</code>")
+        last = match.end()
+    out.append(_inline(text[last:]))
+    return "".join(out)
 
 
 def _resolve(doc: dict[str, Any], schema: Any) -> Any:
