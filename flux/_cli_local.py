@@ -131,7 +131,7 @@ def _resume_command(target: str, execution_id: str, settings: Settings) -> str:
 
 
 def _follower(store: Any, execution_id: str, seen: list[Any], quiet: bool) -> Any:
-    from .runtime.engine import decode_event
+    from .runtime.journal import decode_event
     from .runtime.progress import StoreFollower, outcome_line
 
     def emit(stored: Any) -> None:
@@ -397,7 +397,8 @@ async def _follow_local(execution_id: str, from_offset: int, settings: Settings)
     """Follow an execution in the local store: print its events after the first
     ``from_offset`` until it is finished or paused (another process runs it)."""
     from .net.client import event_line
-    from .runtime.engine import decode_event, open_engine
+    from .runtime.engine import open_engine
+    from .runtime.journal import decode_event
     from .runtime.progress import StoreFollower
 
     _existing_store(settings, execution_id)

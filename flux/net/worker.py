@@ -48,7 +48,6 @@ from flux.net.liveness import LeaseClock
 from flux.net.signal import Signal
 from flux.runtime import codec, logs
 from flux.runtime.context import ExecutionContext
-from flux.runtime.engine import decode_event
 from flux.runtime.errors import (
     ExecutionConflictError,
     ExecutionNotFoundError,
@@ -61,6 +60,7 @@ from flux.runtime.errors import (
 from flux.runtime.errors import LeaseLostError as RuntimeLeaseLost
 from flux.runtime.events import ExecutionEventType, ExecutionState
 from flux.runtime.executor import Execution
+from flux.runtime.journal import decode_event
 from flux.runtime.loader import load_source, workflows_in
 from flux.runtime.records import SignalRecord
 from flux.runtime.secrets import redact_encoded

@@ -7,7 +7,6 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -15,17 +14,18 @@ import attrs
 
 from . import codec, executions, logs, owners, wakes
 from .context import ExecutionContext
+from .engine_leases import EngineLeases, Lease
 from .errors import (
     ExecutionLeasedError,
     ExecutionNotFoundError,
     LeaseLostError,
     StoppedError,
     StoreError,
-    StoreUnavailableError,
     WorkflowError,
 )
-from .events import ExecutionEvent, ExecutionEventType, ExecutionState
+from .events import ExecutionEventType, ExecutionState
 from .executor import Execution
+from .journal import StoreJournal, build_context, event_of, resume_events
 from .retry import create_retry
 from .secrets import SecretStore
 from .settings import Settings
@@ -45,132 +45,8 @@ E = ExecutionEventType
 log = logging.getLogger("flux.engine")
 
 
-def decode_event(stored: StoredEvent) -> ExecutionEvent:
-    return ExecutionEvent(
-        stored.seq,
-        ExecutionEventType(stored.type),
-        stored.call_id,
-        stored.name,
-        codec.decode(stored.value) if stored.value is not None else None,
-        datetime.fromtimestamp(stored.time, UTC),
-    )
-
-
-def build_context(record: ExecutionRecord, events: list[StoredEvent]) -> ExecutionContext:
-    decoded = [decode_event(e) for e in events]
-    return ExecutionContext(
-        record.execution_id,
-        record.workflow_name,
-        codec.decode(record.input),
-        codec.decode(record.output) if record.output is not None else None,
-        record.state,
-        decoded,
-        parent_id=record.parent_id,
-        workflow_version=record.workflow_version,
-        retry_of=record.retry_of,
-    )
-
-
-def _columns(update: dict[str, Any] | None) -> dict[str, Any] | None:
-    if update is None:
-        return None
-    return {k: (v.value if isinstance(v, ExecutionState) else v) for k, v in update.items()}
-
-
-class StoreJournal:
-    """Journal of one execution in the local store, fenced by the lease epoch it claimed.
-
-    ``held`` events (the resume of a paused execution) are written with the first event the run
-    records, so that a run stopped by nondeterminism before recording anything leaves the
-    history exactly as it was. A write the store refused (even a queued one nobody awaited) makes
-    every later write of this journal raise, so a history never gets a hole. A write that ends
-    the run (a state other than RUNNING) releases the lease with it."""
-
-    __slots__ = ("store", "execution_id", "expect", "held", "tickets", "wrote", "log_sink")
-
-    def __init__(
-        self,
-        store: Store,
-        execution_id: str,
-        epoch: int,
-        held: list[StoredEvent] | None = None,
-        log_sink: logs.LogSink | None = None,
-    ):
-        self.store = store
-        #: the run's task log lines are written before the write that ends (or suspends) it
-        self.log_sink = log_sink
-        self.execution_id = execution_id
-        self.expect = {"lease_epoch": epoch}
-        self.held = held or []
-        self.tickets: list[WriteTicket] = []
-        #: whether anything was handed to the store (False: the history is as it was)
-        self.wrote = False
-
-    def _check(self) -> None:
-        open_: list[WriteTicket] = []
-        for ticket in self.tickets:
-            if not ticket.done:
-                open_.append(ticket)
-            elif ticket.error is not None:
-                self.tickets = []
-                raise ticket.error
-        self.tickets = open_
-
-    def _write(
-        self,
-        events: list[StoredEvent],
-        update: dict[str, Any] | None,
-        signals: tuple[int, ...] = (),
-    ) -> Write:
-        self._check()
-        if self.held:
-            events, self.held = self.held + events, []
-        columns = _columns(update)
-        if columns is not None and columns.get("state", ExecutionState.RUNNING.value) != (
-            ExecutionState.RUNNING.value
-        ):
-            columns["lease_owner"] = None
-            columns["lease_expires_at"] = None
-        self.wrote = True
-        return Write(
-            self.execution_id, events, update=columns, expect=self.expect, signals=signals
-        )
-
-    def enqueue(self, events: list[StoredEvent], update: dict[str, Any] | None = None) -> None:
-        self.tickets.extend(self.store.enqueue(self._write(events, update)))
-
-    async def commit(
-        self,
-        events: list[StoredEvent],
-        update: dict[str, Any] | None = None,
-        signals: tuple[int, ...] = (),
-    ) -> None:
-        sink = self.log_sink
-        if sink is not None and update and sink.has(self.execution_id):
-            if update.get("state", ExecutionState.RUNNING) != ExecutionState.RUNNING:
-                await sink.flush(self.execution_id)
-        await self.store.commit(self._write(events, update, signals))
-        self._check()
-
-    def discard(self) -> None:
-        """The run stopped: drop what it queued and did not reach a transaction yet."""
-        self.held = []
-        self.store.discard_queued(self.execution_id)
-
-
 def new_execution_id() -> str:
     return uuid.uuid4().hex
-
-
-@attrs.define
-class _Lease:
-    """The lease this engine holds on one execution it runs."""
-
-    epoch: int
-    #: when it ends unless renewed (engine clock, like the store's lease_expires_at)
-    expires_at: float
-    #: time.monotonic() when the renewal that set expires_at began
-    renewed: float
 
 
 class _Busy(Exception):
@@ -179,7 +55,7 @@ class _Busy(Exception):
         self.expires_at = expires_at
 
 
-class Engine:
+class Engine(EngineLeases):
     """Runs workflows in this process; owns nothing but references to the store and settings.
 
     Build it with :func:`open_engine`; ``wf.arun(..., engine=engine)`` reuses one engine (and its
@@ -211,7 +87,7 @@ class Engine:
         self.lease_ttl = settings.lease_ttl
         self._secret_values: list[str] = []
         self._running: dict[str, Execution] = {}
-        self._leases: dict[str, _Lease] = {}
+        self._leases: dict[str, Lease] = {}
         self._schedules: Any = None  # see the schedules property
         #: executions whose user code raising a BaseException (SystemExit...) fails them, as on
         #: a worker, instead of propagating to the caller (runs nobody awaits: schedules)
@@ -321,87 +197,6 @@ class Engine:
         from .log_reader import follow_logs
 
         return follow_logs(self.store, execution_id, after=after, call_id=call_id, **options)
-
-    async def ensure_lease(self, execution: Execution) -> None:
-        """Renew the lease of ``execution`` first if it is getting old (half its ttl gone by
-        the engine clock or by the monotonic clock, which a frozen or suspended process also
-        sees jump); stop the run if the lease turns out lost, or cannot be renewed before it
-        expires."""
-        eid = execution.ctx.execution_id
-        lease = self._leases.get(eid)
-        if lease is None or self._fresh(lease):
-            return
-        await self.renew([eid])
-        lease = self._leases.get(eid)
-        if lease is not None and not self._fresh(lease) and self._expired(lease):
-            execution.stop(
-                StoreUnavailableError(
-                    f"execution {eid}: its lease expired and could not be renewed"
-                )
-            )
-
-    def _fresh(self, lease: _Lease) -> bool:
-        margin = self.lease_ttl / 2
-        return (
-            self.clock() < lease.expires_at - margin
-            and time.monotonic() - lease.renewed < margin
-        )
-
-    def _expired(self, lease: _Lease) -> bool:
-        return (
-            self.clock() >= lease.expires_at or time.monotonic() - lease.renewed >= self.lease_ttl
-        )
-
-    async def renew(self, execution_ids: list[str] | None = None) -> None:
-        """Extend the leases of the given running executions (all by default); a run whose
-        lease another runner took stops at once, writing nothing more."""
-        ids = list(self._leases) if execution_ids is None else execution_ids
-        due = [(eid, self._leases[eid].epoch) for eid in ids if eid in self._leases]
-        if not due:
-            return
-        began = time.monotonic()
-        expires = self.clock() + self.lease_ttl
-        try:
-            # a run's creation may still be queued (it commits with the first outcome): an
-            # execution row that is not there yet would read as a lease lost
-            await self.store.flush()
-            lost = set(await self.store.renew_leases(due, owner=self.owner, expires_at=expires))
-        except StoreError as exc:
-            log.warning("cannot renew the leases of %d execution(s): %s", len(due), exc)
-            return
-        for eid, epoch in due:
-            lease = self._leases.get(eid)
-            if lease is None or lease.epoch != epoch:
-                continue
-            if eid in lost:
-                self._lease_lost(eid)
-            else:
-                lease.expires_at = expires
-                lease.renewed = began
-
-    def _lease_lost(self, execution_id: str) -> None:
-        self._leases.pop(execution_id, None)
-        running = self._running.get(execution_id)
-        if running is not None:
-            log.warning("execution %s: lease lost to another runner; this run stops", execution_id)
-            running.abandon(
-                LeaseLostError(
-                    f"execution {execution_id}: another runner took it over after this one "
-                    f"missed its {self.lease_ttl:g}s lease (a stalled or frozen process); "
-                    "this run stopped and wrote nothing more"
-                )
-            )
-
-    async def heartbeat(self) -> None:
-        """Renew the leases of the running executions every ``lease_ttl / 3`` seconds, for
-        the engine's lifetime (``open_engine`` starts it)."""
-        self._leased = anyio.Event()
-        while True:
-            if not self._leases:
-                await self._leased.wait()
-                self._leased = anyio.Event()
-            await anyio.sleep(self.lease_ttl / 3)
-            await self.renew()
 
     # -------------------------------------------------------------- executions
 
@@ -536,7 +331,7 @@ class Engine:
                 if record.cancel_requested:  # asked while no process was running it
                     return await self._finish_cancelled(ctx, {"lease_epoch": epoch})
         eid = ctx.execution_id
-        self._leases[eid] = _Lease(epoch, expires, began)
+        self._leases[eid] = Lease(epoch, expires, began)
         if self._leased is not None:
             self._leased.set()
         journal = StoreJournal(self.store, eid, epoch, held, self.log_sink)
@@ -646,7 +441,7 @@ class Engine:
         ctx = ExecutionContext(
             execution_id, wf.name, seen, None, ExecutionState.RUNNING, parent_id=parent_id
         )
-        ctx._events.append(_event_of(write.events[0], seen))
+        ctx._events.append(event_of(write.events[0], seen))
         return ctx, write
 
     async def _finish_cancelled(
@@ -658,7 +453,7 @@ class Engine:
             ctx.execution_id, ctx.workflow_name, last, self.clock(), expect
         )
         await self.store.commit(write)
-        ctx._events.append(_event_of(write.events[0], None))
+        ctx._events.append(event_of(write.events[0], None))
         ctx.state = ExecutionState.CANCELLED
         return ctx
 
@@ -737,33 +532,6 @@ class Engine:
                 return await self._finish_cancelled(await self.get(execution_id), expect)
             except StaleWriteError:
                 continue  # claimed (resumed) meanwhile: ask its runner instead
-
-
-def resume_events(ctx: ExecutionContext, value: Any) -> list[StoredEvent]:
-    """Events that resume a paused execution: WORKFLOW_RESUMED, then TASK_RESUMED carrying
-    ``value`` for every pause point still waiting. Appended to ``ctx.events`` too, with the
-    value decoded, so ``pause()`` returns what a replay will (the first run sees what a replay
-    sees)."""
-    data = codec.encode(value)
-    seen = codec.decode(data)
-    last = ctx.events[-1].id if ctx.events else 0
-    events = executions.resumption_events(
-        ctx.execution_id, ctx.workflow_name, ctx.events, last, data, time.time()
-    )
-    ctx._events.extend(_event_of(e, seen) for e in events)
-    return events
-
-
-def _event_of(stored: StoredEvent, value: Any) -> ExecutionEvent:
-    """The context's form of an event just built for the store (``value`` decoded)."""
-    return ExecutionEvent(
-        stored.seq,
-        ExecutionEventType(stored.type),
-        stored.call_id,
-        stored.name,
-        value,
-        datetime.fromtimestamp(stored.time, UTC),
-    )
 
 
 @contextlib.asynccontextmanager
