@@ -77,45 +77,35 @@ def schemas() -> dict[str, Any]:
     return {**component_schemas(MODELS), **copy.deepcopy(_SCHEMAS)}
 
 
-_NAME = {
-    "name": "name",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-    "description": "workflow name",
-}
-_EID = {
-    "name": "execution_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-    "description": "execution id",
-}
-_SECRET = {
-    "name": "name",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-    "description": "secret name",
-}
-_DETAILED = {
-    "name": "detailed",
-    "in": "query",
-    "schema": {"type": "boolean", "default": False},
-    "description": "add the execution's events",
-}
-_WAIT = {
-    "name": "wait",
-    "in": "query",
-    "schema": {"type": "boolean", "default": False},
-    "description": "answer once the execution completes, fails, is cancelled or pauses",
-}
-_TIMEOUT = {
-    "name": "timeout",
-    "in": "query",
-    "schema": {"type": "number", "minimum": 0},
-    "description": "longest wait in seconds (capped by the server's sync timeout, 300 s)",
-}
+def param(name: str, where: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """A route parameter (``where``: path or query; a path parameter is required)."""
+    out: dict[str, Any] = {"name": name, "in": where}
+    if where == "path":
+        out["required"] = True
+    out.update(schema=schema, description=description)
+    return out
+
+
+_NAME = param("name", "path", {"type": "string"}, "workflow name")
+#: ``{execution_id}`` in a route's path (route modules reuse it, with their own description).
+EXECUTION_ID = _EID = param("execution_id", "path", {"type": "string"}, "execution id")
+_SECRET = param("name", "path", {"type": "string"}, "secret name")
+_DETAILED = param(
+    "detailed", "query", {"type": "boolean", "default": False}, "add the execution's events"
+)
+#: ``?wait=`` and ``?timeout=`` of the routes that may answer once an execution settles.
+WAIT = _WAIT = param(
+    "wait",
+    "query",
+    {"type": "boolean", "default": False},
+    "answer once the execution completes, fails, is cancelled or pauses",
+)
+TIMEOUT = _TIMEOUT = param(
+    "timeout",
+    "query",
+    {"type": "number", "minimum": 0},
+    "longest wait in seconds (capped by the server's sync timeout, 300 s)",
+)
 _INPUT_BODY = {
     "required": False,
     "description": "any JSON value (null or no body: None); at most the value size limit",
@@ -494,6 +484,7 @@ DOCS_CSP = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
     "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'"
 )
+
 
 def docs_html(*, auth: bool = True) -> str:
     """The /docs page for a server (``auth``: whether it requires the API token)."""

@@ -13,7 +13,7 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from flux.net.models import to_json
-from flux.net.openapi import error, json_content, op, ref
+from flux.net.openapi import EXECUTION_ID, TIMEOUT, WAIT, error, json_content, op, param, ref
 from flux.net.routes.api import SETTLED, Api, json_response
 from flux.net.views import plain_value
 from flux.runtime.errors import ExecutionConflictError
@@ -131,32 +131,15 @@ OPENAPI_SCHEMAS = {
     },
 }
 
-_EID = {
-    "name": "execution_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-    "description": "the failed execution's id",
-}
-_WAIT = {
-    "name": "wait",
-    "in": "query",
-    "schema": {"type": "boolean", "default": False},
-    "description": "answer once the retry completes, fails, is cancelled or pauses",
-}
-_TIMEOUT = {
-    "name": "timeout",
-    "in": "query",
-    "schema": {"type": "number", "minimum": 0},
-    "description": "longest wait in seconds (capped by the server's sync timeout)",
-}
-_LATEST = {
-    "name": "latest",
-    "in": "query",
-    "schema": {"type": "boolean", "default": False},
-    "description": "run the workflow's latest version instead of the original's (replay's "
+_EID = dict(EXECUTION_ID, description="the failed execution's id")
+_WAIT = dict(WAIT, description="answer once the retry completes, fails, is cancelled or pauses")
+_LATEST = param(
+    "latest",
+    "query",
+    {"type": "boolean", "default": False},
+    "run the workflow's latest version instead of the original's (replay's "
     "nondeterminism rules apply: code that makes other calls stops the retry)",
-}
+)
 
 OPENAPI_PATHS = {
     "/executions/{execution_id}/retry": {
@@ -175,7 +158,7 @@ OPENAPI_PATHS = {
                 ),
             },
             tag="executions",
-            params=[_EID, _LATEST, _WAIT, _TIMEOUT],
+            params=[_EID, _LATEST, _WAIT, TIMEOUT],
             op_id="retry",
         )
     }

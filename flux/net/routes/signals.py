@@ -9,7 +9,7 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from flux.net.models import to_json
-from flux.net.openapi import error, json_content, op, ref
+from flux.net.openapi import EXECUTION_ID, error, json_content, op, param, ref
 from flux.net.routes.api import Api, ApiError, json_response
 from flux.net.views import plain_value
 from flux.runtime.errors import ExecutionConflictError
@@ -71,20 +71,12 @@ def register(app: QuartTrio, api: Api) -> None:
         return json_response(to_json(shown))
 
 
-_EID = {
-    "name": "execution_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-    "description": "execution id",
-}
-_TOPIC = {
-    "name": "topic",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,200}$"},
-    "description": "the signal's topic: what `await receive(topic)` waits for",
-}
+_TOPIC = param(
+    "topic",
+    "path",
+    {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,200}$"},
+    "the signal's topic: what `await receive(topic)` waits for",
+)
 
 OPENAPI_SCHEMAS: dict[str, Any] = {
     "SignalAccepted": {
@@ -128,7 +120,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                 "413": error("the body or the value is over its size limit"),
             },
             tag="executions",
-            params=[_EID, _TOPIC],
+            params=[EXECUTION_ID, _TOPIC],
             body={
                 "required": False,
                 "description": "any JSON value: what `await receive(topic)` returns (null or no "
@@ -148,7 +140,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                 "404": error("unknown execution"),
             },
             tag="executions",
-            params=[_EID],
+            params=[EXECUTION_ID],
             op_id="queued_signals",
         )
     },
