@@ -600,66 +600,65 @@ class Worker:
     def untrack(self, number: int) -> None:
         self._acks.pop(number, None)
 
-    async def request_secrets(self, run: _Run, names: list[str], call_id: str) -> p.Secrets:
+    async def _ask(
+        self, run: _Run, waiters: dict[int, Any], message: Callable[[int], p.Message], what: str
+    ) -> Any:
+        """Send the request ``message(request_id)`` for ``run`` and return the server's answer,
+        which the reader puts in ``waiters[request_id]`` (see :meth:`answer` for the deadline
+        and what happens when none comes)."""
         number = next(self._requests)
         waiter = _Pending()
-        box: list[p.Secrets] = []
-        self._secret_waiters[number] = (waiter, box)
+        box: list[Any] = []
+        waiters[number] = (waiter, box)
         try:
-            await self.send(
-                p.SecretsRequest(
-                    execution_id=run.execution_id,
-                    epoch=run.epoch,
-                    request_id=number,
-                    names=names,
-                    call_id=call_id,
-                )
-            )
-            await self.answer(waiter, run, f"secrets for {call_id}")
+            await self.send(message(number))
+            await self.answer(waiter, run, what)
         finally:
-            self._secret_waiters.pop(number, None)
+            waiters.pop(number, None)
         return box[0]
+
+    async def request_secrets(self, run: _Run, names: list[str], call_id: str) -> p.Secrets:
+        def request(number: int) -> p.Message:
+            return p.SecretsRequest(
+                execution_id=run.execution_id,
+                epoch=run.epoch,
+                request_id=number,
+                names=names,
+                call_id=call_id,
+            )
+
+        return await self._ask(run, self._secret_waiters, request, f"secrets for {call_id}")
 
     async def cache_get(self, run: _Run, key: str) -> bytes | None:
         """Ask the server's store (the cache is shared by every process)."""
-        number = next(self._requests)
-        waiter = _Pending()
-        box: list[p.CacheValue] = []
-        self._cache_waiters[number] = (waiter, box)
-        try:
-            await self.send(
-                p.CacheGet(
-                    execution_id=run.execution_id, epoch=run.epoch, request_id=number, key=key
-                )
+
+        def request(number: int) -> p.Message:
+            return p.CacheGet(
+                execution_id=run.execution_id, epoch=run.epoch, request_id=number, key=key
             )
-            await self.answer(waiter, run, "a cache lookup")
-        finally:
-            self._cache_waiters.pop(number, None)
-        return box[0].value
+
+        answer: p.CacheValue = await self._ask(run, self._cache_waiters, request, "a cache lookup")
+        return answer.value
 
     async def send_signal(self, run: _Run, target: str, topic: str, data: bytes, key: str) -> None:
         """A workflow's send_signal, queued by the server (ExecutionNotFoundError or
         ExecutionConflictError as the server answers)."""
-        number = next(self._requests)
-        waiter = _Pending()
-        box: list[p.SignalSent] = []
-        self._cache_waiters[number] = (waiter, box)  # type: ignore[assignment]
-        try:
-            await self.send(
-                p.SignalSend(
-                    execution_id=run.execution_id,
-                    epoch=run.epoch,
-                    request_id=number,
-                    target=target,
-                    topic=topic,
-                    value=data,
-                    key=key,
-                )
+
+        def request(number: int) -> p.Message:
+            return p.SignalSend(
+                execution_id=run.execution_id,
+                epoch=run.epoch,
+                request_id=number,
+                target=target,
+                topic=topic,
+                value=data,
+                key=key,
             )
-            await self.answer(waiter, run, f"a signal to {target}")
-        finally:
-            self._cache_waiters.pop(number, None)
-        answer = box[0]
+
+        # answered like a cache lookup: the reader files SignalSent under the cache waiters
+        answer: p.SignalSent = await self._ask(
+            run, self._cache_waiters, request, f"a signal to {target}"
+        )
         if answer.error == "not-found":
             raise ExecutionNotFoundError(target)
         if answer.error == "conflict":
